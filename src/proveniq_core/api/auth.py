@@ -1,0 +1,31 @@
+"""Bearer API keys: 401 without a valid key, 403 without the scope."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from fastapi import Request
+
+from proveniq_core.errors import ForbiddenError, UnauthorizedError
+from proveniq_core.ledger import keys
+from proveniq_core.ledger.keys import Principal
+
+
+def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:
+    """A dependency that authenticates the caller and checks ``scope``."""
+
+    async def dependency(request: Request) -> Principal:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise UnauthorizedError("Missing API key: send 'Authorization: Bearer pk_…'.")
+        principal = await keys.authenticate(request.app.state.core.pool, token.strip())
+        if principal is None:
+            raise UnauthorizedError("Invalid or revoked API key.")
+        if scope not in principal.scopes:
+            raise ForbiddenError(f"This API key lacks the scope {scope!r}.")
+        request.state.principal = principal
+        return principal
+
+    dependency.__name__ = f"require_{scope.replace(':', '_')}"
+    return dependency

@@ -1,0 +1,90 @@
+"""The one error envelope (DESIGN.md §3) and the handlers that produce it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from proveniq_core.errors import TAXONOMY, CoreError
+
+log = structlog.get_logger(__name__)
+
+_HTTP_CODES = {401: "E_UNAUTHORIZED", 403: "E_FORBIDDEN", 404: "E_NOT_FOUND", 409: "E_CONFLICT"}
+
+
+def request_id(request: Request) -> str:
+    return str(getattr(request.state, "request_id", ""))
+
+
+def envelope(
+    request: Request,
+    code: str,
+    *,
+    message: str | None = None,
+    status: int | None = None,
+    asset_id: str | None = None,
+    details: Any = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    mode = TAXONOMY[code]
+    body: dict[str, Any] = {
+        "code": code,
+        "message": message or mode.user_message,
+        "severity": mode.severity,
+        "retryable": mode.retryable,
+        "requestId": request_id(request),
+    }
+    if asset_id:
+        body["assetId"] = asset_id
+    if details is not None:
+        body["details"] = details
+    return JSONResponse({"error": body}, status_code=status or mode.http_status, headers=headers)
+
+
+def error_status(exc: CoreError) -> int:
+    """The HTTP status of an error; a code whose taxonomy answer is 2xx is a 503 here."""
+    status = exc.mode.http_status
+    return status if status >= 400 else 503
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(CoreError)
+    async def core_error(request: Request, exc: CoreError) -> JSONResponse:
+        return envelope(
+            request,
+            exc.code,
+            message=exc.message,
+            status=error_status(exc),
+            asset_id=exc.asset_id,
+            details=exc.details,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            {
+                "field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"),
+                "problem": e.get("msg", ""),
+                "type": e.get("type", ""),
+            }
+            for e in exc.errors()
+        ]
+        summary = "; ".join(f"{p['field'] or 'body'}: {p['problem']}" for p in problems[:5])
+        return envelope(
+            request, "E_VALIDATION", message=f"Invalid request: {summary}", details=problems
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "E_VALIDATION")
+        return envelope(request, code, message=str(exc.detail), status=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled_error", request_id=request_id(request))
+        return envelope(request, "E_INTERNAL")

@@ -1,0 +1,162 @@
+"""Request and response bodies: camelCase on the wire; unknown fields are refused."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+LockerRef = Annotated[
+    str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", examples=["locker-001"])
+]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class AssetCreate(Strict):
+    name: Annotated[str, Field(min_length=1, max_length=200, examples=["Rolex Submariner 16610"])]
+    category: Annotated[
+        str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", examples=["watch", "equipment"])
+    ]
+    lockerRef: LockerRef
+
+
+class AssetCreated(BaseModel):
+    assetId: str
+    lockerId: str | None
+    verificationId: str
+    status: str
+
+
+class VerificationView(BaseModel):
+    verificationId: str
+    status: str
+    reasons: list[str]
+    completedAt: datetime | None
+
+
+class AssetView(BaseModel):
+    assetId: str
+    name: str
+    category: str
+    lockerRef: str
+    lockerId: str | None
+    status: str
+    version: int
+    sagaId: str | None
+    createdAt: datetime
+    updatedAt: datetime
+    verification: VerificationView | None
+
+
+class AssetPage(BaseModel):
+    items: list[AssetView]
+    nextCursor: str | None
+
+
+class Site(Strict):
+    lat: Annotated[float, Field(ge=-90, le=90)]
+    lon: Annotated[float, Field(ge=-180, le=180)]
+
+
+class LockerCreate(Strict):
+    lockerRef: LockerRef
+    site: Site
+    geofenceM: Annotated[float, Field(gt=0, le=100_000)] = 100.0
+
+
+class LockerView(BaseModel):
+    lockerRef: str
+    site: Site
+    geofenceM: float
+    online: bool | None
+    createdAt: datetime
+
+
+class LockerPage(BaseModel):
+    items: list[LockerView]
+    nextCursor: str | None
+
+
+class StepView(BaseModel):
+    step: str
+    stepIndex: int
+    phase: str
+    status: str
+    attempts: int
+    startedAt: datetime
+    finishedAt: datetime | None
+    durationMs: float | None
+    errorCode: str | None
+    error: dict[str, Any] | None
+
+
+class SagaView(BaseModel):
+    sagaId: str
+    name: str
+    status: str
+    createdAt: datetime
+    finishedAt: datetime | None
+    durationMs: float | None
+    error: dict[str, Any] | None
+    steps: list[StepView]
+
+
+def asset_view(row: dict[str, Any]) -> AssetView:
+    verification = None
+    if row.get("verification_id") is not None:
+        verification = VerificationView(
+            verificationId=str(row["verification_id"]),
+            status=row["verification_status"],
+            reasons=list(row["verification_reasons"] or []),
+            completedAt=row["verification_completed_at"],
+        )
+    return AssetView(
+        assetId=str(row["id"]),
+        name=row["name"],
+        category=row["category"],
+        lockerRef=row["locker_ref"],
+        lockerId=row["locker_id"],
+        status=row["status"],
+        version=row["version"],
+        sagaId=str(row["saga_id"]) if row["saga_id"] else None,
+        createdAt=row["created_at"],
+        updatedAt=row["updated_at"],
+        verification=verification,
+    )
+
+
+def _ms(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round((end - start).total_seconds() * 1000, 3)
+
+
+def saga_view(saga: dict[str, Any], steps: list[dict[str, Any]]) -> SagaView:
+    return SagaView(
+        sagaId=str(saga["id"]),
+        name=saga["name"],
+        status=saga["status"],
+        createdAt=saga["created_at"],
+        finishedAt=saga["finished_at"],
+        durationMs=_ms(saga["created_at"], saga["finished_at"]),
+        error=saga["error"],
+        steps=[
+            StepView(
+                step=s["name"],
+                stepIndex=s["step_index"],
+                phase=s["phase"],
+                status=s["status"],
+                attempts=s["attempts"],
+                startedAt=s["started_at"],
+                finishedAt=s["finished_at"],
+                durationMs=_ms(s["started_at"], s["finished_at"]),
+                errorCode=(s["error"] or {}).get("code"),
+                error=s["error"],
+            )
+            for s in steps
+        ],
+    )

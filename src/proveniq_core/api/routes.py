@@ -1,0 +1,255 @@
+"""HTTP routes: assets, lockers, saga inspection and health."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from proveniq_core import db
+from proveniq_core.api.auth import require
+from proveniq_core.api.models import (
+    AssetCreate,
+    AssetCreated,
+    AssetPage,
+    AssetView,
+    LockerCreate,
+    LockerPage,
+    LockerView,
+    SagaView,
+    Site,
+    asset_view,
+    saga_view,
+)
+from proveniq_core.errors import CoreError, NotFoundError, ValidationFailedError
+from proveniq_core.ledger import assets
+from proveniq_core.ledger.keys import Principal
+from proveniq_core.saga import store
+
+router = APIRouter()
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"description": text}
+    for code, text in {
+        401: "missing or invalid API key",
+        403: "the key lacks the scope",
+        404: "not found (or not this tenant's)",
+        422: "invalid input",
+        503: "database unavailable",
+    }.items()
+}
+
+
+def _core(request: Request) -> Any:
+    return request.app.state.core
+
+
+def _encode_cursor(*parts: str) -> str:
+    return base64.urlsafe_b64encode("|".join(parts).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, n: int) -> list[str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ValidationFailedError("Invalid cursor.", details={"field": "cursor"}) from None
+    parts = raw.split("|")
+    if len(parts) != n:
+        raise ValidationFailedError("Invalid cursor.", details={"field": "cursor"})
+    return parts
+
+
+@router.post(
+    "/api/assets",
+    status_code=201,
+    response_model=AssetCreated,
+    responses={**ERRORS, 502: {"description": "locker hardware fault"}},
+    summary="Register an asset: ledger record, locker link, verification",
+)
+async def create_asset(
+    body: AssetCreate,
+    request: Request,
+    principal: Annotated[Principal, Depends(require("assets:write"))],
+) -> AssetCreated:
+    core = _core(request)
+    async with db.connection(core.pool) as conn:
+        await assets.get_locker(conn, principal.tenant_id, body.lockerRef)
+    asset_id, verification_id = str(uuid.uuid4()), str(uuid.uuid4())
+    result = await core.engine.run(
+        core.registration,
+        {
+            "assetId": asset_id,
+            "verificationId": verification_id,
+            "tenantId": principal.tenant_id,
+            "name": body.name,
+            "category": body.category,
+            "lockerRef": body.lockerRef,
+            "actor": f"key:{principal.key_id}",
+            "requestId": request.state.request_id,
+        },
+        tenant_id=principal.tenant_id,
+    )
+    if not result.ok:
+        exc = result.error
+        if isinstance(exc, CoreError):
+            exc.asset_id = asset_id
+            raise exc
+        raise CoreError(f"registration failed at {result.failed_step}", asset_id=asset_id) from exc
+    return AssetCreated(
+        assetId=asset_id,
+        lockerId=result.data.get("lockerId"),
+        verificationId=verification_id,
+        status="linked",
+    )
+
+
+@router.get("/api/assets/{asset_id}", response_model=AssetView, responses=ERRORS)
+async def get_asset(
+    asset_id: str,
+    request: Request,
+    response: Response,
+    principal: Annotated[Principal, Depends(require("assets:read"))],
+) -> AssetView:
+    async with db.connection(_core(request).pool) as conn:
+        row = await assets.get(conn, principal.tenant_id, asset_id)
+    response.headers["ETag"] = f'"{row["version"]}"'
+    return asset_view(row)
+
+
+@router.get("/api/assets", response_model=AssetPage, responses=ERRORS)
+async def list_assets(
+    request: Request,
+    principal: Annotated[Principal, Depends(require("assets:read"))],
+    status: Annotated[
+        str | None,
+        Query(
+            pattern="^(pending|pending_link|link_failed|linked|verified|rejected|manual_review|compensated)$"
+        ),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> AssetPage:
+    before = None
+    if cursor:
+        at, asset_id = _decode_cursor(cursor, 2)
+        try:
+            before = (datetime.fromisoformat(at), str(uuid.UUID(asset_id)))
+        except ValueError:
+            raise ValidationFailedError("Invalid cursor.", details={"field": "cursor"}) from None
+    async with db.connection(_core(request).pool) as conn:
+        rows = await assets.page(
+            conn, principal.tenant_id, status=status, limit=limit + 1, before=before
+        )
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        last = rows[-1]
+        next_cursor = _encode_cursor(last["created_at"].isoformat(), str(last["id"]))
+    return AssetPage(items=[asset_view(r) for r in rows], nextCursor=next_cursor)
+
+
+def _locker_view(row: dict[str, Any], online: bool | None) -> LockerView:
+    return LockerView(
+        lockerRef=row["locker_ref"],
+        site=Site(lat=row["site_lat"], lon=row["site_lon"]),
+        geofenceM=row["geofence_m"],
+        online=online,
+        createdAt=row["created_at"],
+    )
+
+
+@router.post(
+    "/api/lockers",
+    status_code=201,
+    response_model=LockerView,
+    responses={**ERRORS, 409: {"description": "locker already registered"}},
+)
+async def register_locker(
+    body: LockerCreate,
+    request: Request,
+    principal: Annotated[Principal, Depends(require("ops:write"))],
+) -> LockerView:
+    core = _core(request)
+    async with db.transaction(core.pool) as conn:
+        row = await assets.register_locker(
+            conn,
+            tenant_id=principal.tenant_id,
+            locker_ref=body.lockerRef,
+            lat=body.site.lat,
+            lon=body.site.lon,
+            geofence_m=body.geofenceM,
+            actor=f"key:{principal.key_id}",
+            request_id=request.state.request_id,
+        )
+    return _locker_view(row, core.gateway.presence(body.lockerRef))
+
+
+@router.get("/api/lockers", response_model=LockerPage, responses=ERRORS)
+async def list_lockers(
+    request: Request,
+    principal: Annotated[Principal, Depends(require("assets:read"))],
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> LockerPage:
+    core = _core(request)
+    after = _decode_cursor(cursor, 1)[0] if cursor else ""
+    async with db.connection(core.pool) as conn:
+        rows = await db.fetch_all(
+            conn,
+            "list_lockers",
+            {"tenant_id": principal.tenant_id, "after": after, "limit": limit + 1},
+        )
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = _encode_cursor(rows[-1]["locker_ref"])
+    items = [_locker_view(r, core.gateway.presence(r["locker_ref"])) for r in rows]
+    return LockerPage(items=items, nextCursor=next_cursor)
+
+
+@router.get("/api/ops/sagas/{saga_id}", response_model=SagaView, responses=ERRORS)
+async def get_saga(
+    saga_id: str,
+    request: Request,
+    principal: Annotated[Principal, Depends(require("ops:read"))],
+) -> SagaView:
+    try:
+        uuid.UUID(saga_id)
+    except ValueError:
+        raise NotFoundError(f"saga {saga_id} not found") from None
+    async with db.connection(_core(request).pool) as conn:
+        found = await store.load(conn, saga_id)
+    if found is None or found[0]["tenant_id"] not in (None, principal.tenant_id):
+        raise NotFoundError(f"saga {saga_id} not found")
+    return saga_view(*found)
+
+
+@router.get("/healthz", tags=["health"])
+async def healthz() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["health"])
+async def readyz(request: Request) -> JSONResponse:
+    """Ready when the database answers and migrations are current; the broker may be degraded."""
+    core = _core(request)
+    checks: dict[str, str] = {}
+    try:
+        async with db.connection(core.pool) as conn:
+            await conn.execute("SELECT 1")
+            pending = await db.pending_migrations(conn)
+        checks["database"] = "ok"
+        checks["migrations"] = "ok" if not pending else f"pending: {pending}"
+    except CoreError:
+        checks["database"] = "down"
+        checks["migrations"] = "unknown"
+    checks["broker"] = "ok" if core.gateway.connected else "degraded"
+    ready = checks["database"] == "ok" and checks["migrations"] == "ok"
+    status = "ready" if ready and checks["broker"] == "ok" else ("degraded" if ready else "unready")
+    return JSONResponse({"status": status, "checks": checks}, status_code=200 if ready else 503)

@@ -1,0 +1,59 @@
+"""Settings, read from ``PROVENIQ_*`` environment variables (and CLI flags that set them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Role = Literal["api", "worker", "all"]
+
+
+def default_home() -> Path:
+    return Path(platformdirs.user_data_dir("proveniq", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """Every knob of a Core process. Durations are in seconds unless the name says ``_ms``."""
+
+    model_config = SettingsConfigDict(env_prefix="PROVENIQ_", extra="ignore")
+
+    home: Path = Field(default_factory=default_home, description="data dir (embedded DB, keys)")
+    host: str = "127.0.0.1"
+    port: int = Field(8700, ge=0, le=65535)
+    role: Role = "all"
+    database_url: str | None = None
+    mqtt_url: str | None = None
+    pool_min: int = Field(2, ge=1)
+    pool_max: int = Field(20, ge=1)
+
+    link_sync_budget_ms: int = Field(2000, ge=1)
+    locker_command_timeout: float = Field(30.0, gt=0)
+    ledger_timeout: float = Field(5.0, gt=0)
+
+    sim_lockers: int = Field(10, ge=0, le=1000, description="embedded fleet size")
+    sim_profile: str = "instant"
+
+    verify_timestamp_skew: float = Field(300.0, gt=0)
+    verify_collect_timeout: float = Field(30.0, gt=0)
+    verify_max_attempts: int = Field(5, ge=1)
+    verify_retry_base: float = Field(5.0, gt=0)
+    poll_interval: float = Field(1.0, gt=0, description="worker fallback poll when no NOTIFY")
+
+    log_level: str = "info"
+    log_json: bool = True
+
+    @property
+    def embedded_db(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.mqtt_url is None
+
+    @property
+    def evidence_dir(self) -> Path:
+        return self.home / "evidence"

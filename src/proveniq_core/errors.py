@@ -1,0 +1,292 @@
+"""The failure taxonomy (seed §4.1) as data, and the exception tree built on it.
+
+Every error a client can see carries one code from ``TAXONOMY``. The HTTP layer turns a
+``CoreError`` into the envelope of DESIGN.md §3; nothing else decides status codes.
+
+    CoreError
+    ├── LockerError                 (hardware subsystem; never fails the ledger)
+    │   ├── LockerTimeoutError      E_LOCKER_TIMEOUT
+    │   ├── LockerUnreachableError  E_LOCKER_UNREACHABLE
+    │   └── LockerHardwareError     E_LOCKER_HARDWARE (also busy / unknown_asset replies)
+    ├── LedgerError                 (software subsystem; fails closed)
+    │   ├── LedgerConstraintError   E_LEDGER_CONSTRAINT
+    │   ├── LedgerConflictError     E_LEDGER_CONFLICT
+    │   └── LedgerDownError         E_LEDGER_DOWN
+    ├── PartialCommitError          E_PARTIAL_COMMIT
+    └── RequestError                (the client's request itself)
+        ├── ValidationFailedError   E_VALIDATION
+        ├── UnauthorizedError       E_UNAUTHORIZED
+        ├── ForbiddenError          E_FORBIDDEN
+        ├── NotFoundError           E_NOT_FOUND
+        └── ConflictError           E_CONFLICT
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Severity = Literal["info", "warning", "degraded", "error", "critical"]
+
+
+@dataclass(frozen=True, slots=True)
+class FailureMode:
+    """One row of the taxonomy: what a failure means and how Core answers it."""
+
+    code: str
+    severity: Severity
+    action: str
+    user_message: str
+    sla_impact: bool
+    http_status: int
+    retryable: bool
+
+
+TAXONOMY: dict[str, FailureMode] = {
+    m.code: m
+    for m in (
+        FailureMode(
+            "E_LOCKER_TIMEOUT",
+            "degraded",
+            "queue_for_retry",
+            "Physical asset linking delayed. Will retry automatically.",
+            False,
+            202,
+            True,
+        ),
+        FailureMode(
+            "E_LOCKER_UNREACHABLE",
+            "degraded",
+            "create_pending_link",
+            "Hardware temporarily unavailable. Asset created in pending state.",
+            False,
+            202,
+            True,
+        ),
+        FailureMode(
+            "E_LOCKER_HARDWARE",
+            "critical",
+            "alert_operations",
+            "Hardware error detected. Operations team notified.",
+            True,
+            502,
+            False,
+        ),
+        FailureMode(
+            "E_LEDGER_CONSTRAINT",
+            "error",
+            "reject_request",
+            "Invalid data. Please check your input.",
+            False,
+            422,
+            False,
+        ),
+        FailureMode(
+            "E_LEDGER_CONFLICT",
+            "warning",
+            "retry_with_backoff",
+            "Concurrent modification detected. Please retry.",
+            False,
+            409,
+            True,
+        ),
+        FailureMode(
+            "E_LEDGER_DOWN",
+            "critical",
+            "circuit_breaker",
+            "Service temporarily unavailable. Please try again later.",
+            True,
+            503,
+            True,
+        ),
+        FailureMode(
+            "E_PARTIAL_COMMIT",
+            "critical",
+            "compensating_transaction",
+            "Operation partially completed. Automatic recovery in progress.",
+            True,
+            500,
+            True,
+        ),
+        FailureMode(
+            "E_TIMEOUT_POST_COMMIT",
+            "warning",
+            "async_completion",
+            "Operation completed. Some updates may be delayed.",
+            False,
+            201,
+            False,
+        ),
+        # Request errors: not in the seed's taxonomy, same envelope.
+        FailureMode(
+            "E_VALIDATION", "error", "reject_request", "The request is invalid.", False, 422, False
+        ),
+        FailureMode(
+            "E_UNAUTHORIZED",
+            "error",
+            "reject_request",
+            "A valid API key is required.",
+            False,
+            401,
+            False,
+        ),
+        FailureMode(
+            "E_FORBIDDEN",
+            "error",
+            "reject_request",
+            "This API key lacks the scope this operation needs.",
+            False,
+            403,
+            False,
+        ),
+        FailureMode(
+            "E_NOT_FOUND", "error", "reject_request", "No such resource.", False, 404, False
+        ),
+        FailureMode(
+            "E_CONFLICT",
+            "error",
+            "reject_request",
+            "The resource already exists or is in a conflicting state.",
+            False,
+            409,
+            False,
+        ),
+        FailureMode(
+            "E_INTERNAL",
+            "critical",
+            "alert_operations",
+            "Internal error. Operations team notified.",
+            True,
+            500,
+            True,
+        ),
+    )
+}
+
+
+class CoreError(Exception):
+    """Internal error."""
+
+    code = "E_INTERNAL"
+
+    def __init__(
+        self, message: str | None = None, *, details: Any = None, asset_id: str | None = None
+    ) -> None:
+        self.message = message or self.mode.user_message
+        self.details = details
+        self.asset_id = asset_id
+        super().__init__(self.message)
+
+    @property
+    def mode(self) -> FailureMode:
+        return TAXONOMY[self.code]
+
+
+class LockerError(CoreError):
+    """Locker subsystem failure."""
+
+
+class LockerTimeoutError(LockerError):
+    """The locker did not answer in time."""
+
+    code = "E_LOCKER_TIMEOUT"
+
+
+class LockerUnreachableError(LockerError):
+    """The broker or the device is unreachable."""
+
+    code = "E_LOCKER_UNREACHABLE"
+
+
+class LockerHardwareError(LockerError):
+    """The device answered with a fault."""
+
+    code = "E_LOCKER_HARDWARE"
+
+    def __init__(self, message: str | None = None, *, fault: str = "hardware_fault", **kw: Any):
+        self.fault = fault
+        super().__init__(message, **kw)
+
+
+class LedgerError(CoreError):
+    """Ledger subsystem failure."""
+
+
+class LedgerConstraintError(LedgerError):
+    """Invalid data or a constraint violation."""
+
+    code = "E_LEDGER_CONSTRAINT"
+
+
+class LedgerConflictError(LedgerError):
+    """Optimistic-concurrency version mismatch."""
+
+    code = "E_LEDGER_CONFLICT"
+
+
+class LedgerDownError(LedgerError):
+    """The database is unreachable."""
+
+    code = "E_LEDGER_DOWN"
+
+
+class PartialCommitError(CoreError):
+    """A later step failed after earlier ones committed."""
+
+    code = "E_PARTIAL_COMMIT"
+
+
+class RequestError(CoreError):
+    """The request cannot be served as sent."""
+
+
+class ValidationFailedError(RequestError):
+    """The request is invalid."""
+
+    code = "E_VALIDATION"
+
+
+class UnauthorizedError(RequestError):
+    """Missing or invalid API key."""
+
+    code = "E_UNAUTHORIZED"
+
+
+class ForbiddenError(RequestError):
+    """The key lacks a scope."""
+
+    code = "E_FORBIDDEN"
+
+
+class NotFoundError(RequestError):
+    """No such resource (or not visible to this tenant)."""
+
+    code = "E_NOT_FOUND"
+
+
+class ConflictError(RequestError):
+    """The resource exists or is in a conflicting state."""
+
+    code = "E_CONFLICT"
+
+
+__all__ = [
+    "TAXONOMY",
+    "ConflictError",
+    "CoreError",
+    "FailureMode",
+    "ForbiddenError",
+    "LedgerConflictError",
+    "LedgerConstraintError",
+    "LedgerDownError",
+    "LedgerError",
+    "LockerError",
+    "LockerHardwareError",
+    "LockerTimeoutError",
+    "LockerUnreachableError",
+    "NotFoundError",
+    "PartialCommitError",
+    "RequestError",
+    "UnauthorizedError",
+    "ValidationFailedError",
+]

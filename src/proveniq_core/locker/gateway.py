@@ -1,0 +1,296 @@
+"""Core's side of the locker protocol: one MQTT connection, commands out, replies in.
+
+The gateway never raises on a broker outage at start-up: it starts degraded and keeps
+reconnecting in the background; ``send`` fails fast with ``LockerUnreachableError``
+while it is disconnected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import aiomqtt
+import structlog
+
+from proveniq_core.errors import (
+    LockerHardwareError,
+    LockerTimeoutError,
+    LockerUnreachableError,
+)
+from proveniq_core.locker.protocol import (
+    STATUS_OFFLINE,
+    STATUS_ONLINE,
+    TOPIC_ROOT,
+    Command,
+    CommandType,
+    Reply,
+    commands_topic,
+    decode_reply,
+    encode,
+    ref_from_topic,
+    validate_ref,
+)
+
+log = structlog.get_logger(__name__)
+
+EventHook = Callable[[str, dict[str, Any]], None]
+"""Receives ``(event, info)``; events: connected, disconnected, command_sent, reply, timeout."""
+
+BACKOFF_MIN_S = 0.2
+BACKOFF_MAX_S = 5.0
+
+_ReplyKey = tuple[str, str]  # (locker ref, commandId)
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def parse_mqtt_url(url: str) -> tuple[str, int]:
+    """Split ``mqtt://host[:port]`` into host and port (default 1883)."""
+    parts = urlsplit(url)
+    if parts.scheme != "mqtt" or not parts.hostname:
+        raise ValueError(f"expected an MQTT URL like mqtt://host:1883, got {url!r}")
+    return parts.hostname, parts.port or 1883
+
+
+class LockerGateway:
+    """Sends commands to lockers and matches their replies, over one reconnecting client."""
+
+    def __init__(
+        self,
+        mqtt_url: str,
+        *,
+        client_id: str | None = None,
+        connect_timeout: float = 5.0,
+        on_event: EventHook | None = None,
+    ) -> None:
+        self._host, self._port = parse_mqtt_url(mqtt_url)
+        self._client_id = client_id or f"proveniq-core-{uuid.uuid4().hex[:12]}"
+        self._connect_timeout = connect_timeout
+        self._hooks: list[EventHook] = [on_event] if on_event else []
+        self._client: aiomqtt.Client | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._first_attempt = asyncio.Event()
+        self._pending: dict[_ReplyKey, set[asyncio.Future[Reply]]] = {}
+        self._presence: dict[str, bool] = {}
+        self._online_waiters: dict[str, set[asyncio.Future[None]]] = {}
+
+    def add_event_hook(self, hook: EventHook) -> None:
+        """Subscribe ``hook`` to gateway events; a hook that raises is logged and skipped."""
+        self._hooks.append(hook)
+
+    @property
+    def connected(self) -> bool:
+        """Whether the broker connection is up right now."""
+        return self._client is not None
+
+    def presence(self, ref: str) -> bool | None:
+        """Last known presence of ``ref``: online, offline, or ``None`` if unknown."""
+        return self._presence.get(ref)
+
+    # A deadline parameter, not asyncio.timeout(): expiry is an answer here (False, or
+    # LockerTimeoutError in send), not a cancellation of the caller.
+    async def wait_online(self, ref: str, timeout: float) -> bool:  # noqa: ASYNC109
+        """Wait up to ``timeout`` seconds for ``ref`` to be online; return whether it is."""
+        if self._presence.get(ref) is True:
+            return True
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._online_waiters.setdefault(ref, set()).add(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            return False
+        finally:
+            self._discard(self._online_waiters, ref, waiter)
+        return True
+
+    async def start(self) -> None:
+        """Start the connection loop and wait up to ``connect_timeout`` for a first outcome.
+
+        Returns whether or not the broker is reachable; check ``connected``.
+        """
+        if self._task is not None:
+            return
+        self._first_attempt.clear()
+        self._task = asyncio.create_task(self._run(), name=f"locker-gateway:{self._client_id}")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._first_attempt.wait(), self._connect_timeout)
+        if not self.connected:
+            log.warning("locker.gateway_degraded", host=self._host, port=self._port)
+
+    async def stop(self) -> None:
+        """Disconnect and stop; pending sends fail with ``LockerUnreachableError``."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+
+    async def send(
+        self,
+        ref: str,
+        type: CommandType,
+        *,
+        command_id: str,
+        asset_id: str | None = None,
+        timeout: float,  # noqa: ASYNC109 (see wait_online)
+    ) -> dict[str, Any]:
+        """Send one command to ``ref`` and return the reply's ``result``.
+
+        Re-sending a ``command_id`` is safe: the device answers it once. Raises
+        ``LockerUnreachableError`` at once if the broker is down or the device is known
+        offline, ``LockerTimeoutError`` after ``timeout`` seconds without a reply, and
+        ``LockerHardwareError`` (``fault`` = the reply's error code) on a failed reply.
+        """
+        validate_ref(ref)
+        context: dict[str, Any] = {"lockerRef": ref, "commandId": command_id, "type": type}
+        client = self._client
+        if client is None:
+            raise LockerUnreachableError(
+                "MQTT broker unreachable", details=context, asset_id=asset_id
+            )
+        if self._presence.get(ref) is False:
+            raise LockerUnreachableError("locker offline", details=context, asset_id=asset_id)
+        command = Command(
+            commandId=command_id, type=type, assetId=asset_id, issuedAt=datetime.now(UTC)
+        )
+        key = (ref, command_id)
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending.setdefault(key, set()).add(future)
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(timeout):
+                await client.publish(commands_topic(ref), encode(command), qos=1)
+                self._emit("command_sent", context)
+                reply = await future
+        except TimeoutError:
+            self._emit("timeout", {**context, "timeoutS": timeout})
+            raise LockerTimeoutError(
+                f"no reply from {ref} within {timeout:g} s", details=context, asset_id=asset_id
+            ) from None
+        except aiomqtt.MqttError as exc:
+            raise LockerUnreachableError(
+                f"could not publish to {ref}: {exc}", details=context, asset_id=asset_id
+            ) from exc
+        finally:
+            self._discard(self._pending, key, future)
+        latency_ms = (time.monotonic() - started) * 1000
+        self._emit("reply", {**context, "ok": reply.ok, "latencyMs": round(latency_ms, 1)})
+        if reply.error is not None:
+            raise LockerHardwareError(
+                reply.error.detail or None,
+                fault=reply.error.code,
+                details=context,
+                asset_id=asset_id,
+            )
+        assert reply.result is not None  # guaranteed by Reply's validator
+        return reply.result
+
+    async def _run(self) -> None:
+        backoff = BACKOFF_MIN_S
+        while True:
+            client = aiomqtt.Client(
+                self._host, self._port, identifier=self._client_id, timeout=self._connect_timeout
+            )
+            try:
+                async with client:
+                    await client.subscribe(f"{TOPIC_ROOT}/+/replies", qos=1)
+                    await client.subscribe(f"{TOPIC_ROOT}/+/status", qos=1)
+                    self._on_connected(client)
+                    backoff = BACKOFF_MIN_S
+                    async for message in client.messages:
+                        self._dispatch(message.topic.value, message.payload)
+            except aiomqtt.MqttError as exc:
+                log.warning("locker.broker_error", error=str(exc), retry_in_s=backoff)
+            except Exception:
+                log.exception("locker.gateway_loop_failed", retry_in_s=backoff)
+            finally:
+                self._on_disconnected()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    def _on_connected(self, client: aiomqtt.Client) -> None:
+        self._client = client
+        self._first_attempt.set()
+        log.info("locker.broker_connected", host=self._host, port=self._port)
+        self._emit("connected", {"host": self._host, "port": self._port})
+
+    def _on_disconnected(self) -> None:
+        self._first_attempt.set()
+        if self._client is None:
+            return
+        self._client = None
+        # Presence learnt on this connection is stale; the broker resends it on reconnect.
+        self._presence.clear()
+        pending = [f for futures in self._pending.values() for f in futures if not f.done()]
+        for future in pending:
+            future.set_exception(LockerUnreachableError("MQTT connection lost"))
+        log.warning("locker.broker_disconnected", failed_requests=len(pending))
+        self._emit("disconnected", {"failedRequests": len(pending)})
+
+    def _dispatch(self, topic: str, payload: Any) -> None:
+        try:
+            ref = ref_from_topic(topic)
+            if topic.endswith("/status"):
+                self._on_status(ref, payload)
+            else:
+                self._on_reply(ref, payload)
+        except ValueError as exc:
+            log.warning("locker.malformed_message", topic=topic, error=str(exc))
+        except Exception:
+            log.exception("locker.dispatch_failed", topic=topic)
+
+    def _on_status(self, ref: str, payload: Any) -> None:
+        if payload in (b"", None):  # retained status cleared
+            self._presence.pop(ref, None)
+        elif payload == STATUS_ONLINE:
+            self._presence[ref] = True
+            for waiter in self._online_waiters.get(ref, ()):
+                if not waiter.done():
+                    waiter.set_result(None)
+        elif payload == STATUS_OFFLINE:
+            self._presence[ref] = False
+        else:
+            raise ValueError(f"unknown status payload {payload!r}")
+
+    def _on_reply(self, ref: str, payload: Any) -> None:
+        if not isinstance(payload, bytes | str):
+            raise ValueError(f"unexpected payload type {type(payload).__name__}")
+        reply = decode_reply(payload)
+        futures = self._pending.get((ref, reply.commandId))
+        if not futures:
+            # Another Core process's command, or one that already timed out here.
+            log.debug("locker.reply_unmatched", locker_ref=ref, command_id=reply.commandId)
+            return
+        for future in futures:
+            if not future.done():
+                future.set_result(reply)
+
+    def _emit(self, event: str, info: dict[str, Any]) -> None:
+        for hook in self._hooks:
+            try:
+                hook(event, info)
+            except Exception:
+                log.exception("locker.event_hook_failed", gateway_event=event)
+
+    @staticmethod
+    def _discard(table: dict[_K, set[_V]], key: _K, item: _V) -> None:
+        entries = table.get(key)
+        if entries is not None:
+            entries.discard(item)
+            if not entries:
+                del table[key]
+
+
+__all__ = ["BACKOFF_MAX_S", "BACKOFF_MIN_S", "EventHook", "LockerGateway", "parse_mqtt_url"]

@@ -1,0 +1,441 @@
+"""Virtual lockers speaking protocol v1 over a real MQTT broker.
+
+Each device has its own MQTT client (last will: retained ``offline``), answers every
+command in its own task after a sampled latency, and answers a repeated ``commandId``
+with its first answer. What a device does with a command is decided in one place,
+``LockerFleet._decide``, where fault injection plugs in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import math
+import random
+import statistics
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aiomqtt
+import structlog
+from PIL import Image, ImageDraw
+
+from proveniq_core.locker.gateway import BACKOFF_MAX_S, BACKOFF_MIN_S, parse_mqtt_url
+from proveniq_core.locker.protocol import (
+    STATUS_OFFLINE,
+    STATUS_ONLINE,
+    Command,
+    Reply,
+    ReplyError,
+    ReplyErrorCode,
+    commands_topic,
+    decode_command,
+    encode,
+    replies_topic,
+    status_topic,
+    validate_ref,
+)
+
+log = structlog.get_logger(__name__)
+
+_Z99 = statistics.NormalDist().inv_cdf(0.99)  # ≈ 2.3263
+_M_PER_DEG_LAT = 111_320.0
+_GPS_JITTER_M = 4.5
+_GPS_ACCURACY_M = 5.0
+_PHOTO_SIZE = (160, 120)
+_ANSWERS_KEPT = 10_000  # per device; older commandIds would be executed again
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyProfile:
+    """Command latency: lognormal with median ``p50_ms`` and 99th percentile ``p99_ms``."""
+
+    p50_ms: float
+    p99_ms: float
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.p50_ms <= self.p99_ms or not math.isfinite(self.p99_ms):
+            raise ValueError(
+                f"latency profile needs 0 <= p50 <= p99 (ms), got {self.p50_ms}:{self.p99_ms}"
+            )
+
+    @classmethod
+    def instant(cls) -> LatencyProfile:
+        """No latency at all."""
+        return cls(0, 0)
+
+    @classmethod
+    def seed(cls) -> LatencyProfile:
+        """The seed's locker: p50 500 ms, p99 5 s."""
+        return cls(500, 5000)
+
+    @classmethod
+    def parse(cls, text: str) -> LatencyProfile:
+        """Parse ``instant``, ``seed`` or ``P50:P99`` in milliseconds (e.g. ``200:2000``)."""
+        spec = text.strip().lower()
+        if spec == "instant":
+            return cls.instant()
+        if spec == "seed":
+            return cls.seed()
+        p50, sep, p99 = spec.partition(":")
+        try:
+            if not sep:
+                raise ValueError("missing ':'")
+            return cls(float(p50), float(p99))
+        except ValueError as exc:
+            raise ValueError(
+                f"invalid latency profile {text!r}: expected 'instant', 'seed' or "
+                f"'P50:P99' in milliseconds with 0 <= P50 <= P99, e.g. '200:2000' ({exc})"
+            ) from None
+
+    def sample(self, rng: random.Random) -> float:
+        """Draw one latency, in seconds."""
+        if self.p99_ms == 0:
+            return 0.0
+        if self.p50_ms == 0 or self.p50_ms == self.p99_ms:
+            return self.p50_ms / 1000
+        sigma = math.log(self.p99_ms / self.p50_ms) / _Z99
+        return rng.lognormvariate(math.log(self.p50_ms / 1000), sigma)
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatedLocker:
+    """A virtual locker's spec: its ref, its site and its hardware id."""
+
+    ref: str
+    lat: float
+    lon: float
+    locker_id: str = ""  # derived from ref when empty
+
+    def __post_init__(self) -> None:
+        validate_ref(self.ref)
+        if not self.locker_id:
+            digest = hashlib.sha256(self.ref.encode()).hexdigest()[:8].upper()
+            object.__setattr__(self, "locker_id", f"LKR-{digest}")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What a device does with one command: wait ``delay_s``, then answer (or not)."""
+
+    delay_s: float
+    answer: bool = True
+    error: ReplyError | None = None  # answer ok=false with this instead of executing
+
+
+class LockerDevice:
+    """One running virtual locker: its links, counters and remembered answers."""
+
+    def __init__(self, spec: SimulatedLocker) -> None:
+        self.spec = spec
+        self.links: dict[str, str] = {}  # assetId -> lockerId
+        self.commands: Counter[str] = Counter()  # handled command types, duplicates excluded
+        self.client: aiomqtt.Client | None = None  # set while connected
+        self._answers: OrderedDict[str, asyncio.Future[Reply | None]] = OrderedDict()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def ref(self) -> str:
+        return self.spec.ref
+
+    @property
+    def locker_id(self) -> str:
+        return self.spec.locker_id
+
+    def remember(self, command_id: str, answer: asyncio.Future[Reply | None]) -> None:
+        self._answers[command_id] = answer
+        if len(self._answers) > _ANSWERS_KEPT:
+            self._answers.popitem(last=False)
+
+    def answer_for(self, command_id: str) -> asyncio.Future[Reply | None] | None:
+        return self._answers.get(command_id)
+
+    def track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def cancel_tasks(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class LockerFleet:
+    """A set of virtual lockers, each with its own MQTT connection."""
+
+    def __init__(
+        self,
+        mqtt_url: str,
+        lockers: list[SimulatedLocker],
+        profile: LatencyProfile,
+        *,
+        seed: int | None = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self._url = mqtt_url
+        self._host, self._port = parse_mqtt_url(mqtt_url)
+        self._devices = {spec.ref: LockerDevice(spec) for spec in lockers}
+        if len(self._devices) != len(lockers):
+            raise ValueError("locker refs must be unique")
+        self._profile = profile
+        self._rng = random.Random(seed)
+        self._connect_timeout = connect_timeout
+        self._runners: list[asyncio.Task[None]] = []
+
+    @property
+    def devices(self) -> list[LockerDevice]:
+        return list(self._devices.values())
+
+    def device(self, ref: str) -> LockerDevice:
+        """The running device ``ref``; ``KeyError`` if the fleet has none."""
+        return self._devices[ref]
+
+    async def start(self) -> None:
+        """Connect every device and publish it ``online``.
+
+        Raises ``ConnectionError`` (after cleaning up) if any device cannot connect.
+        """
+        if self._runners:
+            return
+        loop = asyncio.get_running_loop()
+        firsts = {ref: loop.create_future() for ref in self._devices}
+        self._runners = [
+            asyncio.create_task(self._run_device(d, firsts[d.ref]), name=f"sim-locker:{d.ref}")
+            for d in self._devices.values()
+        ]
+        outcomes: list[Exception | None] = []
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                outcomes = await asyncio.gather(*firsts.values())
+        except TimeoutError:
+            outcomes = [TimeoutError(f"no connection after {self._connect_timeout:g} s")]
+        failures = [o for o in outcomes if o is not None]
+        if failures:
+            await self.stop()
+            raise ConnectionError(
+                f"simulated lockers cannot connect to {self._url}: {failures[0]}"
+            ) from failures[0]
+        log.info("locker.fleet_started", lockers=len(self._devices), url=self._url)
+
+    async def stop(self) -> None:
+        """Abandon in-flight commands, publish retained ``offline``, disconnect."""
+        runners, self._runners = self._runners, []
+        if not runners:
+            return
+        await asyncio.gather(*(d.cancel_tasks() for d in self._devices.values()))
+        for device in self._devices.values():
+            if device.client is not None:
+                try:
+                    await device.client.publish(
+                        status_topic(device.ref), STATUS_OFFLINE, qos=1, retain=True
+                    )
+                except aiomqtt.MqttError as exc:
+                    log.warning("locker.sim_offline_failed", locker_ref=device.ref, error=str(exc))
+        for runner in runners:
+            runner.cancel()
+        await asyncio.gather(*runners, return_exceptions=True)
+
+    async def _run_device(
+        self, device: LockerDevice, first: asyncio.Future[Exception | None]
+    ) -> None:
+        """Keep one device connected; report the first attempt's outcome on ``first``."""
+        backoff = BACKOFF_MIN_S
+        will = aiomqtt.Will(status_topic(device.ref), STATUS_OFFLINE, qos=1, retain=True)
+        while True:
+            client = aiomqtt.Client(
+                self._host,
+                self._port,
+                identifier=f"proveniq-sim-{device.ref}",
+                will=will,
+                timeout=self._connect_timeout,
+            )
+            try:
+                async with client:
+                    await client.subscribe(commands_topic(device.ref), qos=1)
+                    await client.publish(
+                        status_topic(device.ref), STATUS_ONLINE, qos=1, retain=True
+                    )
+                    device.client = client
+                    if not first.done():
+                        first.set_result(None)
+                    backoff = BACKOFF_MIN_S
+                    async for message in client.messages:
+                        device.track(asyncio.create_task(self._handle(device, message.payload)))
+            except aiomqtt.MqttError as exc:
+                if not first.done():
+                    first.set_result(exc)
+                    return
+                log.warning("locker.sim_disconnected", locker_ref=device.ref, error=str(exc))
+            finally:
+                device.client = None
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    async def _handle(self, device: LockerDevice, payload: Any) -> None:
+        try:
+            command = decode_command(payload)
+        except ValueError as exc:
+            log.warning("locker.sim_malformed_command", locker_ref=device.ref, error=str(exc))
+            return
+        answer = device.answer_for(command.commandId)
+        if answer is None:
+            answer = asyncio.get_running_loop().create_future()
+            device.remember(command.commandId, answer)
+            device.commands[command.type] += 1
+            try:
+                answer.set_result(await self._execute(device, command))
+            except asyncio.CancelledError:
+                answer.cancel()
+                raise
+            except Exception as exc:
+                log.exception("locker.sim_command_failed", locker_ref=device.ref)
+                answer.set_result(_failure(command, "hardware_fault", f"simulator error: {exc}"))
+        reply = await asyncio.shield(answer)
+        if reply is not None:
+            await self._publish(device, reply)
+
+    def _decide(self, device: LockerDevice, command: Command) -> Decision:
+        """Choose what ``device`` does with ``command``: today, answer after sampled latency."""
+        return Decision(delay_s=self._profile.sample(self._rng))
+
+    async def _execute(self, device: LockerDevice, command: Command) -> Reply | None:
+        decision = self._decide(device, command)
+        if decision.delay_s > 0:
+            await asyncio.sleep(decision.delay_s)
+        if not decision.answer:
+            return None
+        if decision.error is not None:
+            return Reply(commandId=command.commandId, ok=False, error=decision.error)
+        return self._apply(device, command)
+
+    def _apply(self, device: LockerDevice, command: Command) -> Reply:
+        """Carry out ``command`` on the device's state and build the answer."""
+        asset_id = command.assetId
+        result: dict[str, Any]
+        if command.type == "ping":
+            result = {}
+        elif command.type == "unlink":
+            if asset_id is not None:
+                device.links.pop(asset_id, None)
+            result = {}
+        elif asset_id is None:
+            return _failure(command, "unknown_asset", f"{command.type} needs an assetId")
+        elif command.type == "link":
+            device.links[asset_id] = device.locker_id
+            result = {"lockerId": device.locker_id}
+        else:
+            result = self._evidence(device, asset_id)
+        return Reply(commandId=command.commandId, ok=True, result=result)
+
+    def _evidence(self, device: LockerDevice, asset_id: str) -> dict[str, Any]:
+        photo = evidence_photo(asset_id)
+        lat, lon = _jitter(device.spec.lat, device.spec.lon, self._rng)
+        return {
+            "photos": [
+                {
+                    "sha256": hashlib.sha256(photo).hexdigest(),
+                    "contentType": "image/jpeg",
+                    "data": base64.b64encode(photo).decode(),
+                }
+            ],
+            "gps": {"lat": lat, "lon": lon, "accuracyM": _GPS_ACCURACY_M},
+            "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        }
+
+    async def _publish(self, device: LockerDevice, reply: Reply) -> None:
+        client = device.client
+        if client is None:
+            log.warning("locker.sim_reply_lost", locker_ref=device.ref, reason="disconnected")
+            return
+        try:
+            await client.publish(replies_topic(device.ref), encode(reply), qos=1)
+        except aiomqtt.MqttError as exc:
+            log.warning("locker.sim_reply_lost", locker_ref=device.ref, reason=str(exc))
+
+
+def _failure(command: Command, code: ReplyErrorCode, detail: str) -> Reply:
+    return Reply(commandId=command.commandId, ok=False, error=ReplyError(code=code, detail=detail))
+
+
+def _jitter(lat: float, lon: float, rng: random.Random) -> tuple[float, float]:
+    """Move a point by less than ``_GPS_JITTER_M`` metres in a random direction."""
+    distance = _GPS_JITTER_M * math.sqrt(rng.random())
+    bearing = rng.uniform(0, 2 * math.pi)
+    dlat = distance * math.cos(bearing) / _M_PER_DEG_LAT
+    dlon = distance * math.sin(bearing) / (_M_PER_DEG_LAT * math.cos(math.radians(lat)))
+    return lat + dlat, lon + dlon
+
+
+def evidence_photo(asset_id: str) -> bytes:
+    """A small JPEG of coloured shapes, the same for the same asset, different across assets."""
+    rng = random.Random(hashlib.sha256(asset_id.encode()).digest())
+    width, height = _PHOTO_SIZE
+    image = Image.new("RGB", _PHOTO_SIZE, _colour(rng, 30, 120))
+    draw = ImageDraw.Draw(image)
+    for _ in range(6):
+        x0, y0 = rng.randrange(width - 20), rng.randrange(height - 20)
+        box = (x0, y0, x0 + rng.randrange(20, 90), y0 + rng.randrange(20, 70))
+        if rng.random() < 0.5:
+            draw.ellipse(box, fill=_colour(rng, 120, 255))
+        else:
+            draw.rectangle(box, fill=_colour(rng, 120, 255))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def _colour(rng: random.Random, low: int, high: int) -> tuple[int, int, int]:
+    return (rng.randint(low, high), rng.randint(low, high), rng.randint(low, high))
+
+
+def fleet_specs(
+    n: int, prefix: str = "locker-", *, origin: tuple[float, float] = (48.8566, 2.3522)
+) -> list[SimulatedLocker]:
+    """``n`` lockers ``{prefix}001`` … on a grid 300 m apart, starting at ``origin``."""
+    if n < 0:
+        raise ValueError(f"number of lockers must be >= 0, got {n}")
+    spacing_m = 300.0
+    columns = max(1, math.ceil(math.sqrt(n)))
+    lat0, lon0 = origin
+    m_per_deg_lon = _M_PER_DEG_LAT * math.cos(math.radians(lat0))
+    return [
+        SimulatedLocker(
+            ref=f"{prefix}{i + 1:03d}",
+            lat=lat0 + (i // columns) * spacing_m / _M_PER_DEG_LAT,
+            lon=lon0 + (i % columns) * spacing_m / m_per_deg_lon,
+        )
+        for i in range(n)
+    ]
+
+
+async def run_fleet(
+    mqtt_url: str,
+    specs: list[SimulatedLocker],
+    profile: LatencyProfile,
+    stop_event: asyncio.Event,
+    *,
+    seed: int | None = None,
+) -> None:
+    """Run a fleet until ``stop_event`` is set, then take it offline."""
+    fleet = LockerFleet(mqtt_url, specs, profile, seed=seed)
+    await fleet.start()
+    try:
+        await stop_event.wait()
+    finally:
+        await fleet.stop()
+
+
+__all__ = [
+    "Decision",
+    "LatencyProfile",
+    "LockerDevice",
+    "LockerFleet",
+    "SimulatedLocker",
+    "evidence_photo",
+    "fleet_specs",
+    "run_fleet",
+]

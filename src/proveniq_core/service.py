@@ -1,0 +1,164 @@
+"""The composition root: start what a Core process needs, in order, and stop it in reverse."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from proveniq_core import db
+from proveniq_core.config import Settings
+from proveniq_core.embedded import EmbeddedBroker, EmbeddedPostgres
+from proveniq_core.errors import CoreError
+from proveniq_core.ledger import assets, audit, keys
+from proveniq_core.locker.gateway import LockerGateway
+from proveniq_core.locker.simulator import LatencyProfile, LockerFleet, fleet_specs
+from proveniq_core.saga.engine import SagaDefinition, SagaEngine
+from proveniq_core.saga.registration import registration_saga
+from proveniq_core.verify.evidence import EvidenceStore
+from proveniq_core.verify.worker import VerifyWorker
+
+log = structlog.get_logger(__name__)
+
+BOOTSTRAP_TENANT = "default"
+BOOTSTRAP_FILE = "bootstrap-key"
+
+
+@dataclass
+class Core:
+    """Everything a request handler or worker needs, built once per process."""
+
+    settings: Settings
+    conninfo: str
+    mqtt_url: str
+    pool: db.Pool
+    gateway: LockerGateway
+    engine: SagaEngine
+    registration: SagaDefinition
+    evidence: EvidenceStore
+    fleet: LockerFleet | None = None
+    bootstrap_key: str | None = None
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+
+async def ensure_bootstrap_key(pool: db.Pool, home: Path) -> str:
+    """Reuse the key in ``<home>/bootstrap-key`` if it still works, else create an admin key."""
+    path = home / BOOTSTRAP_FILE
+    if path.exists():
+        token = path.read_text().strip()
+        if await keys.authenticate(pool, token) is not None:
+            return token
+    token = await keys.create_key(pool, BOOTSTRAP_TENANT, keys.SCOPES, name="bootstrap admin")
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return token
+
+
+async def register_fleet(pool: db.Pool, fleet: LockerFleet, tenant_id: str) -> None:
+    async with db.transaction(pool) as conn:
+        await keys.ensure_tenant(conn, tenant_id)
+        for spec in (d.spec for d in fleet.devices):
+            existing = await db.fetch_one(
+                conn, "get_locker", {"tenant_id": tenant_id, "locker_ref": spec.ref}
+            )
+            if existing is None:
+                await assets.register_locker(
+                    conn,
+                    tenant_id=tenant_id,
+                    locker_ref=spec.ref,
+                    lat=spec.lat,
+                    lon=spec.lon,
+                    geofence_m=100.0,
+                    actor="system:embedded",
+                )
+
+
+async def _seal_forever(pool: db.Pool, interval: float = 1.0) -> None:
+    while True:
+        try:
+            await audit.seal(pool)
+        except CoreError as exc:
+            log.warning("audit_seal_error", error=str(exc))
+        await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def running(
+    settings: Settings, *, progress: Callable[[str], None] = lambda _: None
+) -> AsyncIterator[Core]:
+    """Start the embedded parts (when not configured), the pool, the gateway and the workers."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    async with contextlib.AsyncExitStack() as stack:
+        conninfo = settings.database_url
+        if conninfo is None:
+            progress(f"starting embedded PostgreSQL in {settings.home / 'pg'}")
+            pg = EmbeddedPostgres(settings.home)
+            conninfo = await asyncio.to_thread(pg.start)
+            stack.callback(pg.stop)
+        mqtt_url = settings.mqtt_url
+        if mqtt_url is None:
+            broker = EmbeddedBroker()
+            mqtt_url = await broker.start()
+            progress(f"embedded MQTT broker on {mqtt_url}")
+            stack.push_async_callback(broker.stop)
+
+        progress("applying migrations")
+        await db.migrate(conninfo)
+        pool = await db.open_pool(conninfo, min_size=settings.pool_min, max_size=settings.pool_max)
+        stack.push_async_callback(pool.close)
+        await pool.wait(timeout=10)
+
+        gateway = LockerGateway(mqtt_url, client_id=f"proveniq-core-{os.getpid()}")
+        await gateway.start()
+        stack.push_async_callback(gateway.stop)
+
+        fleet = None
+        if settings.mqtt_url is None and settings.sim_lockers > 0:
+            fleet = LockerFleet(
+                mqtt_url,
+                fleet_specs(settings.sim_lockers),
+                LatencyProfile.parse(settings.sim_profile),
+            )
+            await fleet.start()
+            stack.push_async_callback(fleet.stop)
+            await register_fleet(pool, fleet, BOOTSTRAP_TENANT)
+            progress(f"simulated fleet: {len(fleet.devices)} lockers ({settings.sim_profile})")
+
+        engine = SagaEngine(pool, owner=f"proc-{os.getpid()}")
+        core = Core(
+            settings=settings,
+            conninfo=conninfo,
+            mqtt_url=mqtt_url,
+            pool=pool,
+            gateway=gateway,
+            engine=engine,
+            registration=registration_saga(
+                gateway, link_timeout=settings.link_sync_budget_ms / 1000
+            ),
+            evidence=EvidenceStore(settings.evidence_dir),
+            fleet=fleet,
+        )
+        core.bootstrap_key = await ensure_bootstrap_key(pool, settings.home)
+
+        if settings.role in ("worker", "all"):
+            waker = db.Waker(conninfo)
+            worker = VerifyWorker(pool, gateway, core.evidence, settings)
+            core.tasks += [
+                asyncio.create_task(waker.run(), name="waker"),
+                asyncio.create_task(worker.run(waker), name="verify-worker"),
+                asyncio.create_task(_seal_forever(pool), name="audit-sealer"),
+            ]
+
+        async def _cancel_tasks() -> None:
+            for task in core.tasks:
+                task.cancel()
+            await asyncio.gather(*core.tasks, return_exceptions=True)
+
+        stack.push_async_callback(_cancel_tasks)
+        yield core

@@ -1,0 +1,173 @@
+-- Named queries, loaded once by proveniq_core.db. Parameters are %(name)s.
+
+-- insert_tenant --
+INSERT INTO tenants (id, name) VALUES (%(id)s, %(name)s) ON CONFLICT (id) DO NOTHING
+
+-- insert_api_key --
+INSERT INTO api_keys (id, tenant_id, name, secret_hash, scopes)
+VALUES (%(id)s, %(tenant_id)s, %(name)s, %(secret_hash)s, %(scopes)s)
+
+-- get_api_key --
+SELECT id, tenant_id, secret_hash, scopes FROM api_keys
+WHERE id = %(id)s AND revoked_at IS NULL
+
+-- list_api_keys --
+SELECT id, tenant_id, name, scopes, created_at, revoked_at FROM api_keys
+ORDER BY created_at, id
+
+-- revoke_api_key --
+UPDATE api_keys SET revoked_at = now() WHERE id = %(id)s AND revoked_at IS NULL
+
+-- insert_locker --
+INSERT INTO lockers (id, tenant_id, locker_ref, site_lat, site_lon, geofence_m)
+VALUES (%(id)s, %(tenant_id)s, %(locker_ref)s, %(site_lat)s, %(site_lon)s, %(geofence_m)s)
+ON CONFLICT (locker_ref) DO NOTHING
+RETURNING *
+
+-- get_locker --
+SELECT * FROM lockers WHERE tenant_id = %(tenant_id)s AND locker_ref = %(locker_ref)s
+
+-- list_lockers --
+SELECT * FROM lockers
+WHERE tenant_id = %(tenant_id)s AND locker_ref > %(after)s
+ORDER BY locker_ref LIMIT %(limit)s
+
+-- insert_asset --
+INSERT INTO assets (id, tenant_id, name, category, locker_ref, saga_id)
+VALUES (%(id)s, %(tenant_id)s, %(name)s, %(category)s, %(locker_ref)s, %(saga_id)s)
+ON CONFLICT (id) DO NOTHING
+RETURNING *
+
+-- get_asset --
+SELECT a.*, v.id AS verification_id, v.status AS verification_status,
+       v.reasons AS verification_reasons, v.completed_at AS verification_completed_at
+FROM assets a LEFT JOIN verifications v ON v.asset_id = a.id
+WHERE a.id = %(id)s AND a.tenant_id = %(tenant_id)s
+
+-- get_asset_for_update --
+SELECT * FROM assets WHERE id = %(id)s FOR UPDATE
+
+-- list_assets --
+SELECT a.*, v.id AS verification_id, v.status AS verification_status,
+       v.reasons AS verification_reasons, v.completed_at AS verification_completed_at
+FROM assets a LEFT JOIN verifications v ON v.asset_id = a.id
+WHERE a.tenant_id = %(tenant_id)s
+  AND (%(status)s::asset_status IS NULL OR a.status = %(status)s::asset_status)
+  AND (%(before_at)s::timestamptz IS NULL OR (a.created_at, a.id) < (%(before_at)s, %(before_id)s))
+ORDER BY a.created_at DESC, a.id DESC
+LIMIT %(limit)s
+
+-- set_asset_status --
+UPDATE assets SET status = %(status)s::asset_status,
+                  locker_id = COALESCE(%(locker_id)s, locker_id)
+WHERE id = %(id)s
+RETURNING *
+
+-- insert_audit --
+INSERT INTO audit_log (tenant_id, actor, action, entity_type, entity_id, before, after,
+                       request_id, saga_id)
+VALUES (%(tenant_id)s, %(actor)s, %(action)s, %(entity_type)s, %(entity_id)s, %(before)s,
+        %(after)s, %(request_id)s, %(saga_id)s)
+
+-- audit_last_sealed --
+SELECT seq, hash FROM audit_log WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT 1
+
+-- audit_unsealed --
+SELECT * FROM audit_log WHERE seq IS NULL ORDER BY id LIMIT %(limit)s
+
+-- audit_seal --
+UPDATE audit_log SET seq = %(seq)s, prev_hash = %(prev_hash)s, hash = %(hash)s
+WHERE id = %(id)s AND seq IS NULL
+
+-- audit_chain --
+SELECT * FROM audit_log WHERE seq > %(after)s ORDER BY seq LIMIT %(limit)s
+
+-- audit_unsealed_count --
+SELECT count(*) AS n FROM audit_log WHERE seq IS NULL
+
+-- audit_for_entity --
+SELECT id, at, actor, action, before, after, request_id, saga_id FROM audit_log
+WHERE entity_type = %(entity_type)s AND entity_id = %(entity_id)s ORDER BY id
+
+-- insert_saga --
+INSERT INTO sagas (id, name, tenant_id, status, input, data, owner, lease_until)
+VALUES (%(id)s, %(name)s, %(tenant_id)s, 'running', %(input)s, %(input)s, %(owner)s,
+        now() + make_interval(secs => %(lease)s))
+
+-- step_started --
+INSERT INTO saga_steps (saga_id, step_index, phase, name, status, attempts)
+VALUES (%(saga_id)s, %(step_index)s, %(phase)s, %(name)s, 'running', 1)
+ON CONFLICT (saga_id, step_index, phase) DO UPDATE
+SET status = 'running', attempts = saga_steps.attempts + 1, error = NULL,
+    started_at = clock_timestamp(), finished_at = NULL
+
+-- step_finished --
+UPDATE saga_steps SET status = %(status)s, output = %(output)s, error = %(error)s,
+                      attempts = %(attempts)s, finished_at = clock_timestamp()
+WHERE saga_id = %(saga_id)s AND step_index = %(step_index)s AND phase = %(phase)s
+
+-- saga_set_data --
+UPDATE sagas SET data = data || %(data)s, updated_at = now() WHERE id = %(id)s
+
+-- saga_set_status --
+UPDATE sagas SET status = %(status)s, error = COALESCE(%(error)s, error), updated_at = now(),
+                 finished_at = CASE WHEN %(status)s IN ('completed', 'compensated',
+                     'compensation_failed', 'failed') THEN now() END,
+                 owner = CASE WHEN %(status)s IN ('completed', 'compensated',
+                     'compensation_failed', 'failed') THEN NULL ELSE owner END,
+                 lease_until = CASE WHEN %(status)s IN ('completed', 'compensated',
+                     'compensation_failed', 'failed') THEN NULL ELSE lease_until END
+WHERE id = %(id)s
+
+-- get_saga --
+SELECT * FROM sagas WHERE id = %(id)s
+
+-- get_saga_steps --
+SELECT * FROM saga_steps WHERE saga_id = %(saga_id)s ORDER BY started_at, step_index
+
+-- insert_verification --
+INSERT INTO verifications (id, asset_id, tenant_id, status)
+VALUES (%(id)s, %(asset_id)s, %(tenant_id)s, 'queued')
+ON CONFLICT (asset_id) DO NOTHING
+
+-- cancel_verification --
+UPDATE verifications SET status = 'cancelled', updated_at = now(), completed_at = now()
+WHERE asset_id = %(asset_id)s AND status IN ('queued', 'collecting')
+RETURNING id
+
+-- claim_verification --
+UPDATE verifications SET status = 'collecting', attempts = attempts + 1,
+                         lease_until = now() + make_interval(secs => %(lease)s),
+                         updated_at = now()
+WHERE id = (
+    SELECT v.id FROM verifications v JOIN assets a ON a.id = v.asset_id
+    WHERE (v.status = 'queued' AND v.run_at <= now())
+       OR (v.status = 'collecting' AND v.lease_until < now())
+    ORDER BY v.run_at
+    LIMIT 1
+    FOR UPDATE OF v SKIP LOCKED
+)
+RETURNING *
+
+-- get_verification_for_update --
+SELECT v.*, a.status AS asset_status, a.locker_ref
+FROM verifications v JOIN assets a ON a.id = v.asset_id
+WHERE v.id = %(id)s FOR UPDATE OF v
+
+-- finish_verification --
+UPDATE verifications SET status = %(status)s, reasons = %(reasons)s, checks = %(checks)s,
+                         evidence = %(evidence)s, lease_until = NULL, last_error = NULL,
+                         updated_at = now(), completed_at = now()
+WHERE id = %(id)s
+
+-- reschedule_verification --
+UPDATE verifications SET status = %(status)s, lease_until = NULL, last_error = %(error)s,
+                         run_at = now() + make_interval(secs => %(delay)s), updated_at = now()
+WHERE id = %(id)s
+
+-- insert_evidence --
+INSERT INTO evidence (id, verification_id, asset_id, tenant_id, kind, sha256, content_type,
+                      size_bytes)
+VALUES (%(id)s, %(verification_id)s, %(asset_id)s, %(tenant_id)s, 'photo', %(sha256)s,
+        %(content_type)s, %(size_bytes)s)
+ON CONFLICT (verification_id, sha256) DO NOTHING
