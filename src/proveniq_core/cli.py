@@ -12,12 +12,13 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
 import typer
+import uvicorn
 from rich.console import Console
 from rich.table import Table
 
@@ -146,9 +147,20 @@ def serve(
     _run(_serve(settings))
 
 
-async def _serve(settings: Settings) -> None:
-    import uvicorn
+class _Server(uvicorn.Server):
+    """uvicorn, with signals left to us: Ctrl-C stops the workers and embedded parts too."""
 
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    def request_exit(self) -> None:
+        if self.should_exit:  # a second Ctrl-C skips waiting for open connections
+            self.force_exit = True
+        self.should_exit = True
+
+
+async def _serve(settings: Settings) -> None:
     from proveniq_core.api.app import create_app
     from proveniq_core.service import running
 
@@ -170,7 +182,10 @@ async def _serve(settings: Settings) -> None:
             access_log=False,
             lifespan="off",
         )
-        server = uvicorn.Server(config)
+        server = _Server(config)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, server.request_exit)
         task = asyncio.create_task(server.serve())
         while not server.started and not task.done():  # noqa: ASYNC110 (uvicorn has no started event)
             await asyncio.sleep(0.02)
@@ -180,6 +195,7 @@ async def _serve(settings: Settings) -> None:
         url = f"http://{settings.host}:{settings.port}"
         _banner(url, core.bootstrap_key, core, time.perf_counter() - started)
         await task
+    err.print("stopped cleanly")
 
 
 def _banner(url: str, key: str | None, core: Any, seconds: float) -> None:

@@ -74,10 +74,13 @@ async def test_tenants_never_see_each_other(core: Core, client: httpx.AsyncClien
         assert taken.json()["error"]["code"] == "E_CONFLICT"
 
 
-async def test_lockers_register_and_list_with_presence(core: Core, client: httpx.AsyncClient) -> None:
+async def test_lockers_register_and_list_with_presence(
+    core: Core, client: httpx.AsyncClient
+) -> None:
     """POST /api/lockers registers a locker; the list shows fleet lockers online."""
     resp = await client.post(
-        "/api/lockers", json={"lockerRef": "vault-7", "site": {"lat": 10, "lon": 20}, "geofenceM": 30}
+        "/api/lockers",
+        json={"lockerRef": "vault-7", "site": {"lat": 10, "lon": 20}, "geofenceM": 30},
     )
     assert resp.status_code == 201
     assert resp.json()["site"] == {"lat": 10, "lon": 20}
@@ -104,7 +107,8 @@ async def test_evidence_outside_the_geofence_is_rejected_with_a_reason(
     await fleet.start()
     try:
         await client.post(
-            "/api/lockers", json={"lockerRef": ref, "site": {"lat": 48.855, "lon": 2.35}, "geofenceM": 100}
+            "/api/lockers",
+            json={"lockerRef": ref, "site": {"lat": 48.855, "lon": 2.35}, "geofenceM": 100},
         )
         created = await client.post(
             "/api/assets", json={"name": "a", "category": "watch", "lockerRef": ref}

@@ -14,8 +14,16 @@ from proveniq_core.errors import LedgerConstraintError
 from proveniq_core.ledger import assets, audit, keys
 from proveniq_core.ledger.states import TRANSITIONS
 
-STATUSES = ["pending", "pending_link", "link_failed", "linked", "verified", "rejected",
-            "manual_review", "compensated"]
+STATUSES = [
+    "pending",
+    "pending_link",
+    "link_failed",
+    "linked",
+    "verified",
+    "rejected",
+    "manual_review",
+    "compensated",
+]
 
 
 async def test_migrations_apply_fresh_and_rerun_as_noop(pg_admin_url: str) -> None:
@@ -26,13 +34,25 @@ async def test_migrations_apply_fresh_and_rerun_as_noop(pg_admin_url: str) -> No
     url = make_conninfo(pg_admin_url, dbname=name)
     try:
         results = await asyncio.gather(db.migrate(url), db.migrate(url), db.migrate(url))
-        assert sorted(sum(results, [])) == [m.version for m in db.migrations()]
+        assert sorted(v for r in results for v in r) == [m.version for m in db.migrations()]
         assert await db.migrate(url) == []
         with psycopg.connect(url) as conn:
-            tables = {r[0] for r in conn.execute(
-                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
-        assert {"tenants", "api_keys", "lockers", "assets", "audit_log", "sagas", "saga_steps",
-                "verifications", "evidence", "schema_migrations"} <= tables
+            tables = {
+                r[0]
+                for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+            }
+        assert {
+            "tenants",
+            "api_keys",
+            "lockers",
+            "assets",
+            "audit_log",
+            "sagas",
+            "saga_steps",
+            "verifications",
+            "evidence",
+            "schema_migrations",
+        } <= tables
     finally:
         with psycopg.connect(pg_admin_url, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
@@ -41,8 +61,11 @@ async def test_migrations_apply_fresh_and_rerun_as_noop(pg_admin_url: str) -> No
 async def test_database_transition_table_matches_the_code(pool: db.Pool) -> None:
     """The transitions PostgreSQL enforces are exactly ledger.states.TRANSITIONS."""
     async with db.connection(pool) as conn:
-        rows = await (await conn.execute(
-            "SELECT from_status::text AS f, to_status::text AS t FROM asset_transitions")).fetchall()
+        rows = await (
+            await conn.execute(
+                "SELECT from_status::text AS f, to_status::text AS t FROM asset_transitions"
+            )
+        ).fetchall()
     assert {(r["f"], r["t"]) for r in rows} == TRANSITIONS
 
 
@@ -50,16 +73,32 @@ async def _asset(pool: db.Pool) -> str:
     asset_id = str(uuid.uuid4())
     async with db.transaction(pool) as conn:
         await keys.ensure_tenant(conn, "acme")
-        await assets.register_locker(conn, tenant_id="acme", locker_ref=f"l-{asset_id[:8]}",
-                                     lat=1.0, lon=2.0, geofence_m=50, actor="test")
-        await assets.create(conn, asset_id=asset_id, tenant_id="acme", name="a",
-                            category="watch", locker_ref=f"l-{asset_id[:8]}", saga_id=None,
-                            actor="test")
+        await assets.register_locker(
+            conn,
+            tenant_id="acme",
+            locker_ref=f"l-{asset_id[:8]}",
+            lat=1.0,
+            lon=2.0,
+            geofence_m=50,
+            actor="test",
+        )
+        await assets.create(
+            conn,
+            asset_id=asset_id,
+            tenant_id="acme",
+            name="a",
+            category="watch",
+            locker_ref=f"l-{asset_id[:8]}",
+            saga_id=None,
+            actor="test",
+        )
     return asset_id
 
 
 @pytest.mark.parametrize("target", STATUSES)
-async def test_database_refuses_illegal_transitions_from_pending(pool: db.Pool, target: str) -> None:
+async def test_database_refuses_illegal_transitions_from_pending(
+    pool: db.Pool, target: str
+) -> None:
     """From pending, PostgreSQL accepts only the legal moves and refuses the rest."""
     asset_id = await _asset(pool)
     legal = ("pending", target) in TRANSITIONS or target == "pending"
@@ -90,9 +129,11 @@ async def test_terminal_states_are_final(pool: db.Pool) -> None:
 async def test_audit_rows_cannot_be_updated_or_deleted(pool: db.Pool) -> None:
     """The database refuses UPDATE, DELETE and TRUNCATE on audit_log, sealed or not."""
     await _asset(pool)
-    for sql in ("UPDATE audit_log SET actor = 'mallory'",
-                "DELETE FROM audit_log",
-                "TRUNCATE audit_log"):
+    for sql in (
+        "UPDATE audit_log SET actor = 'mallory'",
+        "DELETE FROM audit_log",
+        "TRUNCATE audit_log",
+    ):
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             async with pool.connection() as conn:
                 await conn.execute(sql)
@@ -129,6 +170,7 @@ async def test_audit_rows_commit_with_their_change_or_not_at_all(pool: db.Pool) 
             await assets.transition(conn, asset_id, "linked", actor="test", locker_id="LKR-1")
             raise RuntimeError("crash before commit")
     async with db.connection(pool) as conn:
-        rows = await db.fetch_all(conn, "audit_for_entity",
-                                  {"entity_type": "asset", "entity_id": asset_id})
+        rows = await db.fetch_all(
+            conn, "audit_for_entity", {"entity_type": "asset", "entity_id": asset_id}
+        )
     assert [r["action"] for r in rows] == ["asset.created"]

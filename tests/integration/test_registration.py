@@ -24,7 +24,7 @@ async def wait_status(client: httpx.AsyncClient, asset_id: str, status: str) -> 
 async def test_register_asset_returns_201_and_reaches_verified(
     core: Core, client: httpx.AsyncClient
 ) -> None:
-    """POST /api/assets links the locker, answers 201 with three ids, then verification settles it."""
+    """POST /api/assets links the locker, answers 201 with three ids, then verifies the asset."""
     ref = first_ref(core)
     resp = await client.post(
         "/api/assets", json={"name": "Rolex 16610", "category": "watch", "lockerRef": ref}
@@ -41,8 +41,12 @@ async def test_register_asset_returns_201_and_reaches_verified(
     assert asset["verification"]["status"] == "verified"
     assert asset["lockerId"] == body["lockerId"]
     async with db.connection(core.pool) as conn:
-        photos = await db.fetch_all(conn, "audit_for_entity", {"entity_type": "asset", "entity_id": body["assetId"]})
-        ev = await conn.execute("SELECT sha256 FROM evidence WHERE asset_id = %s", (body["assetId"],))
+        photos = await db.fetch_all(
+            conn, "audit_for_entity", {"entity_type": "asset", "entity_id": body["assetId"]}
+        )
+        ev = await conn.execute(
+            "SELECT sha256 FROM evidence WHERE asset_id = %s", (body["assetId"],)
+        )
         hashes = [r["sha256"] for r in await ev.fetchall()]
     assert [r["action"] for r in photos] == ["asset.created", "asset.linked", "asset.verified"]
     assert len(hashes) == 1

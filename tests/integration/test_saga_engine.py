@@ -44,7 +44,14 @@ def make_saga(
     return SagaDefinition(
         "test",
         tuple(
-            Step(f"s{i}", execute(i), compensate(i), timeout=1.0, retries=2 if flaky else 0, backoff=0)
+            Step(
+                f"s{i}",
+                execute(i),
+                compensate(i),
+                timeout=1.0,
+                retries=2 if flaky else 0,
+                backoff=0,
+            )
             for i in range(N_STEPS)
         ),
     )
@@ -78,7 +85,9 @@ async def test_failure_compensates_completed_steps_in_reverse(pool: db.Pool, fai
     assert result.status == "compensated"
     assert result.failed_step == f"s{fail_at}"
     assert isinstance(result.error, LockerTimeoutError)
-    expected = [f"do{i}" for i in range(fail_at + 1)] + [f"undo{i}" for i in reversed(range(fail_at))]
+    expected = [f"do{i}" for i in range(fail_at + 1)] + [
+        f"undo{i}" for i in reversed(range(fail_at))
+    ]
     assert calls == expected
     recorded = await steps_of(pool, result.saga_id)
     assert (fail_at, "execute", "failed") in recorded
@@ -103,9 +112,10 @@ async def test_non_retryable_errors_fail_at_once(pool: db.Pool) -> None:
     """A constraint violation is not retried: one attempt, then compensation."""
     calls: list[str] = []
     saga = make_saga(calls, fail_at=2, error=LedgerConstraintError())
-    retrying = SagaDefinition(saga.name, tuple(
-        Step(s.name, s.execute, s.compensate, retries=3, backoff=0) for s in saga.steps
-    ))
+    retrying = SagaDefinition(
+        saga.name,
+        tuple(Step(s.name, s.execute, s.compensate, retries=3, backoff=0) for s in saga.steps),
+    )
     result = await SagaEngine(pool).run(retrying, {})
     assert result.status == "compensated"
     assert calls.count("do2") == 1
@@ -162,6 +172,8 @@ async def test_transactional_step_rolls_back_with_its_checkpoint(pool: db.Pool) 
     result = await SagaEngine(pool).run(saga, {})
     assert result.status == "compensated"
     async with db.connection(pool) as conn:
-        row = await (await conn.execute("SELECT count(*) AS n FROM tenants WHERE id='ghost'")).fetchone()
+        row = await (
+            await conn.execute("SELECT count(*) AS n FROM tenants WHERE id='ghost'")
+        ).fetchone()
     assert row is not None and row["n"] == 0
     assert await steps_of(pool, result.saga_id) == [(0, "execute", "failed")]

@@ -25,8 +25,16 @@ def test_every_state_is_reachable_from_pending() -> None:
             if a == s and b not in seen:
                 seen.add(b)
                 frontier.append(b)
-    assert seen == {"pending", "pending_link", "link_failed", "linked", "verified", "rejected",
-                    "manual_review", "compensated"}
+    assert seen == {
+        "pending",
+        "pending_link",
+        "link_failed",
+        "linked",
+        "verified",
+        "rejected",
+        "manual_review",
+        "compensated",
+    }
 
 
 def test_a_linked_asset_cannot_be_relinked_or_skip_verification_back() -> None:
@@ -39,10 +47,18 @@ def test_a_linked_asset_cannot_be_relinked_or_skip_verification_back() -> None:
 
 def _row(**over: object) -> dict[str, object]:
     row: dict[str, object] = {
-        "id": 1, "seq": 1, "at": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), "tenant_id": "t",
-        "actor": "key:abc", "action": "asset.created", "entity_type": "asset",
-        "entity_id": "e", "before": None, "after": {"status": "pending", "n": 1},
-        "request_id": "r", "saga_id": None,
+        "id": 1,
+        "seq": 1,
+        "at": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        "tenant_id": "t",
+        "actor": "key:abc",
+        "action": "asset.created",
+        "entity_type": "asset",
+        "entity_id": "e",
+        "before": None,
+        "after": {"status": "pending", "n": 1},
+        "request_id": "r",
+        "saga_id": None,
     }
     row.update(over)
     return row
@@ -51,13 +67,18 @@ def _row(**over: object) -> dict[str, object]:
 def test_canonical_form_ignores_key_order_and_time_zone() -> None:
     """The same content hashes the same whatever the dict order or session time zone."""
     a = _row(after={"b": 1, "a": 2})
-    b = _row(after={"a": 2, "b": 1},
-             at=datetime(2026, 1, 2, 5, 4, 5, tzinfo=timezone(timedelta(hours=2))))
+    b = _row(
+        after={"a": 2, "b": 1},
+        at=datetime(2026, 1, 2, 5, 4, 5, tzinfo=timezone(timedelta(hours=2))),
+    )
     assert canonical(a) == canonical(b)
     assert chain_hash(GENESIS, a) == chain_hash(GENESIS, b)
 
 
-@given(st.sampled_from(["actor", "action", "entity_id", "request_id", "tenant_id"]), st.text(max_size=20))
+@given(
+    st.sampled_from(["actor", "action", "entity_id", "request_id", "tenant_id"]),
+    st.text(max_size=20),
+)
 def test_any_change_of_content_changes_the_hash(field: str, value: str) -> None:
     """Changing any covered field changes the row's chain hash."""
     base = _row()

@@ -1,0 +1,3 @@
+from proveniq_core.cli import main
+
+main()
