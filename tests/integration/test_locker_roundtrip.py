@@ -179,6 +179,23 @@ async def test_presence_follows_the_fleet(mqtt_url: str, gateway: LockerGateway)
     assert time.monotonic() - started < 0.5
 
 
+async def test_device_going_offline_fails_its_pending_sends(
+    mqtt_url: str, gateway: LockerGateway
+) -> None:
+    """A send waiting on a device that goes offline fails as unreachable, not as a timeout."""
+    specs = unique_specs()
+    async with running(mqtt_url, specs, LatencyProfile(3000, 3000), gateway):
+        pending = asyncio.create_task(
+            gateway.send(specs[0].ref, "ping", command_id=new_id(), timeout=20)
+        )
+        await asyncio.sleep(0.2)
+    started = time.monotonic()
+    with pytest.raises(LockerUnreachableError, match="offline") as caught:
+        await pending
+    assert time.monotonic() - started < 2
+    assert caught.value.details["lockerRef"] == specs[0].ref
+
+
 async def test_unknown_locker_times_out(gateway: LockerGateway) -> None:
     """A command to a locker nobody serves raises LockerTimeoutError after its timeout."""
     events: list[str] = []

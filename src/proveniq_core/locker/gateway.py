@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -43,6 +44,8 @@ log = structlog.get_logger(__name__)
 EventHook = Callable[[str, dict[str, Any]], None]
 """Receives ``(event, info)``; events: connected, disconnected, command_sent, reply, timeout."""
 
+# Nagle's algorithm plus delayed ACKs adds ~40 ms per small MQTT write; commands are tiny.
+SOCKET_OPTIONS = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 5.0
 
@@ -57,6 +60,19 @@ def parse_mqtt_url(url: str) -> tuple[str, int]:
     if parts.scheme != "mqtt" or not parts.hostname:
         raise ValueError(f"expected an MQTT URL like mqtt://host:1883, got {url!r}")
     return parts.hostname, parts.port or 1883
+
+
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait until it has finished.
+
+    Cancels again while it still runs: on Python 3.11 ``asyncio.wait_for`` (used inside
+    aiomqtt) drops a cancellation that races with the result it awaits.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=0.1)
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("locker.task_failed", task=task.get_name(), error=repr(exc))
 
 
 class LockerGateway:
@@ -101,7 +117,8 @@ class LockerGateway:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._online_waiters.setdefault(ref, set()).add(waiter)
         try:
-            await asyncio.wait_for(waiter, timeout)
+            async with asyncio.timeout(timeout):
+                await waiter
         except TimeoutError:
             return False
         finally:
@@ -109,16 +126,18 @@ class LockerGateway:
         return True
 
     async def start(self) -> None:
-        """Start the connection loop and wait up to ``connect_timeout`` for a first outcome.
+        """Start the connection loop; wait up to ``connect_timeout`` for the first attempt.
 
-        Returns whether or not the broker is reachable; check ``connected``.
+        Never raises for an unreachable broker: the gateway then runs degraded
+        (``connected`` is false) and keeps reconnecting.
         """
         if self._task is not None:
             return
         self._first_attempt.clear()
         self._task = asyncio.create_task(self._run(), name=f"locker-gateway:{self._client_id}")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._first_attempt.wait(), self._connect_timeout)
+            async with asyncio.timeout(self._connect_timeout):
+                await self._first_attempt.wait()
         if not self.connected:
             log.warning("locker.gateway_degraded", host=self._host, port=self._port)
 
@@ -127,13 +146,7 @@ class LockerGateway:
         task, self._task = self._task, None
         if task is None:
             return
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
+        await cancel_and_wait(task)
 
     async def send(
         self,
@@ -181,6 +194,8 @@ class LockerGateway:
             raise LockerUnreachableError(
                 f"could not publish to {ref}: {exc}", details=context, asset_id=asset_id
             ) from exc
+        except LockerUnreachableError as exc:  # set by the loop: broker lost or device gone
+            raise LockerUnreachableError(exc.message, details=context, asset_id=asset_id) from None
         finally:
             self._discard(self._pending, key, future)
         latency_ms = (time.monotonic() - started) * 1000
@@ -199,7 +214,11 @@ class LockerGateway:
         backoff = BACKOFF_MIN_S
         while True:
             client = aiomqtt.Client(
-                self._host, self._port, identifier=self._client_id, timeout=self._connect_timeout
+                self._host,
+                self._port,
+                identifier=self._client_id,
+                timeout=self._connect_timeout,
+                socket_options=SOCKET_OPTIONS,
             )
             try:
                 async with client:
@@ -231,11 +250,20 @@ class LockerGateway:
         self._client = None
         # Presence learnt on this connection is stale; the broker resends it on reconnect.
         self._presence.clear()
-        pending = [f for futures in self._pending.values() for f in futures if not f.done()]
-        for future in pending:
-            future.set_exception(LockerUnreachableError("MQTT connection lost"))
-        log.warning("locker.broker_disconnected", failed_requests=len(pending))
-        self._emit("disconnected", {"failedRequests": len(pending)})
+        failed = self._fail_pending(None, "MQTT connection lost")
+        log.warning("locker.broker_disconnected", failed_requests=failed)
+        self._emit("disconnected", {"failedRequests": failed})
+
+    def _fail_pending(self, ref: str | None, reason: str) -> int:
+        """Fail the sends waiting on ``ref`` (all if ``None``) as unreachable."""
+        failed = 0
+        for (key_ref, _), futures in self._pending.items():
+            if ref is None or key_ref == ref:
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(LockerUnreachableError(reason))
+                        failed += 1
+        return failed
 
     def _dispatch(self, topic: str, payload: Any) -> None:
         # Filter by topic even though we only subscribe to replies and status: amqtt
@@ -261,6 +289,9 @@ class LockerGateway:
                     waiter.set_result(None)
         elif payload == STATUS_OFFLINE:
             self._presence[ref] = False
+            # A clean-session device that went away will never answer what it was sent.
+            if failed := self._fail_pending(ref, "locker went offline"):
+                log.warning("locker.offline_with_pending", locker_ref=ref, failed_requests=failed)
         else:
             raise ValueError(f"unknown status payload {payload!r}")
 

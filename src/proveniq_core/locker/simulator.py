@@ -24,7 +24,13 @@ import aiomqtt
 import structlog
 from PIL import Image, ImageDraw
 
-from proveniq_core.locker.gateway import BACKOFF_MAX_S, BACKOFF_MIN_S, parse_mqtt_url
+from proveniq_core.locker.gateway import (
+    BACKOFF_MAX_S,
+    BACKOFF_MIN_S,
+    SOCKET_OPTIONS,
+    cancel_and_wait,
+    parse_mqtt_url,
+)
 from proveniq_core.locker.protocol import (
     STATUS_OFFLINE,
     STATUS_ONLINE,
@@ -154,14 +160,15 @@ class LockerDevice:
     def answer_for(self, command_id: str) -> asyncio.Future[Reply | None] | None:
         return self._answers.get(command_id)
 
+    def forget(self, command_id: str) -> None:
+        self._answers.pop(command_id, None)
+
     def track(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def cancel_tasks(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(cancel_and_wait(t) for t in list(self._tasks)))
 
 
 class LockerFleet:
@@ -226,18 +233,10 @@ class LockerFleet:
         runners, self._runners = self._runners, []
         if not runners:
             return
-        await asyncio.gather(*(d.cancel_tasks() for d in self._devices.values()))
-        for device in self._devices.values():
-            if device.client is not None:
-                try:
-                    await device.client.publish(
-                        status_topic(device.ref), STATUS_OFFLINE, qos=1, retain=True
-                    )
-                except aiomqtt.MqttError as exc:
-                    log.warning("locker.sim_offline_failed", locker_ref=device.ref, error=str(exc))
-        for runner in runners:
-            runner.cancel()
-        await asyncio.gather(*runners, return_exceptions=True)
+        devices = self._devices.values()
+        await asyncio.gather(*(d.cancel_tasks() for d in devices))
+        await asyncio.gather(*(_announce_offline(d) for d in devices))
+        await asyncio.gather(*(cancel_and_wait(r) for r in runners))
 
     async def _run_device(
         self, device: LockerDevice, first: asyncio.Future[Exception | None]
@@ -252,6 +251,7 @@ class LockerFleet:
                 identifier=f"proveniq-sim-{device.ref}",
                 will=will,
                 timeout=self._connect_timeout,
+                socket_options=SOCKET_OPTIONS,
             )
             try:
                 async with client:
@@ -290,7 +290,8 @@ class LockerFleet:
             device.commands[command.type] += 1
             try:
                 answer.set_result(await self._execute(device, command))
-            except asyncio.CancelledError:
+            except asyncio.CancelledError:  # switched off mid-command: a resend runs it anew
+                device.forget(command.commandId)
                 answer.cancel()
                 raise
             except Exception as exc:
@@ -357,6 +358,15 @@ class LockerFleet:
             await client.publish(replies_topic(device.ref), encode(reply), qos=1)
         except aiomqtt.MqttError as exc:
             log.warning("locker.sim_reply_lost", locker_ref=device.ref, reason=str(exc))
+
+
+async def _announce_offline(device: LockerDevice) -> None:
+    if device.client is None:
+        return
+    try:
+        await device.client.publish(status_topic(device.ref), STATUS_OFFLINE, qos=1, retain=True)
+    except aiomqtt.MqttError as exc:
+        log.warning("locker.sim_offline_failed", locker_ref=device.ref, error=str(exc))
 
 
 def _failure(command: Command, code: ReplyErrorCode, detail: str) -> Reply:
