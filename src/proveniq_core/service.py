@@ -54,7 +54,9 @@ async def ensure_bootstrap_key(pool: db.Pool, home: Path) -> str:
         token = path.read_text().strip()
         if await keys.authenticate(pool, token) is not None:
             return token
-    token = await keys.create_key(pool, BOOTSTRAP_TENANT, keys.SCOPES, name="bootstrap admin")
+    token = await keys.create_key(
+        pool, BOOTSTRAP_TENANT, keys.SCOPES, name="bootstrap admin", actor="system:bootstrap"
+    )
     path.write_text(token + "\n")
     path.chmod(0o600)
     return token

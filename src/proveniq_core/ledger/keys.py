@@ -8,6 +8,7 @@ import secrets
 from dataclasses import dataclass
 
 from proveniq_core import db
+from proveniq_core.ledger import audit
 
 SCOPES: tuple[str, ...] = (
     "assets:read",
@@ -45,7 +46,12 @@ async def ensure_tenant(conn: db.Conn, tenant_id: str, name: str | None = None) 
 
 
 async def create_key(
-    pool: db.Pool, tenant_id: str, scopes: list[str] | tuple[str, ...], name: str = ""
+    pool: db.Pool,
+    tenant_id: str,
+    scopes: list[str] | tuple[str, ...],
+    name: str = "",
+    *,
+    actor: str = "system:cli",
 ) -> str:
     """Create a key (and its tenant if new); return the plaintext, shown only now."""
     unknown = sorted(set(scopes) - set(SCOPES))
@@ -64,6 +70,15 @@ async def create_key(
                 "secret_hash": _digest(secret),
                 "scopes": sorted(set(scopes)),
             },
+        )
+        await audit.record(
+            conn,
+            actor=actor,
+            action="api_key.created",
+            entity_type="api_key",
+            entity_id=key_id,
+            tenant_id=tenant_id,
+            after={"scopes": sorted(set(scopes)), "name": name},
         )
     return f"pk_{key_id}_{secret}"
 
