@@ -12,18 +12,7 @@ from psycopg.conninfo import make_conninfo
 from proveniq_core import db
 from proveniq_core.errors import LedgerConstraintError
 from proveniq_core.ledger import assets, audit, keys
-from proveniq_core.ledger.states import TRANSITIONS
-
-STATUSES = [
-    "pending",
-    "pending_link",
-    "link_failed",
-    "linked",
-    "verified",
-    "rejected",
-    "manual_review",
-    "compensated",
-]
+from proveniq_core.ledger.states import STATUSES, TRANSITIONS
 
 
 async def test_migrations_apply_fresh_and_rerun_as_noop(pg_admin_url: str) -> None:

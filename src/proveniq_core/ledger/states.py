@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 AssetStatus = Literal[
     "pending",
@@ -14,6 +14,8 @@ AssetStatus = Literal[
     "manual_review",
     "compensated",
 ]
+
+STATUSES: tuple[str, ...] = get_args(AssetStatus)
 
 TRANSITIONS: frozenset[tuple[str, str]] = frozenset(
     {
