@@ -53,6 +53,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+class _SnapshotDict(dict[Any, Any]):
+    """A dict whose iteration walks a snapshot of its keys.
+
+    amqtt 0.12 iterates ``Broker._subscriptions`` with an ``await`` inside the loop when a
+    client connects; a subscription made meanwhile raised "dictionary changed size during
+    iteration" and dropped that client. Iterating a snapshot is what the loop meant.
+    """
+
+    def __iter__(self) -> Any:
+        return iter(list(self.keys()))
+
+
 class EmbeddedBroker:
     """An ``amqtt`` broker in this process, listening on loopback only."""
 
@@ -76,6 +88,7 @@ class EmbeddedBroker:
                 },
             }
         )
+        self._broker._subscriptions = _SnapshotDict()  # see _SnapshotDict
         await self._broker.start()
         return self.url
 

@@ -153,11 +153,12 @@ async def test_audit_chain_verifies_after_registrations(
 ) -> None:
     """Registrations leave a sealed chain that verifies end to end."""
     for i in range(3):
-        await client.post(
+        created = await client.post(
             "/api/assets", json={"name": f"a{i}", "category": "watch", "lockerRef": first_ref(core)}
         )
+        await wait_status(client, created.json()["assetId"], "verified")  # no more writes after
     await audit.seal(core.pool)
     report = await audit.verify(core.pool)
     assert report.ok
-    assert report.checked >= 3 * 3  # created + linked per asset, plus locker registrations
+    assert report.checked >= 3 * 4  # created, linked, verified, verification.completed
     assert report.unsealed == 0
