@@ -85,9 +85,10 @@ class SagaResult:
 
 
 def error_doc(exc: BaseException) -> dict[str, Any]:
-    code = exc.code if isinstance(exc, CoreError) else "E_INTERNAL"
-    if isinstance(exc, TimeoutError) and not isinstance(exc, CoreError):
-        code = "E_TIMEOUT"
+    if isinstance(exc, CoreError):
+        code = exc.code
+    else:
+        code = "E_TIMEOUT" if isinstance(exc, TimeoutError) else "E_INTERNAL"
     return {"code": code, "type": type(exc).__name__, "message": str(exc) or type(exc).__name__}
 
 
