@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     verify_retry_base: float = Field(5.0, gt=0)
     poll_interval: float = Field(1.0, gt=0, description="worker fallback poll when no NOTIFY")
 
+    saga_lease: float = Field(15.0, gt=0, description="how long a saga claim holds unrenewed")
+    saga_concurrency: int = Field(32, ge=1, description="sagas one worker drives at once")
+    saga_compensation_rounds: int = Field(5, ge=1, description="tries of a failing compensation")
+    saga_compensation_retry_base: float = Field(5.0, gt=0, description="first retry delay")
+
     log_level: str = "info"
     log_json: bool = True
 

@@ -132,23 +132,31 @@ async def open_pool(conninfo: str, *, min_size: int = 2, max_size: int = 20) -> 
     return pool
 
 
+def translate(exc: Exception) -> Exception:
+    """The taxonomy error for a database failure (constraint, conflict, down), else ``exc``."""
+    if isinstance(exc, pg_errors.IntegrityError | pg_errors.DataError):
+        diag = exc.diag
+        return LedgerConstraintError(
+            "Invalid data. Please check your input.",
+            details={"constraint": diag.constraint_name, "detail": diag.message_primary},
+        )
+    if isinstance(exc, pg_errors.SerializationFailure | pg_errors.DeadlockDetected):
+        return LedgerConflictError()
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | TimeoutError):
+        return LedgerDownError()  # a TimeoutError here: pool exhausted or server unreachable
+    return exc
+
+
 @contextmanager
 def translate_errors() -> Iterator[None]:
     """Map database failures onto the taxonomy: constraint, conflict, or down."""
     try:
         yield
-    except (pg_errors.IntegrityError, pg_errors.DataError) as exc:
-        diag = exc.diag
-        raise LedgerConstraintError(
-            "Invalid data. Please check your input.",
-            details={"constraint": diag.constraint_name, "detail": diag.message_primary},
-        ) from exc
-    except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected) as exc:
-        raise LedgerConflictError() from exc
-    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-        raise LedgerDownError() from exc
-    except TimeoutError as exc:  # pool exhausted or unreachable
-        raise LedgerDownError() from exc
+    except (psycopg.Error, TimeoutError) as exc:
+        translated = translate(exc)
+        if translated is exc:
+            raise
+        raise translated from exc
 
 
 @asynccontextmanager
@@ -183,15 +191,19 @@ async def execute(conn: Conn, name: str, params: dict[str, Any] | None = None) -
 
 
 class Waker:
-    """Sets ``event`` on every ``NOTIFY`` of ``channel``; reconnects on error.
+    """Wakes workers on ``NOTIFY`` of ``channel``; the payload names the topic (a table).
 
-    Workers wait on the event with a timeout, so polling covers any missed notification.
+    Each topic has its own event, so several workers can share one listening connection.
+    Workers wait with a timeout, so polling covers any missed notification.
     """
 
     def __init__(self, conninfo: str, channel: str = "proveniq_work") -> None:
         self.conninfo = conninfo
         self.channel = channel
-        self.event = asyncio.Event()
+        self._events: dict[str, asyncio.Event] = {}
+
+    def _event(self, topic: str) -> asyncio.Event:
+        return self._events.setdefault(topic, asyncio.Event())
 
     async def run(self) -> None:
         while True:
@@ -200,14 +212,16 @@ class Waker:
                     self.conninfo, autocommit=True
                 ) as conn:
                     await conn.execute(f"LISTEN {self.channel}")
-                    self.event.set()  # catch up on anything missed while disconnected
-                    async for _ in conn.notifies():
-                        self.event.set()
+                    for event in self._events.values():  # catch up on anything missed
+                        event.set()
+                    async for note in conn.notifies():
+                        self._event(note.payload).set()
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 log.warning("listen_reconnect", channel=self.channel, error=str(exc))
                 await asyncio.sleep(1.0)
 
-    async def wait(self, timeout: float) -> None:
+    async def wait(self, topic: str, timeout: float) -> None:
+        event = self._event(topic)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.event.wait(), timeout)
-        self.event.clear()
+            await asyncio.wait_for(event.wait(), timeout)
+        event.clear()

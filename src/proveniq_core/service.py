@@ -132,7 +132,14 @@ async def running(
             await register_fleet(pool, fleet, BOOTSTRAP_TENANT)
             progress(f"simulated fleet: {len(fleet.devices)} lockers ({settings.sim_profile})")
 
-        engine = SagaEngine(pool, owner=f"proc-{os.getpid()}")
+        registration = registration_saga(gateway, link_timeout=settings.link_sync_budget_ms / 1000)
+        engine = SagaEngine(
+            pool,
+            definitions=[registration],
+            lease=settings.saga_lease,
+            compensation_rounds=settings.saga_compensation_rounds,
+            compensation_retry_base=settings.saga_compensation_retry_base,
+        )
         core = Core(
             settings=settings,
             conninfo=conninfo,
@@ -140,19 +147,24 @@ async def running(
             pool=pool,
             gateway=gateway,
             engine=engine,
-            registration=registration_saga(
-                gateway, link_timeout=settings.link_sync_budget_ms / 1000
-            ),
+            registration=registration,
             evidence=EvidenceStore(settings.evidence_dir),
             fleet=fleet,
         )
         core.bootstrap_key = await ensure_bootstrap_key(pool, settings.home)
 
+        core.tasks.append(asyncio.create_task(engine.keepalive(), name="saga-keepalive"))
         if settings.role in ("worker", "all"):
             waker = db.Waker(conninfo)
             worker = VerifyWorker(pool, gateway, core.evidence, settings)
             core.tasks += [
                 asyncio.create_task(waker.run(), name="waker"),
+                asyncio.create_task(
+                    engine.work(
+                        waker, concurrency=settings.saga_concurrency, poll=settings.poll_interval
+                    ),
+                    name="saga-worker",
+                ),
                 asyncio.create_task(worker.run(waker), name="verify-worker"),
                 asyncio.create_task(_seal_forever(pool), name="audit-sealer"),
             ]

@@ -1,16 +1,26 @@
-"""The saga executor against real PostgreSQL: checkpoints, retries, reverse compensation."""
+"""The saga executor against real PostgreSQL: checkpoints, retries, reverse compensation,
+leases and fencing, resumption, durable timers and durable compensation."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from proveniq_core import db
-from proveniq_core.errors import LedgerConstraintError, LockerTimeoutError
+from proveniq_core.errors import LedgerConstraintError, LockerHardwareError, LockerTimeoutError
 from proveniq_core.saga import store
-from proveniq_core.saga.engine import SagaDefinition, SagaEngine, Step, StepContext
+from proveniq_core.saga.engine import (
+    Defer,
+    LeaseLostError,
+    SagaDefinition,
+    SagaEngine,
+    Step,
+    StepContext,
+)
 
 N_STEPS = 4
 
@@ -36,7 +46,6 @@ def make_saga(
 
     def compensate(i: int) -> Any:
         async def run(ctx: StepContext) -> None:
-            assert f"out{i}" in ctx.data  # compensation sees the step's output
             calls.append(f"undo{i}")
 
         return run
@@ -57,11 +66,38 @@ def make_saga(
     )
 
 
-async def steps_of(pool: db.Pool, saga_id: str) -> list[tuple[int, str, str]]:
+async def log_of(pool: db.Pool, saga_id: str) -> list[tuple[int, str, int, str]]:
+    """The step log: (step index, phase, attempt, status) in order."""
     async with db.connection(pool) as conn:
         found = await store.load(conn, saga_id)
     assert found is not None
-    return [(s["step_index"], s["phase"], s["status"]) for s in found[1]]
+    return [(s["step_index"], s["phase"], s["attempt"], s["status"]) for s in found[1]]
+
+
+async def saga_row(pool: db.Pool, saga_id: str) -> db.Row:
+    async with db.connection(pool) as conn:
+        row = await db.fetch_one(conn, "get_saga", {"id": saga_id})
+    assert row is not None
+    return row
+
+
+async def alerts_for(pool: db.Pool, saga_id: str) -> list[db.Row]:
+    async with db.connection(pool) as conn:
+        cur = await conn.execute(
+            "SELECT * FROM ops_alerts WHERE subject->>'sagaId' = %s", (saga_id,)
+        )
+        return await cur.fetchall()
+
+
+@contextlib.asynccontextmanager
+async def second_pool(database_url: str) -> AsyncIterator[db.Pool]:
+    """Another process's pool on the same database."""
+    other = await db.open_pool(database_url, min_size=1, max_size=4)
+    await other.wait()
+    try:
+        yield other
+    finally:
+        await other.close()
 
 
 async def test_all_steps_complete_and_are_checkpointed(pool: db.Pool) -> None:
@@ -71,41 +107,60 @@ async def test_all_steps_complete_and_are_checkpointed(pool: db.Pool) -> None:
     assert result.ok
     assert calls == ["do0", "do1", "do2", "do3"]
     assert result.data == {"x": 1, "out0": 1, "out1": 1, "out2": 1, "out3": 1}
-    assert await steps_of(pool, result.saga_id) == [(i, "execute", "completed") for i in range(4)]
-    async with db.connection(pool) as conn:
-        saga = await db.fetch_one(conn, "get_saga", {"id": result.saga_id})
-    assert saga is not None and saga["status"] == "completed" and saga["data"]["out3"] == 1
+    assert await log_of(pool, result.saga_id) == [(i, "execute", 1, "completed") for i in range(4)]
+    saga = await saga_row(pool, result.saga_id)
+    assert saga["status"] == "completed" and saga["data"]["out3"] == 1
+    assert saga["owner"] is None and saga["lease_until"] is None  # released
 
 
 @pytest.mark.parametrize("fail_at", range(N_STEPS))
-async def test_failure_compensates_completed_steps_in_reverse(pool: db.Pool, fail_at: int) -> None:
-    """A step failing at any position undoes exactly the earlier steps, last first."""
+async def test_definite_failure_compensates_earlier_steps_in_reverse(
+    pool: db.Pool, fail_at: int
+) -> None:
+    """A step that definitely failed (the device said no) undoes exactly the earlier steps."""
+    calls: list[str] = []
+    saga = make_saga(calls, fail_at=fail_at, error=LockerHardwareError())
+    result = await SagaEngine(pool).run(saga, {})
+    assert result.failed_step == f"s{fail_at}"
+    assert isinstance(result.error, LockerHardwareError)
+    undone = [f"undo{i}" for i in reversed(range(fail_at))]
+    assert calls == [f"do{i}" for i in range(fail_at + 1)] + undone
+    assert result.status == ("compensated" if undone else "failed")
+    recorded = await log_of(pool, result.saga_id)
+    assert (fail_at, "execute", 1, "failed") in recorded
+    assert [r for r in recorded if r[1] == "compensate"] == [
+        (i, "compensate", 1, "completed") for i in reversed(range(fail_at))
+    ]
+    assert (await saga_row(pool, result.saga_id))["error"]["code"] == "E_LOCKER_HARDWARE"
+
+
+@pytest.mark.parametrize("fail_at", range(N_STEPS))
+async def test_ambiguous_failure_also_compensates_the_failed_step(
+    pool: db.Pool, fail_at: int
+) -> None:
+    """A command that timed out may have happened: its own compensation runs first."""
     calls: list[str] = []
     result = await SagaEngine(pool).run(make_saga(calls, fail_at=fail_at), {})
     assert result.status == "compensated"
-    assert result.failed_step == f"s{fail_at}"
     assert isinstance(result.error, LockerTimeoutError)
-    expected = [f"do{i}" for i in range(fail_at + 1)] + [
-        f"undo{i}" for i in reversed(range(fail_at))
+    assert calls == [f"do{i}" for i in range(fail_at + 1)] + [
+        f"undo{i}" for i in reversed(range(fail_at + 1))
     ]
-    assert calls == expected
-    recorded = await steps_of(pool, result.saga_id)
-    assert (fail_at, "execute", "failed") in recorded
-    assert [r for r in recorded if r[1] == "compensate"] == [
-        (i, "compensate", "completed") for i in reversed(range(fail_at))
-    ]
+    assert (await saga_row(pool, result.saga_id))["undo"] == list(reversed(range(fail_at + 1)))
 
 
 async def test_retryable_errors_are_retried_within_the_step(pool: db.Pool) -> None:
-    """A step that times out twice then succeeds completes on its third attempt."""
+    """A step that times out twice then succeeds completes on its third attempt, each logged."""
     calls: list[str] = []
     result = await SagaEngine(pool).run(make_saga(calls, fail_at=1, flaky=2), {})
     assert result.ok
     assert calls.count("do1") == 3
-    async with db.connection(pool) as conn:
-        found = await store.load(conn, result.saga_id)
-    assert found is not None
-    assert [s["attempts"] for s in found[1] if s["step_index"] == 1] == [3]
+    assert [r for r in await log_of(pool, result.saga_id) if r[0] == 1] == [
+        (1, "execute", 1, "failed"),
+        (1, "execute", 2, "failed"),
+        (1, "execute", 3, "completed"),
+    ]
+    assert result.data["out1"] == 3
 
 
 async def test_non_retryable_errors_fail_at_once(pool: db.Pool) -> None:
@@ -119,10 +174,11 @@ async def test_non_retryable_errors_fail_at_once(pool: db.Pool) -> None:
     result = await SagaEngine(pool).run(retrying, {})
     assert result.status == "compensated"
     assert calls.count("do2") == 1
+    assert "undo2" not in calls
 
 
 async def test_step_timeout_fails_the_step(pool: db.Pool) -> None:
-    """A step slower than its timeout fails with a timeout and is compensated."""
+    """A step slower than its timeout fails with a timeout; it and the earlier step are undone."""
     undone: list[str] = []
 
     async def fast(ctx: StepContext) -> dict[str, Any]:
@@ -139,26 +195,8 @@ async def test_step_timeout_fails_the_step(pool: db.Pool) -> None:
     result = await SagaEngine(pool).run(saga, {})
     assert result.status == "compensated"
     assert isinstance(result.error, TimeoutError)
-    assert undone == ["a"]
-
-
-async def test_failing_compensation_ends_compensation_failed(pool: db.Pool) -> None:
-    """A compensation that keeps failing is recorded and the saga ends compensation_failed."""
-
-    async def ok(ctx: StepContext) -> dict[str, Any]:
-        return {}
-
-    async def boom(ctx: StepContext) -> dict[str, Any]:
-        raise LockerTimeoutError()
-
-    async def bad_undo(ctx: StepContext) -> None:
-        raise LockerTimeoutError("unlink timed out")
-
-    saga = SagaDefinition("t", (Step("a", ok, bad_undo, backoff=0), Step("b", boom)))
-    result = await SagaEngine(pool).run(saga, {})
-    assert result.status == "compensation_failed"
-    assert result.compensation_errors == ["a"]
-    assert (0, "compensate", "failed") in await steps_of(pool, result.saga_id)
+    assert undone == ["b", "a"]
+    assert (1, "execute", 1, "failed") in await log_of(pool, result.saga_id)
 
 
 async def test_transactional_step_rolls_back_with_its_checkpoint(pool: db.Pool) -> None:
@@ -170,10 +208,329 @@ async def test_transactional_step_rolls_back_with_its_checkpoint(pool: db.Pool) 
 
     saga = SagaDefinition("t", (Step("w", write_then_fail, transactional=True),))
     result = await SagaEngine(pool).run(saga, {})
-    assert result.status == "compensated"
+    assert result.status == "failed"  # nothing had been done, so nothing to undo
     async with db.connection(pool) as conn:
         row = await (
             await conn.execute("SELECT count(*) AS n FROM tenants WHERE id='ghost'")
         ).fetchone()
     assert row is not None and row["n"] == 0
-    assert await steps_of(pool, result.saga_id) == [(0, "execute", "failed")]
+    assert await log_of(pool, result.saga_id) == [(0, "execute", 1, "failed")]
+
+
+async def test_database_errors_in_a_step_are_translated(pool: db.Pool) -> None:
+    """A raw constraint violation inside a step surfaces as E_LEDGER_CONSTRAINT, not retried."""
+    attempts: list[int] = []
+
+    async def duplicate(ctx: StepContext) -> dict[str, Any]:
+        attempts.append(ctx.attempt)
+        await ctx.tx.execute("INSERT INTO tenants (id, name) VALUES ('dup', 'a'), ('dup', 'b')")
+        return {}
+
+    saga = SagaDefinition("t", (Step("d", duplicate, transactional=True, retries=3),))
+    result = await SagaEngine(pool).run(saga, {})
+    assert isinstance(result.error, LedgerConstraintError)
+    assert attempts == [1]
+
+
+async def test_compensation_that_keeps_failing_ends_compensation_failed_with_an_alert(
+    pool: db.Pool,
+) -> None:
+    """Each round retries the compensation on the saga's timer; after the last, an alert."""
+    tries: list[int] = []
+
+    async def ok(ctx: StepContext) -> dict[str, Any]:
+        return {}
+
+    async def boom(ctx: StepContext) -> dict[str, Any]:
+        raise LockerHardwareError()
+
+    async def bad_undo(ctx: StepContext) -> None:
+        tries.append(ctx.attempt)
+        raise LockerTimeoutError("unlink timed out")
+
+    saga = SagaDefinition("t", (Step("a", ok, bad_undo, backoff=0), Step("b", boom)))
+    engine = SagaEngine(pool, compensation_rounds=3, compensation_retry_base=0.05)
+    first = await engine.run(saga, {"assetId": "a-1"})
+    assert first.status == "compensating" and first.deferred == pytest.approx(0.05)
+    parked = await saga_row(pool, first.saga_id)
+    assert parked["owner"] is None and parked["rounds"] == 1
+    assert await engine.run_due() == []  # not due yet
+    await asyncio.sleep(0.1)
+    (second,) = await engine.run_due()
+    assert second.status == "compensating" and second.deferred == pytest.approx(0.1)
+    await asyncio.sleep(0.15)
+    (last,) = await engine.run_due()
+    assert last.status == "compensation_failed"
+    assert last.compensation_errors == ["a"]
+    assert tries == list(range(1, 10))  # 3 rounds of 3 attempts, numbered on across rounds
+    (alert,) = await alerts_for(pool, first.saga_id)
+    assert alert["severity"] == "critical" and alert["code"] == "E_PARTIAL_COMMIT"
+    assert alert["subject"]["assetId"] == "a-1" and alert["subject"]["step"] == "a"
+    saga_after = await saga_row(pool, first.saga_id)
+    assert saga_after["status"] == "compensation_failed" and saga_after["rounds"] == 3
+
+
+async def test_compensation_recovers_in_a_later_round(pool: db.Pool) -> None:
+    """A compensation that fails in round one and works in round two ends compensated."""
+    state = {"fail": True}
+
+    async def ok(ctx: StepContext) -> dict[str, Any]:
+        return {}
+
+    async def boom(ctx: StepContext) -> dict[str, Any]:
+        raise LockerHardwareError()
+
+    async def undo(ctx: StepContext) -> None:
+        if state["fail"]:
+            raise LockerTimeoutError("unlink timed out")
+
+    saga = SagaDefinition("t", (Step("a", ok, undo, backoff=0), Step("b", boom)))
+    engine = SagaEngine(pool, compensation_rounds=3, compensation_retry_base=0.05)
+    first = await engine.run(saga, {})
+    assert first.status == "compensating"
+    state["fail"] = False
+    await asyncio.sleep(0.08)
+    (second,) = await engine.run_due()
+    assert second.status == "compensated"
+    assert await alerts_for(pool, first.saga_id) == []
+
+
+async def test_a_deferred_step_runs_again_when_due(pool: db.Pool) -> None:
+    """A step raising Defer parks the saga on its timer; a worker resumes it when due."""
+
+    async def wait_once(ctx: StepContext) -> dict[str, Any]:
+        if ctx.attempt == 1:
+            raise Defer(0.2, "device busy")
+        return {"done": ctx.attempt}
+
+    saga = SagaDefinition("t", (Step("w", wait_once),))
+    engine = SagaEngine(pool)
+    first = await engine.run(saga, {})
+    assert first.status == "running" and first.deferred == 0.2
+    assert await engine.run_due() == []
+    await asyncio.sleep(0.25)
+    (done,) = await engine.run_due()
+    assert done.ok and done.data["done"] == 2
+    assert await log_of(pool, first.saga_id) == [
+        (0, "execute", 1, "deferred"),
+        (0, "execute", 2, "completed"),
+    ]
+
+
+async def test_a_crashed_owner_is_resumed_without_repeating_completed_steps(
+    pool: db.Pool, database_url: str
+) -> None:
+    """The owner dies inside step 2; after its lease expires another process finishes the saga:
+    steps 0 and 1 are not run again, step 2 runs again with the same idempotency key."""
+    seen: list[tuple[str, int, int, str]] = []
+    hang, inside = asyncio.Event(), asyncio.Event()
+
+    def step(i: int) -> Any:
+        async def run(ctx: StepContext) -> dict[str, Any]:
+            seen.append(("do", i, ctx.attempt, ctx.idempotency_key))
+            if i == 2 and ctx.attempt == 1:
+                inside.set()
+                await hang.wait()  # the owner is "killed" here
+            return {f"out{i}": True}
+
+        return run
+
+    saga = SagaDefinition("t", tuple(Step(f"s{i}", step(i), timeout=30) for i in range(4)))
+    doomed = SagaEngine(pool, owner="doomed", lease=0.3)
+    task = asyncio.create_task(doomed.run(saga, {"x": 1}))
+    await asyncio.wait_for(inside.wait(), 5)
+    task.cancel()  # no more checkpoints from this owner; its lease is left to expire
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    saga_id = seen[2][3].split(":")[0]
+    async with second_pool(database_url) as other:
+        heir = SagaEngine(other, owner="heir", definitions=[saga])
+        assert await heir.run_due() == []  # the lease still holds
+        await asyncio.sleep(0.35)
+        (result,) = await heir.run_due()
+    assert result.ok and result.data == {"x": 1, "out0": True, "out1": True, "out2": True,
+                                         "out3": True}  # fmt: skip
+    assert [s[1] for s in seen] == [0, 1, 2, 2, 3]
+    assert seen[3] == ("do", 2, 2, seen[2][3])  # same key, next attempt
+    async with db.connection(pool) as conn:
+        found = await store.load(conn, saga_id)
+    assert found is not None
+    saga_state, rows = found
+    assert saga_state["epoch"] == 2
+    assert [(r["step_index"], r["attempt"], r["status"], r["owner"]) for r in rows] == [
+        (0, 1, "completed", "doomed"),
+        (1, 1, "completed", "doomed"),
+        (2, 1, "interrupted", "doomed"),
+        (2, 2, "completed", "heir"),
+        (3, 1, "completed", "heir"),
+    ]
+
+
+async def test_a_stale_owner_cannot_overwrite_the_new_owners_result(
+    pool: db.Pool, database_url: str
+) -> None:
+    """An owner paused past its lease wakes up after another finished the saga: its
+    checkpoint is refused (fencing) and the new owner's result stands."""
+    release = asyncio.Event()
+
+    async def slow_first(ctx: StepContext) -> dict[str, Any]:
+        if ctx.attempt == 1:
+            await release.wait()  # a long GC pause, a partition…
+            return {"by": "stale"}
+        return {"by": "heir"}
+
+    saga = SagaDefinition("t", (Step("s", slow_first, timeout=30),))
+    stale = SagaEngine(pool, owner="stale", lease=0.2)
+    task = asyncio.create_task(stale.run(saga, {}))
+    await asyncio.sleep(0.3)
+    async with second_pool(database_url) as other:
+        (result,) = await SagaEngine(other, owner="heir", definitions=[saga]).run_due()
+    assert result.ok and result.data["by"] == "heir"
+    release.set()
+    with pytest.raises(LeaseLostError):
+        await task
+    saga_state = await saga_row(pool, result.saga_id)
+    assert saga_state["status"] == "completed" and saga_state["data"]["by"] == "heir"
+    assert await log_of(pool, result.saga_id) == [
+        (0, "execute", 1, "interrupted"),
+        (0, "execute", 2, "completed"),
+    ]
+
+
+async def test_keepalive_keeps_a_long_step_from_being_claimed(pool: db.Pool) -> None:
+    """A step longer than the lease is not stolen while its owner renews the lease."""
+
+    async def long_step(ctx: StepContext) -> dict[str, Any]:
+        await asyncio.sleep(1.0)
+        return {}
+
+    saga = SagaDefinition("t", (Step("long", long_step, timeout=5),))
+    owner = SagaEngine(pool, owner="owner", lease=0.3)
+    rival = SagaEngine(pool, owner="rival", definitions=[saga])
+    keepalive = asyncio.create_task(owner.keepalive())
+    try:
+        task = asyncio.create_task(owner.run(saga, {}))
+        claimed = []
+        for _ in range(10):
+            await asyncio.sleep(0.1)
+            claimed += await rival.claim(10)
+        result = await task
+    finally:
+        keepalive.cancel()
+    assert claimed == []
+    assert result.ok
+    assert [r[3] for r in await log_of(pool, result.saga_id)] == ["completed"]
+
+
+async def test_racing_workers_never_run_a_step_twice(pool: db.Pool, database_url: str) -> None:
+    """Two workers claim the same due sagas, over and over: every step runs exactly once,
+    by the one worker that claimed its saga, and no two executions of a step overlap."""
+    runs: list[tuple[str, int, str]] = []
+
+    def step(i: int) -> Any:
+        async def run(ctx: StepContext) -> dict[str, Any]:
+            runs.append((ctx.saga_id, i, ctx.data["by"]))
+            await asyncio.sleep(0)
+            return {}
+
+        return run
+
+    saga = SagaDefinition("race", tuple(Step(f"s{i}", step(i)) for i in range(3)))
+    n = 200
+    async with second_pool(database_url) as other:
+        a = SagaEngine(pool, owner="a", definitions=[saga])
+        b = SagaEngine(other, owner="b", definitions=[saga])
+        for i in range(n):
+            await a.schedule(saga, {"i": i, "by": "?"})
+
+        async def drain(engine: SagaEngine) -> list[str]:
+            done: list[str] = []
+            while True:
+                results = await engine.run_due(limit=7)
+                if not results:
+                    return done
+                done += [r.saga_id for r in results if r.ok]
+
+        done_a, done_b = await asyncio.gather(drain(a), drain(b))
+    assert len(done_a) + len(done_b) == n
+    assert not set(done_a) & set(done_b)
+    assert done_a and done_b  # both really competed
+    assert len(runs) == 3 * n
+    assert len({(saga_id, i) for saga_id, i, _ in runs}) == 3 * n  # no step ran twice
+    async with db.connection(pool) as conn:
+        cur = await conn.execute(
+            "SELECT count(*) AS n FROM saga_steps WHERE status <> 'completed' OR attempt <> 1"
+        )
+        row = await cur.fetchone()
+    assert row is not None and row["n"] == 0
+
+
+async def test_timer_fires_once_at_or_after_its_time_across_a_restart(
+    pool: db.Pool, database_url: str
+) -> None:
+    """A scheduled saga survives its worker's restart and fires once, not before its time."""
+    async with db.connection(pool) as conn:
+        await conn.execute(
+            "CREATE TABLE fired (saga_id uuid, at timestamptz DEFAULT clock_timestamp())"
+        )
+
+    async def fire(ctx: StepContext) -> dict[str, Any]:
+        await ctx.tx.execute("INSERT INTO fired (saga_id) VALUES (%s)", (ctx.saga_id,))
+        return {}
+
+    saga = SagaDefinition("timer", (Step("fire", fire, transactional=True),))
+    saga_id = await SagaEngine(pool).schedule(saga, {}, delay=1.0)
+    before = SagaEngine(pool, owner="before", definitions=[saga])
+    worker = asyncio.create_task(before.work(poll=0.05))
+    await asyncio.sleep(0.4)
+    worker.cancel()  # the process restarts before the timer is due
+    with contextlib.suppress(asyncio.CancelledError):
+        await worker
+    async with second_pool(database_url) as other:
+        after = SagaEngine(other, owner="after", definitions=[saga])
+        waker = db.Waker(database_url)
+        tasks = [
+            asyncio.create_task(waker.run()),
+            asyncio.create_task(after.work(waker, poll=0.05)),
+        ]
+        try:
+            for _ in range(100):
+                if (await saga_row(pool, saga_id))["status"] == "completed":
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)  # room for a second firing, were there one
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    async with db.connection(pool) as conn:
+        cur = await conn.execute(
+            "SELECT f.at >= s.run_at AS on_time, s.owner, s.status FROM fired f "
+            "JOIN sagas s ON s.id = f.saga_id"
+        )
+        rows = await cur.fetchall()
+    assert rows == [{"on_time": True, "owner": None, "status": "completed"}]
+    (step_row,) = [r for r in (await store_steps(pool, saga_id))]
+    assert step_row["owner"] == "after"
+
+
+async def store_steps(pool: db.Pool, saga_id: str) -> list[db.Row]:
+    async with db.connection(pool) as conn:
+        found = await store.load(conn, saga_id)
+    assert found is not None
+    return found[1]
+
+
+async def test_a_saga_of_an_unknown_kind_is_handed_back(pool: db.Pool) -> None:
+    """A worker that does not know a saga's definition leaves it for one that does."""
+
+    async def noop(ctx: StepContext) -> dict[str, Any]:
+        return {}
+
+    saga = SagaDefinition("elsewhere", (Step("s", noop),))
+    saga_id = await SagaEngine(pool).schedule(saga, {})
+    (result,) = await SagaEngine(pool, owner="ignorant").run_due()
+    assert result.deferred is not None
+    row = await saga_row(pool, saga_id)
+    assert row["status"] == "running" and row["owner"] is None
+    assert await log_of(pool, saga_id) == []

@@ -86,7 +86,8 @@ class StepView(BaseModel):
     stepIndex: int
     phase: str
     status: str
-    attempts: int
+    attempt: int
+    owner: str | None
     startedAt: datetime
     finishedAt: datetime | None
     durationMs: float | None
@@ -98,6 +99,11 @@ class SagaView(BaseModel):
     sagaId: str
     name: str
     status: str
+    owner: str | None = Field(description="the process driving it now, if any")
+    epoch: int = Field(description="how many times it has been claimed")
+    leaseUntil: datetime | None
+    runAt: datetime = Field(description="when it is (or was) due")
+    compensationRounds: int
     createdAt: datetime
     finishedAt: datetime | None
     durationMs: float | None
@@ -140,6 +146,11 @@ def saga_view(saga: dict[str, Any], steps: list[dict[str, Any]]) -> SagaView:
         sagaId=str(saga["id"]),
         name=saga["name"],
         status=saga["status"],
+        owner=saga["owner"],
+        epoch=saga["epoch"],
+        leaseUntil=saga["lease_until"],
+        runAt=saga["run_at"],
+        compensationRounds=saga["rounds"],
         createdAt=saga["created_at"],
         finishedAt=saga["finished_at"],
         durationMs=_ms(saga["created_at"], saga["finished_at"]),
@@ -150,7 +161,8 @@ def saga_view(saga: dict[str, Any], steps: list[dict[str, Any]]) -> SagaView:
                 stepIndex=s["step_index"],
                 phase=s["phase"],
                 status=s["status"],
-                attempts=s["attempts"],
+                attempt=s["attempt"],
+                owner=s["owner"],
                 startedAt=s["started_at"],
                 finishedAt=s["finished_at"],
                 durationMs=_ms(s["started_at"], s["finished_at"]),

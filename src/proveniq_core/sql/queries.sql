@@ -90,40 +90,81 @@ SELECT id, at, actor, action, before, after, request_id, saga_id FROM audit_log
 WHERE entity_type = %(entity_type)s AND entity_id = %(entity_id)s ORDER BY id
 
 -- insert_saga --
-INSERT INTO sagas (id, name, tenant_id, status, input, data, owner, lease_until)
+INSERT INTO sagas (id, name, tenant_id, status, input, data, owner, epoch, lease_until, run_at)
 VALUES (%(id)s, %(name)s, %(tenant_id)s, 'running', %(input)s, %(input)s, %(owner)s,
-        now() + make_interval(secs => %(lease)s))
+        CASE WHEN %(owner)s::text IS NULL THEN 0 ELSE 1 END,
+        CASE WHEN %(owner)s::text IS NULL THEN NULL
+             ELSE now() + make_interval(secs => %(lease)s) END,
+        now() + make_interval(secs => %(delay)s))
 
--- step_started --
-INSERT INTO saga_steps (saga_id, step_index, phase, name, status, attempts)
-VALUES (%(saga_id)s, %(step_index)s, %(phase)s, %(name)s, 'running', 1)
-ON CONFLICT (saga_id, step_index, phase) DO UPDATE
-SET status = 'running', attempts = saga_steps.attempts + 1, error = NULL,
-    started_at = clock_timestamp(), finished_at = NULL
+-- saga_checkpoint --
+SELECT saga_checkpoint(%(saga)s, %(epoch)s, %(lease)s, %(begin)s, %(end)s, %(next)s,
+                       %(data)s, %(status)s, %(error)s, %(undo)s, %(defer)s, %(rounds)s)
 
--- step_finished --
-UPDATE saga_steps SET status = %(status)s, output = %(output)s, error = %(error)s,
-                      attempts = %(attempts)s, finished_at = clock_timestamp()
-WHERE saga_id = %(saga_id)s AND step_index = %(step_index)s AND phase = %(phase)s
+-- notify_sagas --
+SELECT pg_notify('proveniq_work', 'sagas')
 
--- saga_set_data --
-UPDATE sagas SET data = data || %(data)s, updated_at = now() WHERE id = %(id)s
+-- claim_sagas --
+WITH claimed AS (
+    UPDATE sagas SET owner = %(owner)s, epoch = epoch + 1, updated_at = now(),
+                     lease_until = now() + make_interval(secs => %(lease)s)
+    WHERE id IN (
+        SELECT id FROM sagas
+        WHERE status IN ('running', 'compensating') AND run_at <= now()
+          AND (lease_until IS NULL OR lease_until < now())
+        ORDER BY run_at
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING *
+), interrupted AS (
+    UPDATE saga_steps s SET status = 'interrupted', finished_at = clock_timestamp(),
+        error = jsonb_build_object('code', 'E_INTERRUPTED', 'type', 'LeaseExpired',
+                                   'message', 'the owner stopped before recording a result')
+    FROM claimed c WHERE s.saga_id = c.id AND s.status = 'running'
+)
+SELECT * FROM claimed
 
--- saga_set_status --
-UPDATE sagas SET status = %(status)s, error = COALESCE(%(error)s, error), updated_at = now(),
-                 finished_at = CASE WHEN %(status)s IN ('completed', 'compensated',
-                     'compensation_failed', 'failed') THEN now() END,
-                 owner = CASE WHEN %(status)s IN ('completed', 'compensated',
-                     'compensation_failed', 'failed') THEN NULL ELSE owner END,
-                 lease_until = CASE WHEN %(status)s IN ('completed', 'compensated',
-                     'compensation_failed', 'failed') THEN NULL ELSE lease_until END
-WHERE id = %(id)s
+-- renew_leases --
+UPDATE sagas s SET lease_until = now() + make_interval(secs => %(lease)s)
+FROM unnest(%(ids)s::uuid[], %(epochs)s::integer[]) AS held (id, epoch)
+WHERE s.id = held.id AND s.epoch = held.epoch AND s.lease_until IS NOT NULL
+RETURNING s.id
+
+-- next_saga_due --
+SELECT EXTRACT(EPOCH FROM min(run_at) - now()) AS seconds FROM sagas
+WHERE status IN ('running', 'compensating') AND lease_until IS NULL
 
 -- get_saga --
 SELECT * FROM sagas WHERE id = %(id)s
 
 -- get_saga_steps --
-SELECT * FROM saga_steps WHERE saga_id = %(saga_id)s ORDER BY started_at, step_index
+SELECT * FROM saga_steps WHERE saga_id = %(saga_id)s ORDER BY started_at, step_index, attempt
+
+-- list_sagas --
+SELECT * FROM sagas
+WHERE (%(status)s::text IS NULL OR status = %(status)s)
+  AND (%(name)s::text IS NULL OR name = %(name)s)
+  AND (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s OR tenant_id IS NULL)
+  AND (%(before_at)s::timestamptz IS NULL OR (created_at, id) < (%(before_at)s, %(before_id)s))
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s
+
+-- insert_alert --
+INSERT INTO ops_alerts (id, dedup_key, code, severity, message, tenant_id, subject)
+VALUES (%(id)s, %(dedup_key)s, %(code)s, %(severity)s, %(message)s, %(tenant_id)s, %(subject)s)
+ON CONFLICT (dedup_key) WHERE resolved_at IS NULL
+DO UPDATE SET count = ops_alerts.count + 1, last_at = now(), message = EXCLUDED.message
+RETURNING *
+
+-- list_alerts --
+SELECT * FROM ops_alerts
+WHERE (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s OR tenant_id IS NULL)
+  AND (%(code)s::text IS NULL OR code = %(code)s)
+  AND (%(open)s::boolean IS NULL OR (resolved_at IS NULL) = %(open)s)
+  AND (%(before_at)s::timestamptz IS NULL OR (last_at, id) < (%(before_at)s, %(before_id)s))
+ORDER BY last_at DESC, id DESC
+LIMIT %(limit)s
 
 -- insert_verification --
 INSERT INTO verifications (id, asset_id, tenant_id, status)

@@ -208,7 +208,7 @@ class VerifyWorker:
                     claimed = None
                 if claimed is None:
                     self._slots.release()
-                    await waker.wait(self.settings.poll_interval)
+                    await waker.wait("verifications", self.settings.poll_interval)
                     continue
                 task = asyncio.create_task(self._handle_guarded(*claimed))
                 tasks.add(task)
