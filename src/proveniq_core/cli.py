@@ -239,6 +239,12 @@ def simulate(
         typer.Option(envvar="PROVENIQ_SIM_PROFILE", help="instant, seed or P50:P99 in ms."),
     ] = "seed",
     seed: Annotated[int | None, typer.Option(envvar="PROVENIQ_SIM_SEED")] = None,
+    state_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write every locker's links and command counts here as JSON, as they change."
+        ),
+    ] = None,
 ) -> None:
     """Run a fleet of virtual lockers against a broker until Ctrl-C."""
     from proveniq_core.locker.simulator import LatencyProfile, fleet_specs, run_fleet
@@ -256,7 +262,7 @@ def simulate(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         err.print(f"{lockers} lockers {specs[0].ref}…{specs[-1].ref} on {mqtt_url} ({profile})")
-        await run_fleet(mqtt_url, specs, prof, stop, seed=seed)
+        await run_fleet(mqtt_url, specs, prof, stop, seed=seed, state_file=state_file)
 
     _run(go())
 

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import io
+import json
 import math
+import os
 import random
 import statistics
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -140,6 +144,7 @@ class LockerDevice:
         self.spec = spec
         self.links: dict[str, str] = {}  # assetId -> lockerId
         self.commands: Counter[str] = Counter()  # handled command types, duplicates excluded
+        self.received: Counter[str] = Counter()  # every command received, duplicates included
         self.client: aiomqtt.Client | None = None  # set while connected
         self._answers: OrderedDict[str, asyncio.Future[Reply | None]] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -200,6 +205,17 @@ class LockerFleet:
     def device(self, ref: str) -> LockerDevice:
         """The running device ``ref``; ``KeyError`` if the fleet has none."""
         return self._devices[ref]
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every device's links and command counts, as JSON-ready data."""
+        return {
+            d.ref: {
+                "links": dict(d.links),
+                "commands": dict(d.commands),
+                "received": dict(d.received),
+            }
+            for d in self._devices.values()
+        }
 
     async def start(self) -> None:
         """Connect every device and publish it ``online``.
@@ -283,6 +299,7 @@ class LockerFleet:
         except ValueError as exc:
             log.warning("locker.sim_malformed_command", locker_ref=device.ref, error=str(exc))
             return
+        device.received[command.type] += 1
         answer = device.answer_for(command.commandId)
         if answer is None:
             answer = asyncio.get_running_loop().create_future()
@@ -431,14 +448,38 @@ async def run_fleet(
     stop_event: asyncio.Event,
     *,
     seed: int | None = None,
+    state_file: Path | None = None,
 ) -> None:
-    """Run a fleet until ``stop_event`` is set, then take it offline."""
+    """Run a fleet until ``stop_event`` is set, then take it offline.
+
+    With ``state_file``, the fleet's links and command counts are written there as JSON
+    whenever they change (checked every 0.2 s) and once more after the fleet stops.
+    """
     fleet = LockerFleet(mqtt_url, specs, profile, seed=seed)
     await fleet.start()
     try:
-        await stop_event.wait()
+        if state_file is None:
+            await stop_event.wait()
+        else:
+            written: dict[str, Any] | None = None
+            while not stop_event.is_set():
+                state = fleet.snapshot()
+                if state != written:
+                    _write_json(state_file, state)
+                    written = state
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop_event.wait(), 0.2)
     finally:
         await fleet.stop()
+        if state_file is not None:
+            _write_json(state_file, fleet.snapshot())
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Replace ``path`` atomically, so a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
 
 
 __all__ = [

@@ -34,7 +34,7 @@ import psycopg
 import structlog
 
 from proveniq_core import db
-from proveniq_core.errors import CoreError, LockerTimeoutError
+from proveniq_core.errors import ConflictError, CoreError, LockerTimeoutError
 from proveniq_core.ops import alerts
 
 log = structlog.get_logger(__name__)
@@ -46,8 +46,10 @@ _CHECKPOINT_ARGS = (
 LEASE_LOST = "PVL01"  # SQLSTATE raised by saga_checkpoint() on a stale epoch
 
 
-class LeaseLostError(Exception):
-    """This process no longer holds the saga: its lease expired and another owner claimed it."""
+class LeaseLostError(ConflictError):
+    """This process no longer holds the saga: its lease expired and another owner claimed it.
+
+    A request that meets it answers 409: another process is finishing the work."""
 
 
 class Defer(Exception):
