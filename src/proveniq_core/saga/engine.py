@@ -251,16 +251,14 @@ class SagaEngine:
             create=self._saga_row(saga_id, definition, input, tenant_id, owner=self.owner),
         )
         first = definition.steps[0]
-        begun = False
         self._held[saga_id] = 1
         try:
-            if not first.transactional:
-                async with self._commit_scope(run) as conn:
-                    await self._checkpoint(
-                        conn, run, begin=_attempt_row(0, "execute", 1, first.name)
-                    )
-                begun = True
-            return await self._forward(run, 0, 1, begun=begun)
+            if not first.transactional:  # one statement: the saga and its first attempt
+                assert run.create is not None
+                async with db.connection(self.pool) as conn:
+                    await db.execute(conn, "insert_saga", run.create | {"first_step": first.name})
+                run.create = None
+            return await self._forward(run, 0, 1, begun=not first.transactional)
         finally:
             self._held.pop(saga_id, None)
 
@@ -309,6 +307,7 @@ class SagaEngine:
             "owner": owner,
             "lease": self.lease,
             "delay": delay,
+            "first_step": None,
         }
 
     # -- checkpoints ------------------------------------------------------------------------

@@ -90,12 +90,19 @@ SELECT id, at, actor, action, before, after, request_id, saga_id FROM audit_log
 WHERE entity_type = %(entity_type)s AND entity_id = %(entity_id)s ORDER BY id
 
 -- insert_saga --
-INSERT INTO sagas (id, name, tenant_id, status, input, data, owner, epoch, lease_until, run_at)
-VALUES (%(id)s, %(name)s, %(tenant_id)s, 'running', %(input)s, %(input)s, %(owner)s,
-        CASE WHEN %(owner)s::text IS NULL THEN 0 ELSE 1 END,
-        CASE WHEN %(owner)s::text IS NULL THEN NULL
-             ELSE now() + make_interval(secs => %(lease)s) END,
-        now() + make_interval(secs => %(delay)s))
+WITH saga AS (
+    INSERT INTO sagas (id, name, tenant_id, status, input, data, owner, epoch, lease_until,
+                       run_at)
+    VALUES (%(id)s, %(name)s, %(tenant_id)s, 'running', %(input)s, %(input)s, %(owner)s,
+            CASE WHEN %(owner)s::text IS NULL THEN 0 ELSE 1 END,
+            CASE WHEN %(owner)s::text IS NULL THEN NULL
+                 ELSE now() + make_interval(secs => %(lease)s) END,
+            now() + make_interval(secs => %(delay)s))
+    RETURNING id, owner, epoch
+)
+INSERT INTO saga_steps (saga_id, step_index, phase, attempt, name, status, owner, epoch)
+SELECT id, 0, 'execute', 1, %(first_step)s, 'running', owner, epoch FROM saga
+WHERE %(first_step)s::text IS NOT NULL
 
 -- saga_checkpoint --
 SELECT saga_checkpoint(%(saga)s, %(epoch)s, %(lease)s, %(begin)s, %(end)s, %(next)s,
