@@ -12,19 +12,24 @@ import os
 import signal
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
 import typer
 import uvicorn
+from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from proveniq_core import db, logs
 from proveniq_core.config import Settings, default_home
 from proveniq_core.embedded import EmbeddedPostgres
+from proveniq_core.saga.store import SAGA_STATUSES
 
 app = typer.Typer(
     help="Proveniq Core: register physical assets across lockers, the ledger and Verify.",
@@ -33,8 +38,13 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 audit_app = typer.Typer(help="Check the tamper-evident audit trail.", no_args_is_help=True)
+sagas_app = typer.Typer(
+    help="Inspect durable sagas: recent runs, and one saga's step-by-step timeline.",
+    no_args_is_help=True,
+)
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
+app.add_typer(sagas_app, name="sagas")
 
 out = Console()
 err = Console(stderr=True)
@@ -357,6 +367,244 @@ def audit_verify(home: HomeOpt = None, database_url: DbOpt = None) -> None:
         f"{report.reason} ({report.checked} rows verified before it)"
     )
     raise typer.Exit(2)
+
+
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print JSON (the ops API's shape) instead of a table.")
+]
+
+_STATUS_STYLE = {
+    "completed": "green",
+    "running": "cyan",
+    "compensating": "yellow",
+    "deferred": "yellow",
+    "interrupted": "yellow",
+    "compensated": "red",
+    "failed": "red",
+    "compensation_failed": "bold red",
+}
+
+
+def _status(status: str | None) -> Text:
+    return Text(status or "–", style=_STATUS_STYLE.get(status or "", ""))
+
+
+def _when(at: datetime | None) -> str:
+    return f"{at.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z" if at else "–"
+
+
+def _clock(at: datetime | None) -> str:
+    return f"{at.astimezone(UTC):%H:%M:%S.%f}"[:-3] if at else "–"
+
+
+def _duration(ms: float | None) -> str:
+    if ms is None:
+        return "–"
+    if ms < 1000:
+        return f"{ms:.1f} ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.2f} s"
+    return f"{int(ms // 60_000)}m{ms % 60_000 / 1000:04.1f}s"
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2))
+
+
+@sagas_app.command("list")
+def sagas_list(
+    status: Annotated[
+        str | None,
+        typer.Option(help=f"Only sagas in this status: {', '.join(SAGA_STATUSES)}."),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Only sagas of this kind, e.g. asset_registration.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many, newest first.")] = 20,
+    json_out: JsonOpt = False,
+    home: HomeOpt = None,
+    database_url: DbOpt = None,
+) -> None:
+    """List recent sagas of every tenant, newest first, with where each one stands.
+
+    "step" is the step running now, or the last one recorded; "error" is the
+    failure code that stopped or compensated the saga. Times are UTC.
+    See one saga in full with: proveniq sagas show ID
+    """
+    from proveniq_core.api.models import saga_summary
+
+    if status is not None and status not in SAGA_STATUSES:
+        raise typer.BadParameter(
+            f"{status!r} is not one of {', '.join(SAGA_STATUSES)}", param_hint="--status"
+        )
+
+    async def go() -> list[db.Row]:
+        async with (
+            _database(_settings(home=home, database_url=database_url)) as pool,
+            db.connection(pool) as conn,
+        ):
+            return await db.fetch_all(
+                conn,
+                "list_sagas",
+                {
+                    "tenant_id": None,
+                    "status": status,
+                    "name": name,
+                    "before_at": None,
+                    "before_id": None,
+                    "limit": limit + 1,
+                },
+            )
+
+    rows = _run(go())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    if json_out:
+        _print_json([saga_summary(r).model_dump(mode="json") for r in rows])
+        return
+    if not rows:
+        err.print("no sagas match")
+        return
+    table = Table(
+        "id",
+        "name",
+        "status",
+        "step",
+        "owner",
+        "created",
+        "duration",
+        "error",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    # On a narrow terminal the other columns give way: the whole id (to paste into
+    # 'sagas show'), the status and the error code are what an operator looks for.
+    for i in (0, 2, 7):
+        table.columns[i].no_wrap = True
+    for row in rows:
+        s = saga_summary(row)
+        table.add_row(
+            Text(s.sagaId),
+            Text(s.name),
+            _status(s.status),
+            Text(s.lastStep or "–"),
+            Text(s.owner or "–"),
+            _when(s.createdAt),
+            _duration(s.durationMs),
+            Text(s.errorCode or ""),
+        )
+    out.print(table)
+    if more:
+        err.print(f"[dim]the {limit} newest shown; --limit shows more[/dim]")
+
+
+@sagas_app.command("show")
+def sagas_show(
+    saga_id: Annotated[
+        str, typer.Argument(help="The saga's id, from 'sagas list' or an asset's sagaId.")
+    ],
+    json_out: JsonOpt = False,
+    home: HomeOpt = None,
+    database_url: DbOpt = None,
+) -> None:
+    """Show one saga: its state, lease and error, then every step attempt in order.
+
+    The timeline has one row per attempt of a step or of its compensation: the
+    process that ran it, its outcome (completed, failed, interrupted when its
+    owner died, deferred when parked on a timer), its duration and error code.
+    Times are UTC. An unknown id exits with status 1.
+    """
+    from proveniq_core.api.models import saga_view
+    from proveniq_core.saga import store
+
+    async def go() -> tuple[db.Row, list[db.Row]] | None:
+        async with (
+            _database(_settings(home=home, database_url=database_url)) as pool,
+            db.connection(pool) as conn,
+        ):
+            return await store.load(conn, saga_id)
+
+    try:
+        uuid.UUID(saga_id)
+    except ValueError:
+        found = None
+    else:
+        found = _run(go())
+    if found is None:
+        err.print(Text(f"no saga {saga_id!r}"))
+        raise typer.Exit(1)
+    saga, steps = found
+    view = saga_view(saga, steps)
+    if json_out:
+        _print_json(view.model_dump(mode="json"))
+        return
+
+    error = view.error or {}
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("saga", Text(f"{view.sagaId}  {view.name}"))
+    head.add_row("status", _status(view.status))
+    head.add_row("tenant", Text(saga["tenant_id"] or "–"))
+    head.add_row("owner", Text(f"{view.owner or '–'} (epoch {view.epoch})"))
+    head.add_row("lease until", _when(view.leaseUntil))
+    due = _when(view.runAt)
+    wait_ms = (view.runAt - datetime.now(UTC)).total_seconds() * 1000
+    if view.finishedAt is None and wait_ms > 0:
+        due += f" (due in {_duration(wait_ms)})"
+    head.add_row("run at", due)
+    head.add_row("created", _when(view.createdAt))
+    finished = _when(view.finishedAt)
+    if view.finishedAt:
+        finished += f" (took {_duration(view.durationMs)})"
+    head.add_row("finished", finished)
+    head.add_row("compensation rounds", str(view.compensationRounds))
+    head.add_row(
+        "error",
+        Text(
+            f"{error.get('code')} ({error.get('type')}): {error.get('message')}" if error else "–",
+            style="red" if error else "",
+        ),
+    )
+    out.print(head)
+    out.print()
+    if not view.steps:
+        out.print("no step has started yet")
+        return
+
+    table = Table(
+        "#",
+        "step",
+        "phase",
+        "attempt",
+        "status",
+        "owner",
+        "started",
+        "finished",
+        "ms",
+        "error",
+        title="step timeline (UTC)",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for i in (1, 2, 4, 9):  # step, phase, status and error code stay whole
+        table.columns[i].no_wrap = True
+    for s in view.steps:
+        table.add_row(
+            str(s.stepIndex),
+            Text(s.step),
+            Text(s.phase, style="magenta" if s.phase == "compensate" else ""),
+            str(s.attempt),
+            _status(s.status),
+            Text(s.owner or "–"),
+            _clock(s.startedAt),
+            _clock(s.finishedAt),
+            f"{s.durationMs:.1f}" if s.durationMs is not None else "–",
+            Text(s.errorCode or ""),
+        )
+    out.print(table)
 
 
 @app.command()

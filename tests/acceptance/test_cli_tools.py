@@ -1,12 +1,20 @@
-"""Operator commands in a subprocess against a real database: keys, audit verify, migrate."""
+"""Operator commands in a subprocess against a real database: keys, audit, migrate, sagas."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import subprocess
 import sys
+import uuid
+from typing import Any
 
 import psycopg
+
+from proveniq_core import db
+from proveniq_core.errors import LockerHardwareError
+from proveniq_core.saga.engine import SagaDefinition, SagaEngine, Step, StepContext
 
 
 def proveniq(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:
@@ -85,3 +93,94 @@ def test_migrate_is_idempotent(database_url: str) -> None:
     out = proveniq("migrate", database_url=database_url)
     assert out.returncode == 0, out.stderr
     assert "up to date" in out.stdout
+
+
+async def _run_sagas(pool: db.Pool) -> tuple[str, str, str]:
+    """A completed, a compensated and a scheduled (running, not yet due) saga."""
+
+    async def ok(ctx: StepContext) -> dict[str, Any]:
+        return {}
+
+    async def undo(ctx: StepContext) -> None:
+        return None
+
+    async def jam(ctx: StepContext) -> dict[str, Any]:
+        raise LockerHardwareError("door jammed")
+
+    fine = SagaDefinition("cli_fine", (Step("reserve", ok, undo), Step("confirm", ok)))
+    jammed = SagaDefinition("cli_jammed", (Step("reserve", ok, undo), Step("jam", jam)))
+    engine = SagaEngine(pool)
+    completed = await engine.run(fine, {}, tenant_id="acme")
+    compensated = await engine.run(jammed, {}, tenant_id="acme")
+    scheduled = await engine.schedule(fine, {}, delay=3600)
+    assert (completed.status, compensated.status) == ("completed", "compensated")
+    return completed.saga_id, compensated.saga_id, scheduled
+
+
+async def test_sagas_list_shows_status_step_and_error(database_url: str, pool: db.Pool) -> None:
+    """sagas list shows each saga's status and error code, filters by status, and --json."""
+    completed, compensated, scheduled = await _run_sagas(pool)
+    listed = await asyncio.to_thread(proveniq, "sagas", "list", database_url=database_url)
+    assert listed.returncode == 0, listed.stderr
+    rows = [cells for cells in map(str.split, listed.stdout.splitlines()) if cells]
+    by_id = {cells[0]: cells for cells in rows}
+    newest_first = [scheduled, compensated, completed]
+    assert [cells[0] for cells in rows if cells[0] in newest_first] == newest_first
+    assert by_id[scheduled][1:4] == ["cli_fine", "running", "–"]
+    assert by_id[compensated][1:4] == ["cli_jammed", "compensated", "reserve"]
+    assert by_id[compensated][-1] == "E_LOCKER_HARDWARE"
+    assert by_id[completed][1:4] == ["cli_fine", "completed", "confirm"]
+
+    filtered = await asyncio.to_thread(
+        proveniq, "sagas", "list", "--status", "compensated", "--json", database_url=database_url
+    )
+    assert filtered.returncode == 0, filtered.stderr
+    [only] = json.loads(filtered.stdout)
+    assert (only["sagaId"], only["errorCode"], only["lastStep"]) == (
+        compensated,
+        "E_LOCKER_HARDWARE",
+        "reserve",
+    )
+    bad = await asyncio.to_thread(
+        proveniq, "sagas", "list", "--status", "stuck", database_url=database_url
+    )
+    assert bad.returncode == 2
+    assert "compensation_failed" in bad.stderr
+
+
+async def test_sagas_show_prints_the_step_timeline(database_url: str, pool: db.Pool) -> None:
+    """sagas show prints the header and every attempt, compensation included; --json too."""
+    _, compensated, _ = await _run_sagas(pool)
+    shown = await asyncio.to_thread(
+        proveniq, "sagas", "show", compensated, database_url=database_url
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "compensated" in shown.stdout
+    assert "E_LOCKER_HARDWARE" in shown.stdout and "door jammed" in shown.stdout
+    timeline = [
+        cells for cells in map(str.split, shown.stdout.splitlines()) if cells[:1] in (["0"], ["1"])
+    ]
+    assert [(c[1], c[2], c[3], c[4], c[9:]) for c in timeline] == [
+        ("reserve", "execute", "1", "completed", []),
+        ("jam", "execute", "1", "failed", ["E_LOCKER_HARDWARE"]),
+        ("reserve", "compensate", "1", "completed", []),
+    ]
+    as_json = await asyncio.to_thread(
+        proveniq, "sagas", "show", compensated, "--json", database_url=database_url
+    )
+    view = json.loads(as_json.stdout)
+    assert view["status"] == "compensated"
+    assert [(s["step"], s["phase"], s["status"], s["errorCode"]) for s in view["steps"]] == [
+        ("reserve", "execute", "completed", None),
+        ("jam", "execute", "failed", "E_LOCKER_HARDWARE"),
+        ("reserve", "compensate", "completed", None),
+    ]
+
+
+def test_sagas_show_unknown_id_exits_1(database_url: str) -> None:
+    """An id that names no saga (or is not an id at all) is an error on stderr, exit 1."""
+    for saga_id in (str(uuid.uuid4()), "not-a-saga"):
+        missing = proveniq("sagas", "show", saga_id, database_url=database_url)
+        assert missing.returncode == 1, saga_id
+        assert f"no saga '{saga_id}'" in missing.stderr
+        assert missing.stdout == ""

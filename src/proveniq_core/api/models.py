@@ -95,6 +95,44 @@ class StepView(BaseModel):
     error: dict[str, Any] | None
 
 
+class SagaSummary(BaseModel):
+    sagaId: str
+    name: str
+    status: str
+    owner: str | None = Field(description="the process driving it now, if any")
+    epoch: int = Field(description="how many times it has been claimed")
+    runAt: datetime = Field(description="when it is (or was) due")
+    createdAt: datetime
+    finishedAt: datetime | None
+    durationMs: float | None = Field(description="created to finished; null while unfinished")
+    errorCode: str | None = Field(description="the failure that stopped or compensated it")
+    lastStep: str | None = Field(description="the step running now, or the last one recorded")
+    lastStepPhase: str | None
+    lastStepStatus: str | None
+
+
+class SagaPage(BaseModel):
+    items: list[SagaSummary]
+    nextCursor: str | None
+
+
+class AlertView(BaseModel):
+    alertId: str
+    code: str
+    severity: str
+    message: str
+    subject: dict[str, Any] = Field(description="what it is about: sagaId, assetId, step, …")
+    count: int = Field(description="occurrences while open")
+    firstAt: datetime
+    lastAt: datetime
+    resolvedAt: datetime | None = Field(description="null while the alert is open")
+
+
+class AlertPage(BaseModel):
+    items: list[AlertView]
+    nextCursor: str | None
+
+
 class SagaView(BaseModel):
     sagaId: str
     name: str
@@ -171,4 +209,36 @@ def saga_view(saga: dict[str, Any], steps: list[dict[str, Any]]) -> SagaView:
             )
             for s in steps
         ],
+    )
+
+
+def saga_summary(row: dict[str, Any]) -> SagaSummary:
+    return SagaSummary(
+        sagaId=str(row["id"]),
+        name=row["name"],
+        status=row["status"],
+        owner=row["owner"],
+        epoch=row["epoch"],
+        runAt=row["run_at"],
+        createdAt=row["created_at"],
+        finishedAt=row["finished_at"],
+        durationMs=_ms(row["created_at"], row["finished_at"]),
+        errorCode=(row["error"] or {}).get("code"),
+        lastStep=row["last_step"],
+        lastStepPhase=row["last_step_phase"],
+        lastStepStatus=row["last_step_status"],
+    )
+
+
+def alert_view(row: dict[str, Any]) -> AlertView:
+    return AlertView(
+        alertId=str(row["id"]),
+        code=row["code"],
+        severity=row["severity"],
+        message=row["message"],
+        subject=row["subject"],
+        count=row["count"],
+        firstAt=row["first_at"],
+        lastAt=row["last_at"],
+        resolvedAt=row["resolved_at"],
     )

@@ -1,4 +1,4 @@
-"""HTTP routes: assets, lockers, saga inspection and health."""
+"""HTTP routes: assets, lockers, saga and alert inspection, and health."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from proveniq_core import db
 from proveniq_core.api.auth import require
 from proveniq_core.api.models import (
+    AlertPage,
     AssetCreate,
     AssetCreated,
     AssetPage,
@@ -21,15 +22,19 @@ from proveniq_core.api.models import (
     LockerCreate,
     LockerPage,
     LockerView,
+    SagaPage,
     SagaView,
     Site,
+    alert_view,
     asset_view,
+    saga_summary,
     saga_view,
 )
 from proveniq_core.errors import CoreError, NotFoundError, ValidationFailedError
 from proveniq_core.ledger import assets
 from proveniq_core.ledger.keys import Principal
 from proveniq_core.saga import store
+from proveniq_core.saga.store import SagaStatus
 
 router = APIRouter()
 
@@ -62,6 +67,15 @@ def _decode_cursor(cursor: str, n: int) -> list[str]:
     if len(parts) != n:
         raise ValidationFailedError("Invalid cursor.", details={"field": "cursor"})
     return parts
+
+
+def _decode_position(cursor: str) -> tuple[datetime, str]:
+    """A (timestamp, uuid) cursor: the sort key of the last row of the previous page."""
+    at, row_id = _decode_cursor(cursor, 2)
+    try:
+        return datetime.fromisoformat(at), str(uuid.UUID(row_id))
+    except ValueError:
+        raise ValidationFailedError("Invalid cursor.", details={"field": "cursor"}) from None
 
 
 @router.post(
@@ -134,13 +148,7 @@ async def list_assets(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> AssetPage:
-    before = None
-    if cursor:
-        at, asset_id = _decode_cursor(cursor, 2)
-        try:
-            before = (datetime.fromisoformat(at), str(uuid.UUID(asset_id)))
-        except ValueError:
-            raise ValidationFailedError("Invalid cursor.", details={"field": "cursor"}) from None
+    before = _decode_position(cursor) if cursor else None
     async with db.connection(_core(request).pool) as conn:
         rows = await assets.page(
             conn, principal.tenant_id, status=status, limit=limit + 1, before=before
@@ -212,6 +220,37 @@ async def list_lockers(
     return LockerPage(items=items, nextCursor=next_cursor)
 
 
+@router.get("/api/ops/sagas", response_model=SagaPage, responses=ERRORS)
+async def list_sagas(
+    request: Request,
+    principal: Annotated[Principal, Depends(require("ops:read"))],
+    status: Annotated[SagaStatus | None, Query()] = None,
+    name: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> SagaPage:
+    """Sagas newest first: this tenant's and the system's (no tenant), in pages."""
+    before = _decode_position(cursor) if cursor else None
+    async with db.connection(_core(request).pool) as conn:
+        rows = await db.fetch_all(
+            conn,
+            "list_sagas",
+            {
+                "tenant_id": principal.tenant_id,
+                "status": status,
+                "name": name,
+                "before_at": before[0] if before else None,
+                "before_id": before[1] if before else None,
+                "limit": limit + 1,
+            },
+        )
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = _encode_cursor(rows[-1]["created_at"].isoformat(), str(rows[-1]["id"]))
+    return SagaPage(items=[saga_summary(r) for r in rows], nextCursor=next_cursor)
+
+
 @router.get("/api/ops/sagas/{saga_id}", response_model=SagaView, responses=ERRORS)
 async def get_saga(
     saga_id: str,
@@ -227,6 +266,40 @@ async def get_saga(
     if found is None or found[0]["tenant_id"] not in (None, principal.tenant_id):
         raise NotFoundError(f"saga {saga_id} not found")
     return saga_view(*found)
+
+
+@router.get("/api/ops/alerts", response_model=AlertPage, responses=ERRORS)
+async def list_alerts(
+    request: Request,
+    principal: Annotated[Principal, Depends(require("ops:read"))],
+    open_: Annotated[
+        bool | None,
+        Query(alias="open", description="true: unresolved only; false: resolved only"),
+    ] = None,
+    code: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> AlertPage:
+    """Ops alerts, most recently raised first: this tenant's and the system's (no tenant)."""
+    before = _decode_position(cursor) if cursor else None
+    async with db.connection(_core(request).pool) as conn:
+        rows = await db.fetch_all(
+            conn,
+            "list_alerts",
+            {
+                "tenant_id": principal.tenant_id,
+                "open": open_,
+                "code": code,
+                "before_at": before[0] if before else None,
+                "before_id": before[1] if before else None,
+                "limit": limit + 1,
+            },
+        )
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = _encode_cursor(rows[-1]["last_at"].isoformat(), str(rows[-1]["id"]))
+    return AlertPage(items=[alert_view(r) for r in rows], nextCursor=next_cursor)
 
 
 @router.get("/healthz", tags=["health"])

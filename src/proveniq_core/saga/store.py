@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from proveniq_core import db
+
+# The saga statuses; the database's CHECK constraint on sagas.status holds the same list.
+SagaStatus = Literal[
+    "running", "completed", "compensating", "compensated", "compensation_failed", "failed"
+]
+SAGA_STATUSES: tuple[str, ...] = get_args(SagaStatus)
 
 
 async def load(conn: db.Conn, saga_id: str) -> tuple[db.Row, list[db.Row]] | None:

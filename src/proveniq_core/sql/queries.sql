@@ -149,12 +149,24 @@ SELECT * FROM sagas WHERE id = %(id)s
 SELECT * FROM saga_steps WHERE saga_id = %(saga_id)s ORDER BY started_at, step_index, attempt
 
 -- list_sagas --
-SELECT * FROM sagas
-WHERE (%(status)s::text IS NULL OR status = %(status)s)
-  AND (%(name)s::text IS NULL OR name = %(name)s)
-  AND (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s OR tenant_id IS NULL)
-  AND (%(before_at)s::timestamptz IS NULL OR (created_at, id) < (%(before_at)s, %(before_id)s))
-ORDER BY created_at DESC, id DESC
+-- Newest first, without input/data; last_step is the latest attempt in the step log (the
+-- step running now, or where the saga stopped). A NULL tenant_id lists every tenant's.
+SELECT s.id, s.name, s.tenant_id, s.status, s.owner, s.epoch, s.lease_until, s.run_at,
+       s.rounds, s.error, s.created_at, s.finished_at,
+       last.name AS last_step, last.phase AS last_step_phase, last.status AS last_step_status
+FROM sagas s
+LEFT JOIN LATERAL (
+    SELECT st.name, st.phase, st.status FROM saga_steps st
+    WHERE st.saga_id = s.id
+    ORDER BY st.started_at DESC, st.step_index DESC, st.attempt DESC
+    LIMIT 1
+) last ON true
+WHERE (%(status)s::text IS NULL OR s.status = %(status)s)
+  AND (%(name)s::text IS NULL OR s.name = %(name)s)
+  AND (%(tenant_id)s::text IS NULL OR s.tenant_id = %(tenant_id)s OR s.tenant_id IS NULL)
+  AND (%(before_at)s::timestamptz IS NULL
+       OR (s.created_at, s.id) < (%(before_at)s, %(before_id)s::uuid))
+ORDER BY s.created_at DESC, s.id DESC
 LIMIT %(limit)s
 
 -- insert_alert --
@@ -169,7 +181,8 @@ SELECT * FROM ops_alerts
 WHERE (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s OR tenant_id IS NULL)
   AND (%(code)s::text IS NULL OR code = %(code)s)
   AND (%(open)s::boolean IS NULL OR (resolved_at IS NULL) = %(open)s)
-  AND (%(before_at)s::timestamptz IS NULL OR (last_at, id) < (%(before_at)s, %(before_id)s))
+  AND (%(before_at)s::timestamptz IS NULL
+       OR (last_at, id) < (%(before_at)s, %(before_id)s::uuid))
 ORDER BY last_at DESC, id DESC
 LIMIT %(limit)s
 
