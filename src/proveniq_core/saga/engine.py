@@ -40,7 +40,7 @@ from proveniq_core.ops import alerts
 log = structlog.get_logger(__name__)
 
 _CHECKPOINT_ARGS = (
-    "saga", "epoch", "lease", "begin", "end", "next", "data", "status", "error", "undo",
+    "saga", "epoch", "begin", "end", "next", "data", "status", "error", "undo",
     "defer", "rounds",
 )  # fmt: skip
 LEASE_LOST = "PVL01"  # SQLSTATE raised by saga_checkpoint() on a stale epoch
@@ -178,7 +178,8 @@ def _end_row(
 
 async def _call(step: Step, ctx: StepContext) -> dict[str, Any]:
     try:
-        result = await asyncio.wait_for(step.execute(ctx), step.timeout)
+        async with asyncio.timeout(step.timeout):  # no extra task, unlike wait_for
+            result = await step.execute(ctx)
     except Defer:
         raise
     except psycopg.Error as exc:
@@ -356,7 +357,6 @@ class SagaEngine:
         params = {
             "saga": run.saga_id,
             "epoch": run.epoch,
-            "lease": self.lease,
             "begin": db.jsonb(begin) if begin else None,
             "end": db.jsonb(end) if end else None,
             "next": db.jsonb(next) if next else None,
@@ -484,7 +484,7 @@ class SagaEngine:
                 return SagaResult(run.saga_id, "running", run.data, deferred=deferral.delay)
             run.data.update(out)
             attempt, begun = 1, "next" in then
-        log.info(
+        log.debug(
             "saga_completed",
             saga_id=run.saga_id,
             saga=run.definition.name,

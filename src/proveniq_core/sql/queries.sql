@@ -105,7 +105,7 @@ SELECT id, 0, 'execute', 1, %(first_step)s, 'running', owner, epoch FROM saga
 WHERE %(first_step)s::text IS NOT NULL
 
 -- saga_checkpoint --
-SELECT saga_checkpoint(%(saga)s, %(epoch)s, %(lease)s, %(begin)s, %(end)s, %(next)s,
+SELECT saga_checkpoint(%(saga)s, %(epoch)s, %(begin)s, %(end)s, %(next)s,
                        %(data)s, %(status)s, %(error)s, %(undo)s, %(defer)s, %(rounds)s)
 
 -- notify_sagas --

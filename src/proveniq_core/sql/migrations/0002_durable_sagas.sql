@@ -12,25 +12,30 @@ UPDATE sagas SET run_at = created_at WHERE run_at IS NULL;
 ALTER TABLE sagas ALTER COLUMN run_at SET DEFAULT now(), ALTER COLUMN run_at SET NOT NULL;
 DROP INDEX sagas_claimable;
 CREATE INDEX sagas_due ON sagas (run_at) WHERE status IN ('running', 'compensating');
-CREATE INDEX sagas_status ON sagas (status, created_at DESC);
 
 -- One row per attempt of a step (or of its compensation): the step timeline.
 ALTER TABLE saga_steps RENAME COLUMN attempts TO attempt;
 ALTER TABLE saga_steps DROP CONSTRAINT saga_steps_pkey;
 ALTER TABLE saga_steps ADD PRIMARY KEY (saga_id, step_index, phase, attempt);
 ALTER TABLE saga_steps ADD COLUMN owner text, ADD COLUMN epoch integer;
+-- Step rows are written only by saga_checkpoint() and insert_saga, after the saga row is
+-- locked (or created) in the same statement; the foreign key would lock it a second time.
+ALTER TABLE saga_steps DROP CONSTRAINT saga_steps_saga_id_fkey;
 ALTER TABLE saga_steps DROP CONSTRAINT saga_steps_status_check;
 ALTER TABLE saga_steps ADD CONSTRAINT saga_steps_status_check
     CHECK (status IN ('running', 'completed', 'failed', 'interrupted', 'deferred'));
 
--- One checkpoint, one statement: check the fence and extend the lease, then write the step
--- rows and the saga's new state. Raises SQLSTATE PVL01 when the caller's epoch is stale.
+-- One checkpoint, one statement: check the fence, then write the step rows and any change
+-- to the saga. Raises SQLSTATE PVL01 when the caller's epoch is stale.
 --   p_begin / p_next  {"i", "phase", "attempt", "name"}        insert a running attempt
 --   p_end             {"i", "phase", "attempt", "status", "output", "error"}  finish one
 -- p_begin is written before p_end and p_next after it. p_defer releases the saga until
 -- now() + p_defer seconds; a terminal p_status releases it for good.
+-- A checkpoint that changes nothing on the saga only takes a KEY SHARE lock on its row:
+-- claims lock with FOR UPDATE, so none can slip between this check and the commit, and the
+-- row is not rewritten on every step. Leases are extended by the owner's keepalive.
 CREATE FUNCTION saga_checkpoint(
-    p_saga uuid, p_epoch integer, p_lease double precision,
+    p_saga uuid, p_epoch integer,
     p_begin jsonb, p_end jsonb, p_next jsonb,
     p_data jsonb, p_status text, p_error jsonb, p_undo integer[],
     p_defer double precision, p_rounds integer
@@ -40,21 +45,26 @@ DECLARE
     v_final boolean := p_status IN ('completed', 'compensated', 'compensation_failed', 'failed');
     v_release boolean := v_final OR p_defer IS NOT NULL;
 BEGIN
-    UPDATE sagas SET
-        status = COALESCE(p_status, status),
-        data = CASE WHEN p_data IS NULL THEN data ELSE data || p_data END,
-        error = COALESCE(p_error, error),
-        undo = COALESCE(p_undo, undo),
-        rounds = COALESCE(p_rounds, rounds),
-        lease_until = CASE WHEN v_release THEN NULL
-                           ELSE now() + make_interval(secs => p_lease) END,
-        owner = CASE WHEN v_release THEN NULL ELSE owner END,
-        run_at = CASE WHEN p_defer IS NOT NULL
-                      THEN now() + make_interval(secs => p_defer) ELSE run_at END,
-        finished_at = CASE WHEN v_final THEN now() ELSE finished_at END,
-        updated_at = now()
-    WHERE id = p_saga AND epoch = p_epoch
-    RETURNING owner INTO v_owner;
+    IF p_status IS NULL AND p_data IS NULL AND p_error IS NULL AND p_undo IS NULL
+       AND p_defer IS NULL AND p_rounds IS NULL THEN
+        SELECT owner INTO v_owner FROM sagas
+        WHERE id = p_saga AND epoch = p_epoch FOR KEY SHARE;
+    ELSE
+        UPDATE sagas SET
+            status = COALESCE(p_status, status),
+            data = CASE WHEN p_data IS NULL THEN data ELSE data || p_data END,
+            error = COALESCE(p_error, error),
+            undo = COALESCE(p_undo, undo),
+            rounds = COALESCE(p_rounds, rounds),
+            lease_until = CASE WHEN v_release THEN NULL ELSE lease_until END,
+            owner = CASE WHEN v_release THEN NULL ELSE owner END,
+            run_at = CASE WHEN p_defer IS NOT NULL
+                          THEN now() + make_interval(secs => p_defer) ELSE run_at END,
+            finished_at = CASE WHEN v_final THEN now() ELSE finished_at END,
+            updated_at = now()
+        WHERE id = p_saga AND epoch = p_epoch
+        RETURNING owner INTO v_owner;
+    END IF;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'saga % is no longer held under epoch %', p_saga, p_epoch
             USING ERRCODE = 'PVL01';
