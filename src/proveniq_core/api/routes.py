@@ -78,6 +78,29 @@ def _decode_position(cursor: str) -> tuple[datetime, str]:
         raise ValidationFailedError("Invalid cursor.", details={"field": "cursor"}) from None
 
 
+async def _keyset_page(
+    request: Request,
+    query: str,
+    filters: dict[str, Any],
+    limit: int,
+    cursor: str | None,
+    order_by: str,
+) -> tuple[list[db.Row], str | None]:
+    """One page of ``query``, ordered by (``order_by``, id) descending, and the next cursor."""
+    before = _decode_position(cursor) if cursor else None
+    params = filters | {
+        "before_at": before[0] if before else None,
+        "before_id": before[1] if before else None,
+        "limit": limit + 1,
+    }
+    async with db.connection(_core(request).pool) as conn:
+        rows = await db.fetch_all(conn, query, params)
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    return rows, _encode_cursor(rows[-1][order_by].isoformat(), str(rows[-1]["id"]))
+
+
 @router.post(
     "/api/assets",
     status_code=201,
@@ -230,24 +253,10 @@ async def list_sagas(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> SagaPage:
     """Sagas newest first: this tenant's and the system's (no tenant), in pages."""
-    before = _decode_position(cursor) if cursor else None
-    async with db.connection(_core(request).pool) as conn:
-        rows = await db.fetch_all(
-            conn,
-            "list_sagas",
-            {
-                "tenant_id": principal.tenant_id,
-                "status": status,
-                "name": name,
-                "before_at": before[0] if before else None,
-                "before_id": before[1] if before else None,
-                "limit": limit + 1,
-            },
-        )
-    next_cursor = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        next_cursor = _encode_cursor(rows[-1]["created_at"].isoformat(), str(rows[-1]["id"]))
+    filters = {"tenant_id": principal.tenant_id, "status": status, "name": name}
+    rows, next_cursor = await _keyset_page(
+        request, "list_sagas", filters, limit, cursor, "created_at"
+    )
     return SagaPage(items=[saga_summary(r) for r in rows], nextCursor=next_cursor)
 
 
@@ -281,24 +290,10 @@ async def list_alerts(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> AlertPage:
     """Ops alerts, most recently raised first: this tenant's and the system's (no tenant)."""
-    before = _decode_position(cursor) if cursor else None
-    async with db.connection(_core(request).pool) as conn:
-        rows = await db.fetch_all(
-            conn,
-            "list_alerts",
-            {
-                "tenant_id": principal.tenant_id,
-                "open": open_,
-                "code": code,
-                "before_at": before[0] if before else None,
-                "before_id": before[1] if before else None,
-                "limit": limit + 1,
-            },
-        )
-    next_cursor = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        next_cursor = _encode_cursor(rows[-1]["last_at"].isoformat(), str(rows[-1]["id"]))
+    filters = {"tenant_id": principal.tenant_id, "open": open_, "code": code}
+    rows, next_cursor = await _keyset_page(
+        request, "list_alerts", filters, limit, cursor, "last_at"
+    )
     return AlertPage(items=[alert_view(r) for r in rows], nextCursor=next_cursor)
 
 
