@@ -255,8 +255,25 @@ def simulate(
             help="Write every locker's links and command counts here as JSON, as they change."
         ),
     ] = None,
+    faults_port: Annotated[
+        int | None,
+        typer.Option(
+            envvar="PROVENIQ_SIM_FAULTS_PORT",
+            min=1,
+            max=65535,
+            help="Also serve fault injection (/sim/faults, no auth) on 127.0.0.1:PORT.",
+        ),
+    ] = None,
 ) -> None:
-    """Run a fleet of virtual lockers against a broker until Ctrl-C."""
+    """Run a fleet of virtual lockers against a broker until Ctrl-C.
+
+    Inject faults by publishing JSON to MQTT proveniq/sim/control, e.g.
+    {"lockerRef": "locker-003", "fault": "delay", "delayMs": 35000, "count": 1}, or over HTTP
+    with --faults-port.
+    """
+    import socket
+
+    from proveniq_core.locker.faults import FaultBook
     from proveniq_core.locker.simulator import LatencyProfile, fleet_specs, run_fleet
 
     try:
@@ -265,6 +282,36 @@ def simulate(
         raise typer.BadParameter(str(exc), param_hint="--profile") from None
     logs.configure("warning")
     specs = fleet_specs(lockers, prefix)
+    faults = FaultBook.seeded(seed)
+    sock = None
+    if faults_port is not None:
+        sock = socket.socket()
+        try:
+            sock.bind(("127.0.0.1", faults_port))
+        except OSError as exc:
+            sock.close()
+            raise typer.BadParameter(str(exc), param_hint="--faults-port") from None
+
+    @contextlib.asynccontextmanager
+    async def fault_control() -> AsyncIterator[None]:
+        """Serve ``/sim/faults`` on the bound socket, if any, while the fleet runs."""
+        if sock is None:
+            yield
+            return
+        from proveniq_core.api.sim import control_app
+
+        config = uvicorn.Config(
+            control_app(faults), log_config=None, access_log=False, lifespan="off"
+        )
+        server = _Server(config)
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        err.print(f"fault injection: http://127.0.0.1:{faults_port}/sim/faults")
+        try:
+            yield
+        finally:
+            server.should_exit = True
+            await task
+            sock.close()
 
     async def go() -> None:
         stop = asyncio.Event()
@@ -272,7 +319,10 @@ def simulate(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         err.print(f"{lockers} lockers {specs[0].ref}…{specs[-1].ref} on {mqtt_url} ({profile})")
-        await run_fleet(mqtt_url, specs, prof, stop, seed=seed, state_file=state_file)
+        async with fault_control():
+            await run_fleet(
+                mqtt_url, specs, prof, stop, seed=seed, state_file=state_file, faults=faults
+            )
 
     _run(go())
 

@@ -10,7 +10,7 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, Request, Response
 
-from proveniq_core.api import envelope, routes
+from proveniq_core.api import envelope, routes, sim
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -25,6 +25,7 @@ def create_app(core: Any) -> FastAPI:
     app.state.core = core
     envelope.install(app)
     app.include_router(routes.router)
+    app.include_router(sim.router)
 
     @app.middleware("http")
     async def request_ids(

@@ -3,7 +3,12 @@
 Each device has its own MQTT client (last will: retained ``offline``), answers every
 command in its own task after a sampled latency, and answers a repeated ``commandId``
 with its first answer. What a device does with a command is decided in one place,
-``LockerFleet._decide``, where fault injection plugs in.
+``LockerFleet._decide``, which consults the fleet's ``FaultBook`` (``locker/faults.py``).
+Rules arrive at run time on MQTT ``proveniq/sim/control`` or through ``fleet.faults``.
+
+An injected fault leaves no memory of the command: a resend of a dropped, failed or
+offline-lost ``commandId`` is a new attempt (which the rule may hit again while it lasts),
+as if the command had never reached the device or had not been carried out.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import math
 import os
 import random
 import statistics
+import uuid
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +34,7 @@ import aiomqtt
 import structlog
 from PIL import Image, ImageDraw
 
+from proveniq_core.locker.faults import ActiveFault, FaultBook, FaultRuleError, parse_control
 from proveniq_core.locker.gateway import (
     BACKOFF_MAX_S,
     BACKOFF_MIN_S,
@@ -36,6 +43,7 @@ from proveniq_core.locker.gateway import (
     parse_mqtt_url,
 )
 from proveniq_core.locker.protocol import (
+    CONTROL_TOPIC,
     STATUS_OFFLINE,
     STATUS_ONLINE,
     Command,
@@ -135,6 +143,8 @@ class Decision:
     delay_s: float
     answer: bool = True
     error: ReplyError | None = None  # answer ok=false with this instead of executing
+    offline_s: float = 0.0  # instead: disconnect for this long (the command is lost)
+    fault: ActiveFault | None = None  # the injected fault behind this decision
 
 
 class LockerDevice:
@@ -145,8 +155,11 @@ class LockerDevice:
         self.links: dict[str, str] = {}  # assetId -> lockerId
         self.commands: Counter[str] = Counter()  # handled command types, duplicates excluded
         self.received: Counter[str] = Counter()  # every command received, duplicates included
+        self.faults: Counter[str] = Counter()  # injected faults that hit a command, by kind
         self.client: aiomqtt.Client | None = None  # set while connected
-        self._answers: OrderedDict[str, asyncio.Future[Reply | None]] = OrderedDict()
+        self.offline_until: float | None = None  # loop time; set while switched off
+        self._switch_off: asyncio.Future[None] | None = None  # armed while taking commands
+        self._answers: OrderedDict[str, asyncio.Future[Reply]] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -157,12 +170,12 @@ class LockerDevice:
     def locker_id(self) -> str:
         return self.spec.locker_id
 
-    def remember(self, command_id: str, answer: asyncio.Future[Reply | None]) -> None:
+    def remember(self, command_id: str, answer: asyncio.Future[Reply]) -> None:
         self._answers[command_id] = answer
         if len(self._answers) > _ANSWERS_KEPT:
             self._answers.popitem(last=False)
 
-    def answer_for(self, command_id: str) -> asyncio.Future[Reply | None] | None:
+    def answer_for(self, command_id: str) -> asyncio.Future[Reply] | None:
         return self._answers.get(command_id)
 
     def forget(self, command_id: str) -> None:
@@ -174,6 +187,25 @@ class LockerDevice:
 
     async def cancel_tasks(self) -> None:
         await asyncio.gather(*(cancel_and_wait(t) for t in list(self._tasks)))
+
+    def switch_off(self, seconds: float) -> None:
+        """Disconnect for ``seconds`` from now (extending an outage under way).
+
+        The device's run loop carries it out: retained ``offline``, disconnect, wait,
+        reconnect, ``online``.
+        """
+        until = asyncio.get_running_loop().time() + seconds
+        self.offline_until = until if self.offline_until is None else max(self.offline_until, until)
+        if self._switch_off is not None and not self._switch_off.done():
+            self._switch_off.set_result(None)
+
+    def arm_switch_off(self) -> asyncio.Future[None]:
+        """A future that ``switch_off`` resolves, for the connection being served."""
+        self._switch_off = asyncio.get_running_loop().create_future()
+        return self._switch_off
+
+    def disarm_switch_off(self) -> None:
+        self._switch_off = None
 
 
 class LockerFleet:
@@ -187,7 +219,13 @@ class LockerFleet:
         *,
         seed: int | None = None,
         connect_timeout: float = 10.0,
+        faults: FaultBook | None = None,
     ) -> None:
+        """A fleet of ``lockers``, connected by ``start``.
+
+        ``seed`` makes latencies, GPS jitter and ``flaky`` draws reproducible. ``faults``
+        holds the injected fault rules (default: a new, empty book).
+        """
         self._url = mqtt_url
         self._host, self._port = parse_mqtt_url(mqtt_url)
         self._devices = {spec.ref: LockerDevice(spec) for spec in lockers}
@@ -195,6 +233,8 @@ class LockerFleet:
             raise ValueError("locker refs must be unique")
         self._profile = profile
         self._rng = random.Random(seed)
+        # Its own random stream, so injecting faults does not shift the latencies drawn.
+        self.faults = faults if faults is not None else FaultBook.seeded(seed)
         self._connect_timeout = connect_timeout
         self._runners: list[asyncio.Task[None]] = []
 
@@ -207,29 +247,38 @@ class LockerFleet:
         return self._devices[ref]
 
     def snapshot(self) -> dict[str, Any]:
-        """Every device's links and command counts, as JSON-ready data."""
+        """Every device's links, command counts and injected faults, as JSON-ready data."""
         return {
             d.ref: {
                 "links": dict(d.links),
                 "commands": dict(d.commands),
                 "received": dict(d.received),
+                "faults": dict(d.faults),
             }
             for d in self._devices.values()
         }
 
     async def start(self) -> None:
-        """Connect every device and publish it ``online``.
+        """Connect every device and publish it ``online``; listen on the control topic.
 
-        Raises ``ConnectionError`` (after cleaning up) if any device cannot connect.
+        Raises ``ConnectionError`` (after cleaning up) if any device, or the control
+        listener, cannot connect.
         """
         if self._runners:
             return
         loop = asyncio.get_running_loop()
-        firsts = {ref: loop.create_future() for ref in self._devices}
+        firsts: dict[str, asyncio.Future[Exception | None]] = {
+            ref: loop.create_future() for ref in self._devices
+        }
         self._runners = [
             asyncio.create_task(self._run_device(d, firsts[d.ref]), name=f"sim-locker:{d.ref}")
             for d in self._devices.values()
         ]
+        control_first: asyncio.Future[Exception | None] = loop.create_future()
+        firsts[CONTROL_TOPIC] = control_first  # not a valid locker ref: no clash
+        self._runners.append(
+            asyncio.create_task(self._run_control(control_first), name="sim-locker-control")
+        )
         outcomes: list[Exception | None] = []
         try:
             async with asyncio.timeout(self._connect_timeout):
@@ -257,10 +306,20 @@ class LockerFleet:
     async def _run_device(
         self, device: LockerDevice, first: asyncio.Future[Exception | None]
     ) -> None:
-        """Keep one device connected; report the first attempt's outcome on ``first``."""
+        """Keep one device connected (except while switched off).
+
+        Reports the outcome of the first connection attempt on ``first``.
+        """
+        loop = asyncio.get_running_loop()
         backoff = BACKOFF_MIN_S
         will = aiomqtt.Will(status_topic(device.ref), STATUS_OFFLINE, qos=1, retain=True)
         while True:
+            if device.offline_until is not None:
+                await asyncio.sleep(max(0.0, device.offline_until - loop.time()))
+                device.offline_until = None
+                backoff = BACKOFF_MIN_S
+                log.info("locker.sim_back_online", locker_ref=device.ref)
+            # Clean session (aiomqtt's default): commands sent while off are never delivered.
             client = aiomqtt.Client(
                 self._host,
                 self._port,
@@ -279,10 +338,13 @@ class LockerFleet:
                     if not first.done():
                         first.set_result(None)
                     backoff = BACKOFF_MIN_S
-                    async for message in client.messages:
-                        # amqtt 0.12 also pushes retained messages of other subscriptions.
-                        if message.topic.value == commands_topic(device.ref):
-                            device.track(asyncio.create_task(self._handle(device, message.payload)))
+                    await self._serve(device, client)
+                    # Switched off: say so (a clean disconnect sends no last will), then leave.
+                    device.client = None
+                    await client.publish(
+                        status_topic(device.ref), STATUS_OFFLINE, qos=1, retain=True
+                    )
+                    log.info("locker.sim_switched_off", locker_ref=device.ref)
             except aiomqtt.MqttError as exc:
                 if not first.done():
                     first.set_result(exc)
@@ -290,8 +352,85 @@ class LockerFleet:
                 log.warning("locker.sim_disconnected", locker_ref=device.ref, error=str(exc))
             finally:
                 device.client = None
+            if device.offline_until is None:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    async def _serve(self, device: LockerDevice, client: aiomqtt.Client) -> None:
+        """Take commands until the device is switched off; ``MqttError`` if the link fails."""
+        switch_off = device.arm_switch_off()
+        receiver = asyncio.create_task(
+            self._receive(device, client), name=f"sim-locker-receive:{device.ref}"
+        )
+        try:
+            await asyncio.wait((receiver, switch_off), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            device.disarm_switch_off()
+            if not receiver.done():
+                await cancel_and_wait(receiver)
+        if not receiver.cancelled():
+            receiver.result()  # raises the MqttError that ended it
+            raise aiomqtt.MqttError("message stream ended")  # the client closed under us
+
+    async def _receive(self, device: LockerDevice, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            # amqtt 0.12 also pushes retained messages of other subscriptions.
+            if message.topic.value == commands_topic(device.ref):
+                device.track(asyncio.create_task(self._handle(device, message.payload)))
+
+    async def _run_control(self, first: asyncio.Future[Exception | None]) -> None:
+        """Apply the control messages published on ``proveniq/sim/control``.
+
+        Every fleet on the broker applies every message (a ``"*"`` rule reaches them all).
+        Retained messages are skipped: only what is published while the fleet runs counts.
+        """
+        backoff = BACKOFF_MIN_S
+        identifier = f"proveniq-sim-control-{uuid.uuid4().hex[:12]}"
+        while True:
+            client = aiomqtt.Client(
+                self._host,
+                self._port,
+                identifier=identifier,
+                timeout=self._connect_timeout,
+                socket_options=SOCKET_OPTIONS,
+            )
+            try:
+                async with client:
+                    await client.subscribe(CONTROL_TOPIC, qos=1)
+                    if not first.done():
+                        first.set_result(None)
+                    backoff = BACKOFF_MIN_S
+                    async for message in client.messages:
+                        if message.topic.value != CONTROL_TOPIC:
+                            continue  # amqtt 0.12: retained messages of other subscriptions
+                        if message.retain:
+                            # A stored message, not one published now: replaying it on every
+                            # start would resurrect faults that were cleared since.
+                            log.warning("locker.sim_control_retained_ignored")
+                            continue
+                        self._on_control(message.payload)
+            except aiomqtt.MqttError as exc:
+                if not first.done():
+                    first.set_result(exc)
+                    return
+                log.warning("locker.sim_control_disconnected", error=str(exc))
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    def _on_control(self, payload: Any) -> None:
+        if not isinstance(payload, bytes | str):
+            log.warning("locker.sim_control_invalid", error="empty or non-text payload")
+            return
+        try:
+            control = parse_control(payload)
+        except FaultRuleError as exc:
+            log.warning("locker.sim_control_invalid", error=str(exc), problems=exc.problems)
+            return
+        outcome = self.faults.apply(control)
+        if isinstance(outcome, int):
+            log.info("locker.sim_faults_cleared", locker_ref=control.lockerRef, cleared=outcome)
+        else:
+            log.info("locker.sim_fault_added", **outcome.view())
 
     async def _handle(self, device: LockerDevice, payload: Any) -> None:
         try:
@@ -302,11 +441,27 @@ class LockerFleet:
         device.received[command.type] += 1
         answer = device.answer_for(command.commandId)
         if answer is None:
+            decision = self._decide(device, command)
+            if decision.fault is not None:
+                device.faults[decision.fault.rule.fault] += 1
+                log.info(
+                    "locker.sim_fault_hit",
+                    locker_ref=device.ref,
+                    command_id=command.commandId,
+                    fault=decision.fault.rule.fault,
+                    fault_id=decision.fault.id,
+                )
+            if decision.offline_s > 0:
+                device.switch_off(decision.offline_s)
+                return
+            if not decision.answer:
+                return  # lost on the way: not remembered, so a resend is a new attempt
             answer = asyncio.get_running_loop().create_future()
             device.remember(command.commandId, answer)
-            device.commands[command.type] += 1
+            if decision.error is None:
+                device.commands[command.type] += 1
             try:
-                answer.set_result(await self._execute(device, command))
+                answer.set_result(await self._execute(device, command, decision))
             except asyncio.CancelledError:  # switched off mid-command: a resend runs it anew
                 device.forget(command.commandId)
                 answer.cancel()
@@ -314,20 +469,32 @@ class LockerFleet:
             except Exception as exc:
                 log.exception("locker.sim_command_failed", locker_ref=device.ref)
                 answer.set_result(_failure(command, "hardware_fault", f"simulator error: {exc}"))
-        reply = await asyncio.shield(answer)
-        if reply is not None:
-            await self._publish(device, reply)
+            if decision.error is not None:
+                device.forget(command.commandId)  # not carried out: a resend tries again
+        await self._publish(device, await asyncio.shield(answer))
 
     def _decide(self, device: LockerDevice, command: Command) -> Decision:
-        """Choose what ``device`` does with ``command``: today, answer after sampled latency."""
-        return Decision(delay_s=self._profile.sample(self._rng))
+        """Choose what ``device`` does with ``command``: an injected fault, or normal service.
 
-    async def _execute(self, device: LockerDevice, command: Command) -> Reply | None:
-        decision = self._decide(device, command)
+        Called once per new ``commandId``; without a fault, answer after the sampled latency.
+        """
+        hit = self.faults.decide(device.ref)
+        if hit is None:
+            return Decision(delay_s=self._profile.sample(self._rng))
+        rule = hit.rule
+        # The rule's validator guarantees the parameter of its kind is set.
+        if rule.fault == "delay":
+            return Decision(delay_s=(rule.delayMs or 0.0) / 1000, fault=hit)
+        if rule.fault == "hardware_fault":
+            error = ReplyError(code="hardware_fault", detail=f"injected fault {hit.id}")
+            return Decision(delay_s=self._profile.sample(self._rng), error=error, fault=hit)
+        if rule.fault == "offline":
+            return Decision(delay_s=0.0, answer=False, offline_s=rule.seconds or 0.0, fault=hit)
+        return Decision(delay_s=0.0, answer=False, fault=hit)  # drop, or flaky's draw said drop
+
+    async def _execute(self, device: LockerDevice, command: Command, decision: Decision) -> Reply:
         if decision.delay_s > 0:
             await asyncio.sleep(decision.delay_s)
-        if not decision.answer:
-            return None
         if decision.error is not None:
             return Reply(commandId=command.commandId, ok=False, error=decision.error)
         return self._apply(device, command)
@@ -449,13 +616,15 @@ async def run_fleet(
     *,
     seed: int | None = None,
     state_file: Path | None = None,
+    faults: FaultBook | None = None,
 ) -> None:
     """Run a fleet until ``stop_event`` is set, then take it offline.
 
     With ``state_file``, the fleet's links and command counts are written there as JSON
     whenever they change (checked every 0.2 s) and once more after the fleet stops.
+    ``faults``: the fleet's fault book, for a caller that also serves it (HTTP control).
     """
-    fleet = LockerFleet(mqtt_url, specs, profile, seed=seed)
+    fleet = LockerFleet(mqtt_url, specs, profile, seed=seed, faults=faults)
     await fleet.start()
     try:
         if state_file is None:
