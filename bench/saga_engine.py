@@ -5,12 +5,12 @@
 What is measured, all against the same PostgreSQL server in the same run:
 
   proveniq  SagaEngine.run() of a saga of 4 no-op steps, every step checkpointed;
-            pool of N connections for concurrency N.
+            pool of min(N, 20) connections for concurrency N (20: the service's default).
   dbos      an async @DBOS.workflow() awaiting 4 async no-op @DBOS.step()s, its system
-            database on the same server; SQLAlchemy pool of N + 2 connections (the two
+            database on the same server; SQLAlchemy pool of that size + 2 (the two
             extra serve DBOS's own background threads).
   raw       one autocommit INSERT of one row per operation (the physical limit), through
-            the same client stack as the engine: psycopg 3 async and a psycopg_pool of N.
+            the same client stack as the engine: psycopg 3 async and the same pool size.
 
 Each system runs at each concurrency level in a fresh subprocess: a short warm-up, then a
 fixed number of operations driven by N asyncio tasks. Each level has several rounds with
@@ -59,6 +59,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 
 from proveniq_core import db, logs
+from proveniq_core.config import Settings
 from proveniq_core.saga.engine import SagaDefinition, SagaEngine, Step, StepContext
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -69,6 +70,7 @@ DATABASES = {
     "raw": "proveniq_bench_raw",
 }
 STEPS = 4
+POOL_MAX: int = Settings.model_fields["pool_max"].default  # the service's default pool
 RESULT_MARK = "BENCH-RESULT "
 HERE = Path(__file__).resolve().parent
 
@@ -209,12 +211,19 @@ async def noop(ctx: StepContext) -> dict[str, Any]:
 BENCH4 = SagaDefinition("bench4", tuple(Step(f"s{i}", noop) for i in range(STEPS)))
 
 
+def pool_size(level: int) -> int:
+    """Connections for ``level`` concurrent operations: as many, up to the service's default
+    pool (``PROVENIQ_POOL_MAX``): a deployment does not open a backend per request."""
+    return min(level, POOL_MAX)
+
+
 async def open_counted_pool(url: str, admin_url: str, level: int) -> tuple[db.Pool, Counter]:
-    pool = await db.open_pool(url, min_size=level, max_size=level)
+    size = pool_size(level)
+    pool = await db.open_pool(url, min_size=size, max_size=size)
     await pool.wait()
     async with pool.connection() as conn:
         version = conn.info.server_version
-    return pool, Counter(pool, level, admin_url, urlsplit(url).path.lstrip("/"), version >= 150000)
+    return pool, Counter(pool, size, admin_url, urlsplit(url).path.lstrip("/"), version >= 150000)
 
 
 async def run_proveniq(
@@ -276,7 +285,7 @@ async def run_dbos(url: str, admin_url: str, level: int, count: int, warmup: int
         config={
             "name": "proveniq-bench",
             "system_database_url": url,
-            "sys_db_pool_size": level + 2,
+            "sys_db_pool_size": pool_size(level) + 2,
             "log_level": "WARNING",
         }
     )
@@ -526,7 +535,7 @@ def report(plan: Plan, env: list[str], rows: list[Row]) -> str:
         *(format_row(r) for r in rows),
         "",
         "Each row is the round with the median rate; range: slowest–fastest round. conc:",
-        "concurrent asyncio tasks = pool size (DBOS: pool + 2), after a warm-up of",
+        f"concurrent asyncio tasks; pool min(conc, {POOL_MAX}) (DBOS: + 2), after a warm-up of",
         "max(50, 8 × conc) operations. The concurrency-1 rows are the sequential latencies.",
         "commits/op: pg_stat_database.xact_commit of the system's own database; proveniq and",
         "raw over the timed operations (steady state), DBOS over its whole process less an",
