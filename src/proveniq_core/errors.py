@@ -18,7 +18,9 @@ Every error a client can see carries one code from ``TAXONOMY``. The HTTP layer 
         ├── UnauthorizedError       E_UNAUTHORIZED
         ├── ForbiddenError          E_FORBIDDEN
         ├── NotFoundError           E_NOT_FOUND
-        └── ConflictError           E_CONFLICT
+        ├── ConflictError           E_CONFLICT
+        ├── IdempotencyMismatchError  E_IDEMPOTENCY_MISMATCH
+        └── IdempotencyInFlightError  E_IDEMPOTENCY_IN_FLIGHT
 """
 
 from __future__ import annotations
@@ -152,6 +154,24 @@ TAXONOMY: dict[str, FailureMode] = {
             False,
         ),
         FailureMode(
+            "E_IDEMPOTENCY_MISMATCH",
+            "error",
+            "reject_request",
+            "This Idempotency-Key was used with a different request.",
+            False,
+            422,
+            False,
+        ),
+        FailureMode(
+            "E_IDEMPOTENCY_IN_FLIGHT",
+            "warning",
+            "retry_with_backoff",
+            "A request with this Idempotency-Key is still in progress. Retry shortly.",
+            False,
+            409,
+            True,
+        ),
+        FailureMode(
             "E_INTERNAL",
             "critical",
             "alert_operations",
@@ -236,6 +256,12 @@ class PartialCommitError(CoreError):
     code = "E_PARTIAL_COMMIT"
 
 
+class PostCommitTimeoutError(CoreError):
+    """A step after the link commit timed out; it completes asynchronously."""
+
+    code = "E_TIMEOUT_POST_COMMIT"
+
+
 class RequestError(CoreError):
     """The request cannot be served as sent."""
 
@@ -270,12 +296,26 @@ class ConflictError(RequestError):
     code = "E_CONFLICT"
 
 
+class IdempotencyMismatchError(RequestError):
+    """This Idempotency-Key was used with a different request (body or route)."""
+
+    code = "E_IDEMPOTENCY_MISMATCH"
+
+
+class IdempotencyInFlightError(RequestError):
+    """A request with this Idempotency-Key is still in progress."""
+
+    code = "E_IDEMPOTENCY_IN_FLIGHT"
+
+
 __all__ = [
     "TAXONOMY",
     "ConflictError",
     "CoreError",
     "FailureMode",
     "ForbiddenError",
+    "IdempotencyInFlightError",
+    "IdempotencyMismatchError",
     "LedgerConflictError",
     "LedgerConstraintError",
     "LedgerDownError",

@@ -52,17 +52,22 @@ def error_status(exc: CoreError) -> int:
     return status if status >= 400 else 503
 
 
+def error_response(request: Request, exc: CoreError) -> JSONResponse:
+    """The response the app answers when a route raises ``exc`` (stored by idempotency)."""
+    return envelope(
+        request,
+        exc.code,
+        message=exc.message,
+        status=error_status(exc),
+        asset_id=exc.asset_id,
+        details=exc.details,
+    )
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(CoreError)
     async def core_error(request: Request, exc: CoreError) -> JSONResponse:
-        return envelope(
-            request,
-            exc.code,
-            message=exc.message,
-            status=error_status(exc),
-            asset_id=exc.asset_id,
-            details=exc.details,
-        )
+        return error_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,0 +1,289 @@
+"""``Idempotency-Key`` on POST routes (DESIGN.md §3, Stripe semantics).
+
+A key is the tenant's: one row per ``(tenant, key)`` in ``idempotency_keys``, bound to the
+route (method and path) and to a SHA-256 of the canonical JSON body of the request that
+first used it. For 24 h from that request:
+
+- same route and body, first request finished: its stored response again (status, body
+  bytes, the headers in ``REPLAYED_HEADERS``) with ``Idempotent-Replayed: true``;
+- different route or body: 422 ``E_IDEMPOTENCY_MISMATCH``;
+- first request still running: 409 ``E_IDEMPOTENCY_IN_FLIGHT`` (retryable).
+
+What is stored: every response the handler produced, success or 5xx, raised ``CoreError``
+(answered with the app's envelope) or unexpected exception (500 ``E_INTERNAL``) alike,
+except 4xx: a 4xx says the request was refused and nothing was done, so nothing is stored
+and a retry with the same key runs the handler again. A handler must keep that contract:
+once it has changed state, it answers 2xx or 5xx. Requests refused before the handler
+(authentication, body validation, a malformed key, a mismatch, a key in flight, the
+database down while claiming the key) store nothing either.
+
+A dead process cannot hold a key: the in-flight row has a lease (``LEASE_SECONDS``) that
+the running request renews; once it lapses, a request with the same route and body takes
+the row over and runs the handler, and the old owner's late result is not stored (the
+row's ``token`` fences it). If the response cannot be stored (database down), the client
+still gets it; the row stays in flight until its lease lapses, and a retry after that runs
+the handler again: exactly-once holds only as far as the response could be recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import random
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, LiteralString
+
+import structlog
+from fastapi import Request, Response
+
+from proveniq_core import db
+from proveniq_core.api.envelope import envelope, error_response
+from proveniq_core.errors import (
+    CoreError,
+    IdempotencyInFlightError,
+    IdempotencyMismatchError,
+    ValidationFailedError,
+)
+
+log = structlog.get_logger(__name__)
+
+HEADER: Final = "Idempotency-Key"
+REPLAYED: Final = "Idempotent-Replayed"
+MAX_KEY_LENGTH: Final = 255
+TTL_SECONDS: Final = 24 * 3600.0
+LEASE_SECONDS: Final = 60.0
+# The response headers a replay repeats; X-Request-ID is the replaying request's own.
+REPLAYED_HEADERS: Final = frozenset({"content-type", "location", "retry-after", "etag"})
+PURGE_PROBABILITY: Final = 0.01  # a stored response purges a batch of expired rows this often
+PURGE_BATCH: Final = 500
+
+# Claim the key: insert it, or take over a row that is 24 h old, or one in flight whose lease
+# lapsed (same route and body only). Returns a row only when this request now owns the key.
+_CLAIM: Final = """
+INSERT INTO idempotency_keys AS k (tenant_id, key, route, request_hash, token, locked_until)
+VALUES (%(tenant_id)s, %(key)s, %(route)s, %(request_hash)s, %(token)s,
+        now() + make_interval(secs => %(lease)s))
+ON CONFLICT (tenant_id, key) DO UPDATE SET
+    route = EXCLUDED.route,
+    request_hash = EXCLUDED.request_hash,
+    token = EXCLUDED.token,
+    status = 'in_flight',
+    locked_until = EXCLUDED.locked_until,
+    response_status = NULL,
+    response_headers = NULL,
+    response_body = NULL,
+    created_at = now(),
+    completed_at = NULL
+WHERE k.created_at <= now() - make_interval(secs => %(ttl)s)
+   OR (k.status = 'in_flight' AND k.locked_until <= now()
+       AND k.route = EXCLUDED.route AND k.request_hash = EXCLUDED.request_hash)
+RETURNING k.token
+"""
+
+_LOOKUP: Final = """
+SELECT route, request_hash, status, response_status, response_headers, response_body,
+       created_at <= now() - make_interval(secs => %(ttl)s) AS expired,
+       status = 'in_flight' AND locked_until <= now() AS lease_lapsed
+FROM idempotency_keys
+WHERE tenant_id = %(tenant_id)s AND key = %(key)s
+"""
+
+_COMPLETE: Final = """
+UPDATE idempotency_keys SET
+    status = 'completed',
+    locked_until = NULL,
+    response_status = %(status)s,
+    response_headers = %(headers)s,
+    response_body = %(body)s,
+    completed_at = now()
+WHERE tenant_id = %(tenant_id)s AND key = %(key)s AND token = %(token)s
+  AND status = 'in_flight'
+"""
+
+_RENEW: Final = """
+UPDATE idempotency_keys SET locked_until = now() + make_interval(secs => %(lease)s)
+WHERE tenant_id = %(tenant_id)s AND key = %(key)s AND token = %(token)s
+  AND status = 'in_flight'
+"""
+
+_RELEASE: Final = """
+DELETE FROM idempotency_keys
+WHERE tenant_id = %(tenant_id)s AND key = %(key)s AND token = %(token)s
+  AND status = 'in_flight'
+"""
+
+_PURGE: Final = """
+DELETE FROM idempotency_keys
+WHERE (tenant_id, key) IN (
+    SELECT tenant_id, key FROM idempotency_keys
+    WHERE created_at <= now() - make_interval(secs => %(ttl)s)
+    ORDER BY created_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+"""
+
+_CLAIM_ATTEMPTS: Final = 3
+
+
+def request_hash(body: Any) -> bytes:
+    """SHA-256 of the canonical JSON of ``body``: sorted keys, no spaces, ASCII escapes."""
+    canonical = json.dumps(
+        body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str
+    )
+    return hashlib.sha256(canonical.encode("ascii")).digest()
+
+
+def _key(request: Request) -> str | None:
+    key = request.headers.get(HEADER)
+    if key is not None and not 1 <= len(key) <= MAX_KEY_LENGTH:
+        raise ValidationFailedError(
+            f"The {HEADER} header must be 1 to {MAX_KEY_LENGTH} characters.",
+            details={"field": HEADER, "maxLength": MAX_KEY_LENGTH},
+        )
+    return key
+
+
+def _replay(row: db.Row) -> Response:
+    headers = dict(row["response_headers"])
+    headers[REPLAYED] = "true"
+    return Response(
+        content=bytes(row["response_body"]), status_code=row["response_status"], headers=headers
+    )
+
+
+async def run_idempotent(
+    request: Request,
+    pool: db.Pool,
+    *,
+    tenant_id: str,
+    body: Any,
+    handler: Callable[[], Awaitable[Response]],
+    lease: float = LEASE_SECONDS,
+) -> Response:
+    """Run ``handler`` at most once per ``Idempotency-Key``; answer retries from the store.
+
+    Without the header, just ``await handler()``. ``body`` is the request body as JSON
+    values (e.g. ``model.model_dump(mode="json")``). ``handler`` must return a response with
+    its body in memory (``JSONResponse``, not streaming); a ``CoreError`` it raises becomes
+    the app's error envelope here, so that it can be stored. ``lease`` (seconds) bounds how
+    long a key stays blocked by a process that died mid-request.
+
+    Raises ``ValidationFailedError`` (malformed key), ``IdempotencyMismatchError``,
+    ``IdempotencyInFlightError`` and, while claiming the key, ``LedgerDownError``.
+    """
+    key = _key(request)
+    if key is None:
+        return await handler()
+    route = f"{request.method} {request.url.path}"
+    params: dict[str, Any] = {
+        "tenant_id": tenant_id,
+        "key": key,
+        "route": route,
+        "request_hash": request_hash(body),
+        "token": uuid.uuid4(),
+        "lease": lease,
+        "ttl": TTL_SECONDS,
+    }
+    for _ in range(_CLAIM_ATTEMPTS):
+        async with db.connection(pool) as conn:
+            claimed = await (await conn.execute(_CLAIM, params)).fetchone()
+            if claimed is not None:
+                break
+            row = await (await conn.execute(_LOOKUP, params)).fetchone()
+        if row is None or row["expired"]:
+            continue  # released or aged out since the claim: claim again
+        if row["route"] != route or bytes(row["request_hash"]) != params["request_hash"]:
+            raise IdempotencyMismatchError(
+                details={"differs": "route" if row["route"] != route else "body"}
+            )
+        if row["status"] == "completed":
+            log.info("idempotent_replay", key=key, status=row["response_status"])
+            return _replay(row)
+        if not row["lease_lapsed"]:
+            raise IdempotencyInFlightError()
+    else:
+        raise IdempotencyInFlightError()  # the row kept changing under us: let the client retry
+
+    keepalive = asyncio.create_task(_keep_leased(pool, params))
+    try:
+        try:
+            response = await handler()
+        except CoreError as exc:
+            response = error_response(request, exc)
+        except Exception:
+            log.exception("unhandled_error", idempotency_key=key)
+            response = envelope(request, "E_INTERNAL")
+    finally:
+        # On cancellation the row is left in flight: whether the handler's work committed is
+        # unknown, so a retry waits for the lease like after a crash.
+        keepalive.cancel()
+        await asyncio.wait([keepalive])
+
+    content = getattr(response, "body", None)
+    if 400 <= response.status_code < 500 or not isinstance(content, bytes):
+        await _settle(pool, _RELEASE, params)
+        if not isinstance(content, bytes):
+            raise TypeError(f"{HEADER}: the handler must return a response with a body in memory")
+        return response
+    headers = {k: v for k, v in response.headers.items() if k in REPLAYED_HEADERS}
+    stored = await _settle(
+        pool,
+        _COMPLETE,
+        params | {"status": response.status_code, "headers": db.jsonb(headers), "body": content},
+    )
+    if stored and random.random() < PURGE_PROBABILITY:
+        with contextlib.suppress(CoreError):
+            await purge_expired(pool)
+    return response
+
+
+async def _settle(pool: db.Pool, sql: LiteralString, params: dict[str, Any]) -> bool:
+    """Complete or release the claimed row; ``False`` if it was taken over or the store failed.
+
+    Either way the handler's response still goes to the client: it is what happened.
+    """
+    try:
+        async with db.connection(pool) as conn:
+            done = (await conn.execute(sql, params)).rowcount == 1
+    except CoreError as exc:
+        log.warning("idempotency_store_failed", key=params["key"], error=exc.code)
+        return False
+    if not done:
+        log.warning("idempotency_key_taken_over", key=params["key"])
+    return done
+
+
+async def _keep_leased(pool: db.Pool, params: dict[str, Any]) -> None:
+    """Renew the in-flight lease while the handler runs, three times per lease."""
+    while True:
+        await asyncio.sleep(params["lease"] / 3)
+        try:
+            async with db.connection(pool) as conn:
+                if (await conn.execute(_RENEW, params)).rowcount == 0:
+                    return  # taken over (the lease lapsed anyway) or purged
+        except CoreError as exc:
+            log.warning("idempotency_renew_failed", key=params["key"], error=exc.code)
+
+
+async def purge_expired(pool: db.Pool, *, limit: int = PURGE_BATCH) -> int:
+    """Delete up to ``limit`` keys older than 24 h (they already count as absent)."""
+    async with db.connection(pool) as conn:
+        cur = await conn.execute(_PURGE, {"ttl": TTL_SECONDS, "limit": limit})
+        return cur.rowcount
+
+
+__all__ = [
+    "HEADER",
+    "LEASE_SECONDS",
+    "MAX_KEY_LENGTH",
+    "REPLAYED",
+    "REPLAYED_HEADERS",
+    "TTL_SECONDS",
+    "purge_expired",
+    "request_hash",
+    "run_idempotent",
+]
