@@ -30,9 +30,16 @@ class Settings(BaseSettings):
     pool_min: int = Field(2, ge=1)
     pool_max: int = Field(20, ge=1)
 
-    link_sync_budget_ms: int = Field(2000, ge=1)
-    locker_command_timeout: float = Field(30.0, gt=0)
+    link_sync_budget_ms: int = Field(2000, ge=1, description="how long a request waits to link")
+    locker_command_timeout: float = Field(30.0, gt=0, description="how long a command may take")
     ledger_timeout: float = Field(5.0, gt=0)
+    post_commit_timeout: float = Field(2.0, gt=0, description="lock wait to queue verification")
+
+    retry_base: float = Field(300.0, gt=0, description="first retry of a deferred link, doubling")
+    retry_max_attempts: int = Field(5, ge=1, description="retries before an entry is exhausted")
+    retry_unreachable_limit: float = Field(
+        3600.0, gt=0, description="how long an unreachable locker is retried before escalating"
+    )
 
     sim_lockers: int = Field(10, ge=0, le=1000, description="embedded fleet size")
     sim_profile: str = "instant"

@@ -20,7 +20,8 @@ from proveniq_core.ledger import assets, audit, keys
 from proveniq_core.locker.gateway import LockerGateway
 from proveniq_core.locker.simulator import LatencyProfile, LockerFleet, fleet_specs
 from proveniq_core.saga.engine import SagaDefinition, SagaEngine
-from proveniq_core.saga.registration import registration_saga
+from proveniq_core.saga.registration import InFlight, LinkPolicy, registration_saga
+from proveniq_core.saga.retry_queue import RetryPolicy, RetryQueue
 from proveniq_core.verify.evidence import EvidenceStore
 from proveniq_core.verify.worker import VerifyWorker
 
@@ -41,6 +42,7 @@ class Core:
     gateway: LockerGateway
     engine: SagaEngine
     registration: SagaDefinition
+    retry_queue: RetryQueue
     evidence: EvidenceStore
     fleet: LockerFleet | None = None
     bootstrap_key: str | None = None
@@ -90,6 +92,37 @@ async def _seal_forever(pool: db.Pool, interval: float = 1.0) -> None:
         await asyncio.sleep(interval)
 
 
+def link_policy(settings: Settings) -> LinkPolicy:
+    return LinkPolicy(
+        sync_budget=settings.link_sync_budget_ms / 1000,
+        command_timeout=settings.locker_command_timeout,
+        retry=RetryPolicy(
+            base=settings.retry_base,
+            max_attempts=settings.retry_max_attempts,
+            unreachable_limit=settings.retry_unreachable_limit,
+        ),
+        post_commit_timeout=settings.post_commit_timeout,
+    )
+
+
+def _on_online(queue: RetryQueue, tasks: set[asyncio.Task[Any]]) -> Callable[[str, Any], None]:
+    """A gateway hook: when a locker comes (back) online, retry its deferred links now."""
+
+    async def wake(ref: str) -> None:
+        try:
+            await queue.wake_locker(ref)
+        except CoreError as exc:  # the timer retries it anyway
+            log.warning("retry_queue.wake_failed", locker_ref=ref, error=str(exc))
+
+    def hook(event: str, info: Any) -> None:
+        if event == "online":
+            task = asyncio.ensure_future(wake(info["lockerRef"]))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    return hook
+
+
 @contextlib.asynccontextmanager
 async def running(
     settings: Settings, *, progress: Callable[[str], None] = lambda _: None
@@ -132,14 +165,19 @@ async def running(
             await register_fleet(pool, fleet, BOOTSTRAP_TENANT)
             progress(f"simulated fleet: {len(fleet.devices)} lockers ({settings.sim_profile})")
 
-        registration = registration_saga(gateway, link_timeout=settings.link_sync_budget_ms / 1000)
+        hook_tasks: set[asyncio.Task[Any]] = set()
         engine = SagaEngine(
             pool,
-            definitions=[registration],
             lease=settings.saga_lease,
             compensation_rounds=settings.saga_compensation_rounds,
             compensation_retry_base=settings.saga_compensation_retry_base,
         )
+        registration = registration_saga(
+            gateway, pool, link_policy(settings), InFlight(engine.wake)
+        )
+        engine.register(registration)
+        retry_queue = RetryQueue(pool, engine)
+        gateway.add_event_hook(_on_online(retry_queue, hook_tasks))
         core = Core(
             settings=settings,
             conninfo=conninfo,
@@ -148,6 +186,7 @@ async def running(
             gateway=gateway,
             engine=engine,
             registration=registration,
+            retry_queue=retry_queue,
             evidence=EvidenceStore(settings.evidence_dir),
             fleet=fleet,
         )

@@ -24,11 +24,30 @@ class AssetCreate(Strict):
     lockerRef: LockerRef
 
 
+class ResponseWarning(BaseModel):
+    code: str
+    message: str
+
+
 class AssetCreated(BaseModel):
     assetId: str
     lockerId: str | None
     verificationId: str
     status: str
+    warnings: list[ResponseWarning] | None = Field(
+        None,
+        description="E_TIMEOUT_POST_COMMIT: created, but a later update "
+        "(queueing the verification) completes asynchronously",
+    )
+
+
+class AssetDeferred(BaseModel):
+    """202: the asset is recorded; the locker link is deferred and retried (DESIGN.md §3)."""
+
+    assetId: str
+    status: str = Field(description="pending_link")
+    retryAt: datetime | None = Field(description="the next automatic try; null: held")
+    reason: str = Field(description="E_LOCKER_TIMEOUT or E_LOCKER_UNREACHABLE")
 
 
 class VerificationView(BaseModel):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -17,11 +18,13 @@ from proveniq_core.api.models import (
     AlertPage,
     AssetCreate,
     AssetCreated,
+    AssetDeferred,
     AssetPage,
     AssetView,
     LockerCreate,
     LockerPage,
     LockerView,
+    ResponseWarning,
     SagaPage,
     SagaView,
     Site,
@@ -30,7 +33,13 @@ from proveniq_core.api.models import (
     saga_summary,
     saga_view,
 )
-from proveniq_core.errors import CoreError, NotFoundError, ValidationFailedError
+from proveniq_core.errors import (
+    CoreError,
+    LockerHardwareError,
+    NotFoundError,
+    PostCommitTimeoutError,
+    ValidationFailedError,
+)
 from proveniq_core.ledger import assets
 from proveniq_core.ledger.keys import Principal
 from proveniq_core.saga import store
@@ -105,14 +114,20 @@ async def _keyset_page(
     "/api/assets",
     status_code=201,
     response_model=AssetCreated,
-    responses={**ERRORS, 502: {"description": "locker hardware fault"}},
+    response_model_exclude_none=True,
+    responses={
+        **ERRORS,
+        202: {"model": AssetDeferred, "description": "link deferred: pending_link"},
+        409: {"description": "another process is finishing this registration"},
+        502: {"description": "locker hardware fault: the asset is held as link_failed"},
+    },
     summary="Register an asset: ledger record, locker link, verification",
 )
 async def create_asset(
     body: AssetCreate,
     request: Request,
     principal: Annotated[Principal, Depends(require("assets:write"))],
-) -> AssetCreated:
+) -> Any:
     core = _core(request)
     async with db.connection(core.pool) as conn:
         await assets.get_locker(conn, principal.tenant_id, body.lockerRef)
@@ -131,18 +146,37 @@ async def create_asset(
         },
         tenant_id=principal.tenant_id,
     )
-    if not result.ok:
-        exc = result.error
-        if isinstance(exc, CoreError):
-            exc.asset_id = asset_id
-            raise exc
-        raise CoreError(f"registration failed at {result.failed_step}", asset_id=asset_id) from exc
-    return AssetCreated(
+    created = AssetCreated(
         assetId=asset_id,
         lockerId=result.data.get("lockerId"),
         verificationId=verification_id,
         status="linked",
     )
+    if result.ok:
+        return created
+    cause = result.deferral.cause if result.deferral else None
+    if isinstance(cause, PostCommitTimeoutError):
+        created.warnings = [ResponseWarning(code=cause.code, message=cause.mode.user_message)]
+        return created
+    if isinstance(cause, LockerHardwareError):
+        cause.asset_id = asset_id
+        raise cause
+    if cause is not None:  # timeout, unreachable, maintenance: the partial commit is done
+        delay = result.deferred
+        retry_at = (
+            None
+            if delay is None or math.isinf(delay)
+            else datetime.now(UTC) + timedelta(seconds=delay)
+        )
+        deferred = AssetDeferred(
+            assetId=asset_id, status="pending_link", retryAt=retry_at, reason=cause.code
+        )
+        return JSONResponse(deferred.model_dump(mode="json"), status_code=202)
+    exc = result.error
+    if isinstance(exc, CoreError):
+        exc.asset_id = asset_id
+        raise exc
+    raise CoreError(f"registration failed at {result.failed_step}", asset_id=asset_id) from exc
 
 
 @router.get("/api/assets/{asset_id}", response_model=AssetView, responses=ERRORS)

@@ -283,7 +283,10 @@ class LockerGateway:
         if payload in (b"", None):  # retained status cleared
             self._presence.pop(ref, None)
         elif payload == STATUS_ONLINE:
+            was = self._presence.get(ref)
             self._presence[ref] = True
+            if was is not True:
+                self._emit("online", {"lockerRef": ref})
             for waiter in self._online_waiters.get(ref, ()):
                 if not waiter.done():
                     waiter.set_result(None)

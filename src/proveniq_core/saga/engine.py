@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import socket
 import time
@@ -52,12 +53,31 @@ class LeaseLostError(ConflictError):
     A request that meets it answers 409: another process is finishing the work."""
 
 
-class Defer(Exception):
-    """Raised by a step to park its saga for ``delay`` seconds; the step then runs again."""
+WriteFn = Callable[[db.Conn], Awaitable[float]]
+HOLD = math.inf  # a delay that parks the saga until something wakes it
 
-    def __init__(self, delay: float, reason: str = "") -> None:
-        super().__init__(reason or f"deferred {delay:g}s")
+
+class Defer(Exception):
+    """Raised by a step to park its saga; the step runs again when the saga is next due.
+
+    ``delay`` is in seconds (``HOLD``: until woken by ``wake`` or an operator). ``cause`` is
+    the failure that made the step wait, for the caller to report. ``write``, if given, runs
+    in the transaction that parks the saga (the partial commit: state, queue entries,
+    alerts) and returns the delay, which then replaces ``delay``.
+    """
+
+    def __init__(
+        self,
+        delay: float = HOLD,
+        reason: str = "",
+        *,
+        cause: CoreError | None = None,
+        write: WriteFn | None = None,
+    ) -> None:
+        super().__init__(reason or (str(cause) if cause else f"deferred {delay:g}s"))
         self.delay = delay
+        self.cause = cause
+        self.write = write
 
 
 class StepFailedError(Exception):
@@ -128,6 +148,7 @@ class SagaResult:
     error: BaseException | None = None
     compensation_errors: list[str] = field(default_factory=list)
     deferred: float | None = None
+    deferral: Defer | None = None
 
     @property
     def ok(self) -> bool:
@@ -421,14 +442,18 @@ class SagaEngine:
                         await self._checkpoint(conn, run, begin=row)
                 out = await _call(step, ctx)
             except Defer as deferral:
-                async with self._commit_scope(run) as conn:
+                cause = error_doc(deferral.cause) if deferral.cause else {}
+                async with self._tx(run) as conn:
+                    # Fence first, then the step's own writes, in one transaction.
                     await self._checkpoint(
                         conn,
                         run,
                         begin=row if step.transactional else None,
-                        end=_end_row(row, "deferred", error={"message": str(deferral)}),
-                        defer=deferral.delay,
+                        end=_end_row(row, "deferred", error={**cause, "message": str(deferral)}),
                     )
+                    if deferral.write is not None:
+                        deferral.delay = await deferral.write(conn)
+                    await self._checkpoint(conn, run, defer=deferral.delay)
                 raise
             except StepFailedError as failure:
                 again = attempt - first < step.retries and (not execute or retryable(failure.error))
@@ -481,7 +506,9 @@ class SagaEngine:
             except StepFailedError as failure:
                 return await self._begin_compensation(run, index, failure.error)
             except Defer as deferral:
-                return SagaResult(run.saga_id, "running", run.data, deferred=deferral.delay)
+                return SagaResult(
+                    run.saga_id, "running", run.data, deferred=deferral.delay, deferral=deferral
+                )
             run.data.update(out)
             attempt, begun = 1, "next" in then
         log.debug(
@@ -501,12 +528,21 @@ class SagaEngine:
         undo = [i for i in reversed(range(failed)) if steps[i].compensate is not None]
         if not step.transactional and step.compensate is not None and ambiguous(exc):
             undo.insert(0, failed)
-        doc = {**error_doc(exc), "step": step.name}
+        result = await self._undo(run, undo, exc, step.name)
+        result.failed_step = step.name
+        return result
+
+    async def _undo(
+        self, run: _Run, undo: list[int], exc: Exception, step_name: str | None
+    ) -> SagaResult:
+        """Record why and what will be undone, then compensate ``undo`` in order; with
+        nothing to undo the saga just ends ``failed``."""
+        doc = {**error_doc(exc), "step": step_name}
         if not undo:
             async with self._commit_scope(run) as conn:
                 await self._checkpoint(conn, run, status="failed", error=doc)
-            return SagaResult(run.saga_id, "failed", run.data, failed_step=step.name, error=exc)
-        first = steps[undo[0]]
+            return SagaResult(run.saga_id, "failed", run.data, error=exc)
+        first = run.definition.steps[undo[0]]
         async with self._commit_scope(run) as conn:
             await self._checkpoint(
                 conn,
@@ -521,7 +557,7 @@ class SagaEngine:
                 ),
             )
         result = await self._backward(run, undo, 1, begun=not first.transactional)
-        result.failed_step, result.error = step.name, exc
+        result.error = exc
         return result
 
     async def _backward(
@@ -545,7 +581,13 @@ class SagaEngine:
             except StepFailedError as failure:
                 return await self._compensation_round_failed(run, step, failure.error)
             except Defer as deferral:
-                return SagaResult(run.saga_id, "compensating", run.data, deferred=deferral.delay)
+                return SagaResult(
+                    run.saga_id,
+                    "compensating",
+                    run.data,
+                    deferred=deferral.delay,
+                    deferral=deferral,
+                )
             attempt, begun = 1, "next" in then
         return SagaResult(run.saga_id, "compensated", run.data)
 
@@ -599,13 +641,59 @@ class SagaEngine:
 
     # -- recovery and timers ----------------------------------------------------------------
 
-    async def claim(self, limit: int) -> list[db.Row]:
+    async def claim(self, limit: int, saga_id: str | None = None) -> list[db.Row]:
         """Claim up to ``limit`` due sagas — scheduled, deferred, or whose owner's lease
-        expired — under a new epoch. Interrupted attempts are marked in the same commit."""
+        expired — under a new epoch; or, with ``saga_id``, that one saga if nobody holds it,
+        due or not. Interrupted attempts are marked in the same commit."""
+        params = {"owner": self.owner, "lease": self.lease, "limit": limit, "id": saga_id}
         async with db.connection(self.pool) as conn:
-            return await db.fetch_all(
-                conn, "claim_sagas", {"owner": self.owner, "lease": self.lease, "limit": limit}
+            return await db.fetch_all(conn, "claim_sagas", params)
+
+    async def run_now(self, saga_id: str) -> SagaResult | None:
+        """Claim one parked saga, due or not, and drive it here; None if another holds it."""
+        claimed = await self.claim(1, saga_id)
+        return await self.resume(claimed[0]) if claimed else None
+
+    async def wake(self, saga_id: str) -> bool:
+        """Make a parked saga due now (any worker takes it); False if it is not parked."""
+        async with db.transaction(self.pool) as conn:
+            woken = await db.fetch_one(conn, "wake_saga", {"id": saga_id})
+            if woken is not None:
+                await db.execute(conn, "notify_sagas")
+        return woken is not None
+
+    async def cancel(self, saga_id: str, cause: CoreError) -> SagaResult | None:
+        """Compensate a parked saga now (an operator's cancel): undo its completed steps,
+        last first, and the waiting step too unless the device definitely refused it.
+        None if another process holds the saga or it is not parked."""
+        claimed = await self.claim(1, saga_id)
+        if not claimed:
+            return None
+        saga = claimed[0]
+        definition = self.definitions[saga["name"]]
+        run = _Run(saga_id, saga["epoch"], definition, dict(saga["data"]), saga["tenant_id"])
+        if saga["status"] != "running":
+            return await self.resume(saga)
+        async with db.connection(self.pool) as conn:
+            rows = await db.fetch_all(conn, "get_saga_steps", {"saga_id": saga_id})
+        done = {
+            r["step_index"] for r in rows if r["phase"] == "execute" and r["status"] == "completed"
+        }
+        last = {r["step_index"]: r for r in rows if r["phase"] == "execute"}
+        steps = definition.steps
+        waiting = next((i for i in range(len(steps)) if i not in done), None)
+        undo = [i for i in sorted(done, reverse=True) if steps[i].compensate is not None]
+        if waiting is not None and waiting in last:
+            step, code = steps[waiting], (last[waiting]["error"] or {}).get("code")
+            if not step.transactional and step.compensate and code != "E_LOCKER_HARDWARE":
+                undo.insert(0, waiting)
+        self._held[saga_id] = run.epoch
+        try:
+            return await self._undo(
+                run, undo, cause, steps[waiting].name if waiting is not None else None
             )
+        finally:
+            self._held.pop(saga_id, None)
 
     async def resume(self, saga: db.Row) -> SagaResult:
         """Drive a claimed saga on from its log."""

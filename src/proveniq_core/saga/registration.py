@@ -1,14 +1,41 @@
-"""The asset registration saga (DESIGN.md §2): ledger record, locker link, status, verification."""
+"""The asset registration saga (DESIGN.md §2, §3): ledger record, locker link, status,
+verification — and what each failure of the link does.
+
+The link waits ``sync_budget`` seconds in the request. Past that, or when the device is
+unreachable or in maintenance, the saga parks (the partial commit: asset ``pending_link``
+and a retry-queue entry, in one transaction) and the request answers 202; the command
+stays in flight up to ``command_timeout`` and a late answer wakes the saga, which takes
+that answer without sending anything new. A hardware fault parks the saga for an operator
+(asset ``link_failed``, critical alert, 502).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
+import psycopg
+import structlog
+
 from proveniq_core import db
+from proveniq_core.errors import (
+    CoreError,
+    LockerHardwareError,
+    LockerTimeoutError,
+    LockerUnreachableError,
+    PostCommitTimeoutError,
+)
 from proveniq_core.ledger import assets
 from proveniq_core.locker.gateway import LockerGateway
-from proveniq_core.saga.engine import SagaDefinition, Step, StepContext
+from proveniq_core.ops import alerts
+from proveniq_core.saga.engine import HOLD, Defer, SagaDefinition, Step, StepContext
+from proveniq_core.saga.retry_queue import Deferred, RetryPolicy, close_entries, park_link
+
+log = structlog.get_logger(__name__)
 
 NAME = "asset_registration"
 _COMMANDS = uuid.UUID("6f1c7a52-1d55-4c1e-9b0e-3d2f4a6b8c90")
@@ -19,8 +46,69 @@ def command_id(ctx: StepContext, suffix: str = "") -> str:
     return str(uuid.uuid5(_COMMANDS, ctx.idempotency_key + suffix))
 
 
-def registration_saga(gateway: LockerGateway, *, link_timeout: float) -> SagaDefinition:
-    """Build the saga; ``link_timeout`` bounds the wait for the locker (seconds)."""
+@dataclass(frozen=True, slots=True)
+class LinkPolicy:
+    """How long a request waits for the locker, how long a command may take, how deferred
+    links are retried, and how long the verification insert may wait on locks."""
+
+    sync_budget: float = 2.0
+    command_timeout: float = 30.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    post_commit_timeout: float = 2.0
+
+
+class InFlight:
+    """Locker commands still running in this process, by commandId.
+
+    A step that runs again joins its command rather than sending it anew, and a command
+    that outlived its request wakes its parked saga when it succeeds.
+    """
+
+    def __init__(self, wake: Callable[[str], Awaitable[Any]]) -> None:
+        self._wake = wake
+        self._tasks: dict[str, asyncio.Task[dict[str, Any]]] = {}
+        self._wakers: set[asyncio.Task[Any]] = set()
+
+    def start(
+        self, command: str, send: Callable[[], Awaitable[dict[str, Any]]], keep: float
+    ) -> asyncio.Task[dict[str, Any]]:
+        """The running (or successfully finished) task of ``command``, else a new one,
+        remembered for ``keep`` seconds."""
+        task = self._tasks.get(command)
+        if task is not None and not (task.done() and task.exception() is not None):
+            return task
+        task = asyncio.ensure_future(send())
+        self._tasks[command] = task
+        asyncio.get_running_loop().call_later(keep, self._forget, command, task)
+        return task
+
+    def wake_on_success(self, command: str, saga_id: str) -> None:
+        task = self._tasks.get(command)
+        if task is None:
+            return
+
+        def done(t: asyncio.Task[dict[str, Any]]) -> None:
+            if not t.cancelled() and t.exception() is None:
+                waker = asyncio.ensure_future(self._wake(saga_id))
+                self._wakers.add(waker)
+                waker.add_done_callback(self._wakers.discard)
+
+        task.add_done_callback(done)
+
+    def forget(self, command: str) -> None:
+        self._tasks.pop(command, None)
+
+    def _forget(self, command: str, task: asyncio.Task[dict[str, Any]]) -> None:
+        if self._tasks.get(command) is task:
+            del self._tasks[command]
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: no "never retrieved" warning
+
+
+def registration_saga(
+    gateway: LockerGateway, pool: db.Pool, policy: LinkPolicy, inflight: InFlight
+) -> SagaDefinition:
+    """Build the saga for one process: its gateway, pool and in-flight commands."""
 
     def audit_ctx(ctx: StepContext) -> dict[str, Any]:
         return {
@@ -28,6 +116,12 @@ def registration_saga(gateway: LockerGateway, *, link_timeout: float) -> SagaDef
             "request_id": ctx.data.get("requestId"),
             "saga_id": ctx.saga_id,
         }
+
+    def deferred(ctx: StepContext) -> Deferred:
+        d = ctx.data
+        return Deferred(
+            d["assetId"], d["tenantId"], d["lockerRef"], ctx.saga_id, d["actor"], d.get("requestId")
+        )
 
     async def create_record(ctx: StepContext) -> dict[str, Any]:
         d = ctx.data
@@ -45,16 +139,79 @@ def registration_saga(gateway: LockerGateway, *, link_timeout: float) -> SagaDef
         return {}
 
     async def void_record(ctx: StepContext) -> None:
+        await close_entries(ctx.tx, ctx.data["assetId"], "discarded")
         await assets.transition(ctx.tx, ctx.data["assetId"], "compensated", **audit_ctx(ctx))
 
+    def park(ctx: StepContext, cause: CoreError, until: datetime | None = None) -> Defer:
+        async def write(conn: db.Conn) -> float:
+            return await park_link(conn, deferred(ctx), cause, policy.retry, until=until)
+
+        return Defer(cause=cause, write=write)
+
+    def hold_for_operator(ctx: StepContext, fault: LockerHardwareError) -> Defer:
+        link = deferred(ctx)
+
+        async def write(conn: db.Conn) -> float:
+            await assets.transition(
+                conn, link.asset_id, "link_failed", reason=fault.fault, **audit_ctx(ctx)
+            )
+            error = db.jsonb({"code": fault.code, "fault": fault.fault})
+            await db.execute(
+                conn, "exhaust_retry_entries", {"asset_id": link.asset_id, "last_error": error}
+            )
+            await alerts.raise_alert(
+                conn,
+                code=fault.code,
+                severity="critical",
+                message=(
+                    f"locker {link.locker_ref} reported {fault.fault} linking asset "
+                    f"{link.asset_id}; an operator must retry or cancel it"
+                ),
+                dedup_key=f"asset:{link.asset_id}:link_failed",
+                tenant_id=link.tenant_id,
+                subject={"assetId": link.asset_id, "lockerRef": link.locker_ref},
+            )
+            return HOLD
+
+        return Defer(cause=fault, write=write)
+
     async def link(ctx: StepContext) -> dict[str, Any]:
-        result = await gateway.send(
-            ctx.data["lockerRef"],
-            "link",
-            command_id=command_id(ctx),
-            asset_id=ctx.data["assetId"],
-            timeout=link_timeout,
-        )
+        d = ctx.data
+        ref, asset_id = d["lockerRef"], d["assetId"]
+        generation = d.get("linkGeneration", 0)
+        command = command_id(ctx, f":{generation}" if generation else "")
+        in_request = ctx.attempt == 1  # later attempts run in a worker or for an operator
+        async with db.connection(pool) as conn:
+            row = await db.fetch_one(conn, "locker_maintenance", {"locker_ref": ref})
+            if not in_request:
+                await db.execute(conn, "mark_retry_entry_retrying", {"asset_id": asset_id})
+        if row is not None:
+            until = row["maintenance_until"]
+            busy = LockerUnreachableError(f"locker {ref} is in maintenance until {until}")
+            raise park(ctx, busy, until)
+
+        async def send() -> dict[str, Any]:
+            return await gateway.send(
+                ref, "link", command_id=command, asset_id=asset_id, timeout=policy.command_timeout
+            )
+
+        task = inflight.start(command, send, keep=policy.command_timeout * 2)
+        budget = policy.sync_budget if in_request else None
+        try:
+            async with asyncio.timeout(budget):
+                result = await asyncio.shield(task)
+        except TimeoutError:  # the budget is spent, the command is still in flight
+            inflight.wake_on_success(command, ctx.saga_id)
+            cause = LockerTimeoutError(
+                f"no reply from {ref} within the {budget:g} s budget; the command stays in flight",
+                asset_id=asset_id,
+            )
+            raise park(ctx, cause) from None
+        except (LockerTimeoutError, LockerUnreachableError) as exc:
+            raise park(ctx, exc) from None
+        except LockerHardwareError as exc:
+            raise hold_for_operator(ctx, exc) from None
+        inflight.forget(command)
         return {"lockerId": str(result["lockerId"])}
 
     async def unlink(ctx: StepContext) -> None:
@@ -63,33 +220,42 @@ def registration_saga(gateway: LockerGateway, *, link_timeout: float) -> SagaDef
             "unlink",
             command_id=command_id(ctx, ":unlink"),
             asset_id=ctx.data["assetId"],
-            timeout=link_timeout,
+            timeout=policy.command_timeout,
         )
 
     async def mark_linked(ctx: StepContext) -> dict[str, Any]:
         await assets.transition(
             ctx.tx, ctx.data["assetId"], "linked", locker_id=ctx.data["lockerId"], **audit_ctx(ctx)
         )
+        await close_entries(ctx.tx, ctx.data["assetId"], "resolved")
         return {}
 
     async def mark_pending(ctx: StepContext) -> None:
         await assets.transition(ctx.tx, ctx.data["assetId"], "pending", **audit_ctx(ctx))
 
     async def queue_verification(ctx: StepContext) -> dict[str, Any]:
-        await db.execute(
-            ctx.tx,
-            "insert_verification",
-            {
-                "id": ctx.data["verificationId"],
-                "asset_id": ctx.data["assetId"],
-                "tenant_id": ctx.data["tenantId"],
-            },
-        )
+        ms = int(policy.post_commit_timeout * 1000)
+        try:
+            async with ctx.tx.transaction():  # a savepoint: a lock timeout leaves the tx usable
+                await ctx.tx.execute("SELECT set_config('lock_timeout', %s, true)", (f"{ms}ms",))
+                await db.execute(
+                    ctx.tx,
+                    "insert_verification",
+                    {
+                        "id": ctx.data["verificationId"],
+                        "asset_id": ctx.data["assetId"],
+                        "tenant_id": ctx.data["tenantId"],
+                    },
+                )
+        except psycopg.errors.LockNotAvailable:
+            # Linked and committed already: answer now, queue it on the saga's timer.
+            raise Defer(1.0, cause=PostCommitTimeoutError("verification queued late")) from None
         return {}
 
     async def cancel_verification(ctx: StepContext) -> None:
         await db.execute(ctx.tx, "cancel_verification", {"asset_id": ctx.data["assetId"]})
 
+    link_timeout = policy.command_timeout + 5.0
     return SagaDefinition(
         NAME,
         (
@@ -101,7 +267,7 @@ def registration_saga(gateway: LockerGateway, *, link_timeout: float) -> SagaDef
                 retries=3,
                 transactional=True,
             ),
-            Step("link_locker", link, unlink, timeout=link_timeout + 1.0, retries=0),
+            Step("link_locker", link, unlink, timeout=link_timeout, retries=0),
             Step(
                 "update_status",
                 mark_linked,
@@ -114,7 +280,7 @@ def registration_saga(gateway: LockerGateway, *, link_timeout: float) -> SagaDef
                 "queue_verification",
                 queue_verification,
                 cancel_verification,
-                timeout=5.0,
+                timeout=5.0 + policy.post_commit_timeout,
                 retries=3,
                 transactional=True,
             ),

@@ -112,13 +112,17 @@ SELECT saga_checkpoint(%(saga)s, %(epoch)s, %(begin)s, %(end)s, %(next)s,
 SELECT pg_notify('proveniq_work', 'sagas')
 
 -- claim_sagas --
+-- Claim due sagas (or the one named by id, due or not) under a new epoch; mark the attempts
+-- their previous owner left running as interrupted, in the same commit.
 WITH claimed AS (
     UPDATE sagas SET owner = %(owner)s, epoch = epoch + 1, updated_at = now(),
                      lease_until = now() + make_interval(secs => %(lease)s)
     WHERE id IN (
         SELECT id FROM sagas
-        WHERE status IN ('running', 'compensating') AND run_at <= now()
+        WHERE status IN ('running', 'compensating')
           AND (lease_until IS NULL OR lease_until < now())
+          -- one saga by id, due or not (run it now), or whatever is due
+          AND CASE WHEN %(id)s::uuid IS NULL THEN run_at <= now() ELSE id = %(id)s END
         ORDER BY run_at
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
@@ -131,6 +135,11 @@ WITH claimed AS (
     FROM claimed c WHERE s.saga_id = c.id AND s.status = 'running'
 )
 SELECT * FROM claimed
+
+-- wake_saga --
+UPDATE sagas SET run_at = now(), updated_at = now()
+WHERE id = %(id)s AND owner IS NULL AND status IN ('running', 'compensating')
+RETURNING id
 
 -- renew_leases --
 UPDATE sagas s SET lease_until = now() + make_interval(secs => %(lease)s)
@@ -232,3 +241,81 @@ INSERT INTO evidence (id, verification_id, asset_id, tenant_id, kind, sha256, co
 VALUES (%(id)s, %(verification_id)s, %(asset_id)s, %(tenant_id)s, 'photo', %(sha256)s,
         %(content_type)s, %(size_bytes)s)
 ON CONFLICT (verification_id, sha256) DO NOTHING
+
+-- open_retry_entry_for_update --
+SELECT * FROM retry_queue
+WHERE asset_id = %(asset_id)s AND status IN ('pending', 'retrying', 'exhausted')
+FOR UPDATE
+
+-- insert_retry_entry --
+INSERT INTO retry_queue (id, asset_id, tenant_id, locker_ref, operation, saga_id, retry_count,
+                         next_retry_at, last_error, status)
+VALUES (%(id)s, %(asset_id)s, %(tenant_id)s, %(locker_ref)s, 'link', %(saga_id)s,
+        %(retry_count)s, now() + make_interval(secs => %(delay)s), %(last_error)s, %(status)s)
+
+-- update_retry_entry --
+UPDATE retry_queue SET retry_count = %(retry_count)s,
+                       next_retry_at = now() + make_interval(secs => %(delay)s),
+                       last_error = %(last_error)s, status = %(status)s, updated_at = now()
+WHERE asset_id = %(asset_id)s AND status IN ('pending', 'retrying', 'exhausted')
+
+-- mark_retry_entry_retrying --
+UPDATE retry_queue SET status = 'retrying', updated_at = now()
+WHERE asset_id = %(asset_id)s AND status IN ('pending', 'exhausted')
+
+-- close_retry_entries --
+UPDATE retry_queue SET status = %(status)s, next_retry_at = NULL, updated_at = now(),
+                       closed_at = now()
+WHERE asset_id = %(asset_id)s AND status IN ('pending', 'retrying', 'exhausted')
+
+-- reopen_retry_entry --
+UPDATE retry_queue SET status = 'pending', next_retry_at = now(), updated_at = now(),
+                       closed_at = NULL
+WHERE id = %(id)s AND status IN ('pending', 'retrying', 'exhausted', 'discarded')
+
+-- get_retry_entry --
+SELECT * FROM retry_queue WHERE id = %(id)s
+
+-- latest_retry_entry --
+SELECT * FROM retry_queue WHERE asset_id = %(asset_id)s ORDER BY created_at DESC LIMIT 1
+
+-- due_retry_entries --
+SELECT r.* FROM retry_queue r JOIN sagas s ON s.id = r.saga_id
+WHERE r.status = 'pending' AND r.next_retry_at <= now() AND s.owner IS NULL
+ORDER BY r.next_retry_at
+LIMIT %(limit)s
+
+-- list_retry_entries --
+SELECT * FROM retry_queue
+WHERE tenant_id = %(tenant_id)s
+  AND (%(status)s::text IS NULL OR status = %(status)s)
+  AND (%(asset_id)s::uuid IS NULL OR asset_id = %(asset_id)s)
+  AND (%(before_at)s::timestamptz IS NULL
+       OR (created_at, id) < (%(before_at)s, %(before_id)s::uuid))
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s
+
+-- hold_saga --
+UPDATE sagas SET run_at = 'infinity', updated_at = now()
+WHERE id = %(id)s AND owner IS NULL AND status = 'running'
+
+-- wake_locker_retries --
+UPDATE sagas s SET run_at = now(), updated_at = now()
+FROM retry_queue r
+WHERE r.saga_id = s.id AND r.locker_ref = %(locker_ref)s AND r.status = 'pending'
+  AND s.owner IS NULL AND s.status = 'running' AND s.run_at > now()
+RETURNING s.id
+
+-- locker_maintenance --
+SELECT maintenance_until FROM lockers
+WHERE locker_ref = %(locker_ref)s AND maintenance_until > now()
+
+-- set_locker_maintenance --
+UPDATE lockers SET maintenance_until = %(until)s
+WHERE tenant_id = %(tenant_id)s AND locker_ref = %(locker_ref)s
+RETURNING *
+
+-- exhaust_retry_entries --
+UPDATE retry_queue SET status = 'exhausted', next_retry_at = NULL, last_error = %(last_error)s,
+                       updated_at = now()
+WHERE asset_id = %(asset_id)s AND status IN ('pending', 'retrying')

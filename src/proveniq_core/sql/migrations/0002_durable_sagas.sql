@@ -30,7 +30,7 @@ ALTER TABLE saga_steps ADD CONSTRAINT saga_steps_status_check
 --   p_begin / p_next  {"i", "phase", "attempt", "name"}        insert a running attempt
 --   p_end             {"i", "phase", "attempt", "status", "output", "error"}  finish one
 -- p_begin is written before p_end and p_next after it. p_defer releases the saga until
--- now() + p_defer seconds; a terminal p_status releases it for good.
+-- now() + p_defer seconds (Infinity: until woken); a terminal p_status releases it for good.
 -- A checkpoint that changes nothing on the saga only takes a KEY SHARE lock on its row:
 -- claims lock with FOR UPDATE, so none can slip between this check and the commit, and the
 -- row is not rewritten on every step. Leases are extended by the owner's keepalive.
@@ -58,8 +58,9 @@ BEGIN
             rounds = COALESCE(p_rounds, rounds),
             lease_until = CASE WHEN v_release THEN NULL ELSE lease_until END,
             owner = CASE WHEN v_release THEN NULL ELSE owner END,
-            run_at = CASE WHEN p_defer IS NOT NULL
-                          THEN now() + make_interval(secs => p_defer) ELSE run_at END,
+            run_at = CASE WHEN p_defer IS NULL THEN run_at
+                          WHEN p_defer = 'Infinity' THEN 'infinity'
+                          ELSE now() + make_interval(secs => p_defer) END,
             finished_at = CASE WHEN v_final THEN now() ELSE finished_at END,
             updated_at = now()
         WHERE id = p_saga AND epoch = p_epoch
@@ -87,7 +88,7 @@ BEGIN
         VALUES (p_saga, (p_next->>'i')::integer, p_next->>'phase',
                 (p_next->>'attempt')::integer, p_next->>'name', 'running', v_owner, p_epoch);
     END IF;
-    IF p_defer IS NOT NULL THEN
+    IF p_defer IS NOT NULL AND p_defer <> 'Infinity' THEN
         PERFORM pg_notify('proveniq_work', 'sagas');
     END IF;
 END $$;
