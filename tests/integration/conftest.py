@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest_asyncio
@@ -18,15 +20,13 @@ from tests.conftest import unique_prefix
 TENANT = "acme"
 
 
-@pytest_asyncio.fixture
-async def core(database_url: str, mqtt_url: str, tmp_path: Path) -> AsyncIterator[Core]:
-    settings = Settings(
-        home=tmp_path,
-        database_url=database_url,
-        mqtt_url=mqtt_url,
-        poll_interval=0.2,
-        link_sync_budget_ms=2000,
-    )
+@asynccontextmanager
+async def core_running(
+    database_url: str, mqtt_url: str, home: Path, **overrides: Any
+) -> AsyncIterator[Core]:
+    """A running Core with ``Settings`` overrides and a 3-locker fleet registered to TENANT."""
+    fields: dict[str, Any] = {"poll_interval": 0.2, "link_sync_budget_ms": 2000} | overrides
+    settings = Settings(home=home, database_url=database_url, mqtt_url=mqtt_url, **fields)
     async with running(settings) as c:
         fleet = LockerFleet(mqtt_url, fleet_specs(3, unique_prefix()), LatencyProfile.instant())
         await fleet.start()
@@ -38,6 +38,24 @@ async def core(database_url: str, mqtt_url: str, tmp_path: Path) -> AsyncIterato
             await fleet.stop()
 
 
+@asynccontextmanager
+async def api_client(core: Core, key: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client on the app of ``core``, authenticated with ``key``."""
+    transport = httpx.ASGITransport(app=create_app(core))
+    async with httpx.AsyncClient(
+        transport=transport,
+        base_url="http://core.test",
+        headers={"Authorization": f"Bearer {key}"},
+    ) as http:
+        yield http
+
+
+@pytest_asyncio.fixture
+async def core(database_url: str, mqtt_url: str, tmp_path: Path) -> AsyncIterator[Core]:
+    async with core_running(database_url, mqtt_url, tmp_path) as c:
+        yield c
+
+
 @pytest_asyncio.fixture
 async def api_key(core: Core) -> str:
     return await keys.create_key(core.pool, TENANT, keys.SCOPES, name="test admin")
@@ -45,12 +63,7 @@ async def api_key(core: Core) -> str:
 
 @pytest_asyncio.fixture
 async def client(core: Core, api_key: str) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(core))
-    async with httpx.AsyncClient(
-        transport=transport,
-        base_url="http://core.test",
-        headers={"Authorization": f"Bearer {api_key}"},
-    ) as http:
+    async with api_client(core, api_key) as http:
         yield http
 
 

@@ -9,11 +9,12 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from proveniq_core import db
 from proveniq_core.api.auth import require
+from proveniq_core.api.idempotency import run_idempotent
 from proveniq_core.api.models import (
     AlertPage,
     AssetCreate,
@@ -37,6 +38,7 @@ from proveniq_core.errors import (
     CoreError,
     LockerHardwareError,
     NotFoundError,
+    PartialCommitError,
     PostCommitTimeoutError,
     ValidationFailedError,
 )
@@ -127,10 +129,38 @@ async def create_asset(
     body: AssetCreate,
     request: Request,
     principal: Annotated[Principal, Depends(require("assets:write"))],
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            description="replays the first answer for 24 h (read by run_idempotent)",
+        ),
+    ] = None,
 ) -> Any:
+    """With an ``Idempotency-Key`` header, a retry gets the first answer again (DESIGN.md §3)."""
     core = _core(request)
-    async with db.connection(core.pool) as conn:
-        await assets.get_locker(conn, principal.tenant_id, body.lockerRef)
+
+    async def register() -> Response:
+        async with db.connection(core.pool) as conn:
+            await assets.get_locker(conn, principal.tenant_id, body.lockerRef)
+        return await _register(core, body, principal, request.state.request_id)
+
+    return await run_idempotent(
+        request,
+        core.pool,
+        tenant_id=principal.tenant_id,
+        body=body.model_dump(mode="json"),
+        handler=register,
+    )
+
+
+async def _register(
+    core: Any, body: AssetCreate, principal: Principal, request_id: str
+) -> Response:
+    """Run the registration saga and answer what it reached: 201 linked, 202 deferred, or
+    the failure's envelope (raised)."""
     asset_id, verification_id = str(uuid.uuid4()), str(uuid.uuid4())
     result = await core.engine.run(
         core.registration,
@@ -142,7 +172,7 @@ async def create_asset(
             "category": body.category,
             "lockerRef": body.lockerRef,
             "actor": f"key:{principal.key_id}",
-            "requestId": request.state.request_id,
+            "requestId": request_id,
         },
         tenant_id=principal.tenant_id,
     )
@@ -152,12 +182,11 @@ async def create_asset(
         verificationId=verification_id,
         status="linked",
     )
-    if result.ok:
-        return created
     cause = result.deferral.cause if result.deferral else None
     if isinstance(cause, PostCommitTimeoutError):
         created.warnings = [ResponseWarning(code=cause.code, message=cause.mode.user_message)]
-        return created
+    if result.ok or isinstance(cause, PostCommitTimeoutError):
+        return JSONResponse(created.model_dump(mode="json", exclude_none=True), status_code=201)
     if isinstance(cause, LockerHardwareError):
         cause.asset_id = asset_id
         raise cause
@@ -173,8 +202,14 @@ async def create_asset(
         )
         return JSONResponse(deferred.model_dump(mode="json"), status_code=202)
     exc = result.error
+    if result.status in ("compensating", "compensation_failed"):
+        # Steps committed and could not (yet) be undone: the saga retries and alerts.
+        raise PartialCommitError(
+            f"registration failed at {result.failed_step} and is being undone",
+            asset_id=asset_id,
+        ) from exc
     if isinstance(exc, CoreError):
-        exc.asset_id = asset_id
+        exc.asset_id = asset_id if result.status == "compensated" else None
         raise exc
     raise CoreError(f"registration failed at {result.failed_step}", asset_id=asset_id) from exc
 
