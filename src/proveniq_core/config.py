@@ -32,7 +32,9 @@ class Settings(BaseSettings):
 
     link_sync_budget_ms: int = Field(2000, ge=1, description="how long a request waits to link")
     locker_command_timeout: float = Field(30.0, gt=0, description="how long a command may take")
-    ledger_timeout: float = Field(5.0, gt=0)
+    ledger_timeout: float = Field(
+        5.0, gt=0, description="how long a request waits for a database connection"
+    )
     post_commit_timeout: float = Field(2.0, gt=0, description="lock wait to queue verification")
 
     retry_base: float = Field(300.0, gt=0, description="first retry of a deferred link, doubling")

@@ -3,6 +3,10 @@
 Named queries live in ``sql/queries.sql`` under ``-- name --`` headers and are loaded once.
 Migrations are the numbered files in ``sql/migrations``, applied in order under an advisory
 lock, so several processes may run ``migrate`` at once.
+
+A pool may be put behind the ledger circuit breaker (``guard``): ``connection`` and
+``transaction`` then ask the breaker first and, while it is open, raise ``LedgerDownError``
+at once, without waiting on the pool.
 """
 
 from __future__ import annotations
@@ -10,16 +14,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib import resources
-from typing import Any, LiteralString
+from typing import Any, Final, LiteralString
 
 import psycopg
 import structlog
 from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
+from psycopg.types.datetime import TimestamptzLoader
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
@@ -28,6 +36,7 @@ from proveniq_core.errors import (
     LedgerConstraintError,
     LedgerDownError,
 )
+from proveniq_core.resilience.breaker import LEDGER, CircuitBreaker, CircuitOpenError, State
 
 log = structlog.get_logger(__name__)
 
@@ -118,14 +127,33 @@ async def pending_migrations(conn: Conn) -> list[int]:
     return [m.version for m in migrations() if m.version not in done]
 
 
-async def open_pool(conninfo: str, *, min_size: int = 2, max_size: int = 20) -> Pool:
+NEVER: Final = datetime.max.replace(tzinfo=UTC)
+"""How a ``timestamptz`` of ``'infinity'`` loads (a saga held until woken)."""
+
+
+class _InfinityLoader(TimestamptzLoader):
+    """``timestamptz`` that loads ``'infinity'`` as ``NEVER`` rather than failing."""
+
+    def load(self, data: Any) -> datetime:
+        if bytes(data) == b"infinity":
+            return NEVER
+        return super().load(data)
+
+
+psycopg.adapters.register_loader("timestamptz", _InfinityLoader)
+
+
+async def open_pool(
+    conninfo: str, *, min_size: int = 2, max_size: int = 20, timeout: float = 5.0
+) -> Pool:
+    """A pool; a caller waits ``timeout`` seconds for a connection, then ``LedgerDownError``."""
     pool: Pool = AsyncConnectionPool(
         conninfo,
         min_size=min_size,
         max_size=max_size,
         kwargs={"row_factory": dict_row, "autocommit": True},
         open=False,
-        timeout=5.0,
+        timeout=timeout,
         reconnect_timeout=0,
     )
     await pool.open(wait=False)
@@ -159,20 +187,94 @@ def translate_errors() -> Iterator[None]:
         raise translated from exc
 
 
+# SQLSTATEs of a server going away or refusing connections (not of a query that failed).
+_DOWN_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
+
+
+def is_ledger_down(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be reached: what the ledger circuit counts.
+
+    Judged by the root of the ``raise ... from`` chain, so a translated or wrapped error counts
+    as what caused it: a psycopg error without SQLSTATE (refused, closed, pool timeout) or of
+    class 08, a server shutdown, too many connections; or a ``LedgerDownError`` raised as such.
+    A constraint, a conflict, a lock or statement timeout, a refusal by the open circuit never
+    counts.
+    """
+    root = exc
+    for _ in range(10):  # a chain that long (or a cycle) is not one we made
+        if root.__cause__ is None:
+            break
+        root = root.__cause__
+    if isinstance(root, psycopg.Error):
+        if root.sqlstate is None:
+            return isinstance(root, psycopg.OperationalError | psycopg.InterfaceError)
+        return root.sqlstate.startswith(_DOWN_SQLSTATES)
+    return isinstance(root, LedgerDownError)
+
+
+LEDGER_CIRCUIT: Final = "ledger"
+LEDGER_BREAKER: Final = LEDGER.with_filter(is_ledger_down)
+"""The ledger circuit's config: the seed's thresholds, counting only ``is_ledger_down``."""
+
+_circuits: weakref.WeakKeyDictionary[Pool, CircuitBreaker] = weakref.WeakKeyDictionary()
+# The task holding a ledger permit in this context: its nested connections ride on that permit.
+_permit_holder: ContextVar[asyncio.Task[Any] | None] = ContextVar("ledger_permit", default=None)
+
+
+def guard(pool: Pool, breaker: CircuitBreaker) -> None:
+    """Put ``pool`` behind ``breaker`` (the ledger circuit) for ``connection``/``transaction``.
+
+    Each outermost connection a task takes is one call through the breaker, lasting as long as
+    the block; one taken inside it (same task) is part of that call, so a failure counts once
+    and a half-open probe is never refused by its own inner query.
+    """
+    _circuits[pool] = breaker
+
+
+@asynccontextmanager
+async def _through_circuit(pool: Pool) -> AsyncIterator[None]:
+    breaker = _circuits.get(pool)
+    task = asyncio.current_task()
+    if breaker is None or _permit_holder.get() is task:
+        yield
+        return
+    try:
+        permit = breaker.acquire()
+    except CircuitOpenError as exc:
+        raise LedgerDownError(
+            retry_after=exc.retry_after, details={"circuit": breaker.name}
+        ) from exc
+    outer = _permit_holder.get()
+    _permit_holder.set(task)
+    try:
+        with permit:
+            if permit.is_probe:  # test the server, not a socket that died with the outage
+                await pool.check()
+            yield
+    except LedgerDownError as exc:
+        if exc.retry_after is None and breaker.state is State.OPEN:
+            exc.retry_after = breaker.retry_after  # this failure opened it
+        raise
+    finally:
+        _permit_holder.set(outer)
+
+
 @asynccontextmanager
 async def transaction(pool: Pool) -> AsyncIterator[Conn]:
     """One connection in one transaction, with database errors translated."""
-    with translate_errors():
-        async with pool.connection() as conn, conn.transaction():
-            yield conn
+    async with _through_circuit(pool):
+        with translate_errors():
+            async with pool.connection() as conn, conn.transaction():
+                yield conn
 
 
 @asynccontextmanager
 async def connection(pool: Pool) -> AsyncIterator[Conn]:
     """One autocommit connection, with database errors translated."""
-    with translate_errors():
-        async with pool.connection() as conn:
-            yield conn
+    async with _through_circuit(pool):
+        with translate_errors():
+            async with pool.connection() as conn:
+                yield conn
 
 
 async def fetch_one(conn: Conn, name: str, params: dict[str, Any] | None = None) -> Row | None:

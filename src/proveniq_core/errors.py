@@ -6,12 +6,14 @@ Every error a client can see carries one code from ``TAXONOMY``. The HTTP layer 
     CoreError
     ├── LockerError                 (hardware subsystem; never fails the ledger)
     │   ├── LockerTimeoutError      E_LOCKER_TIMEOUT
-    │   ├── LockerUnreachableError  E_LOCKER_UNREACHABLE
+    │   ├── LockerUnreachableError  E_LOCKER_UNREACHABLE (also a locker circuit open)
+    │   │   ├── BrokerUnreachableError  the MQTT broker (counts on the fleet circuit)
+    │   │   └── LockerOfflineError      the device (counts on its own circuit)
     │   └── LockerHardwareError     E_LOCKER_HARDWARE (also busy / unknown_asset replies)
     ├── LedgerError                 (software subsystem; fails closed)
     │   ├── LedgerConstraintError   E_LEDGER_CONSTRAINT
     │   ├── LedgerConflictError     E_LEDGER_CONFLICT
-    │   └── LedgerDownError         E_LEDGER_DOWN
+    │   └── LedgerDownError         E_LEDGER_DOWN (also the ledger circuit open)
     ├── PartialCommitError          E_PARTIAL_COMMIT
     └── RequestError                (the client's request itself)
         ├── ValidationFailedError   E_VALIDATION
@@ -190,11 +192,18 @@ class CoreError(Exception):
     code = "E_INTERNAL"
 
     def __init__(
-        self, message: str | None = None, *, details: Any = None, asset_id: str | None = None
+        self,
+        message: str | None = None,
+        *,
+        details: Any = None,
+        asset_id: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         self.message = message or self.mode.user_message
         self.details = details
         self.asset_id = asset_id
+        self.retry_after = retry_after
+        """Seconds until a retry may succeed, when known (a circuit's open time left)."""
         super().__init__(self.message)
 
     @property
@@ -216,6 +225,14 @@ class LockerUnreachableError(LockerError):
     """The broker or the device is unreachable."""
 
     code = "E_LOCKER_UNREACHABLE"
+
+
+class BrokerUnreachableError(LockerUnreachableError):
+    """The MQTT broker is unreachable."""
+
+
+class LockerOfflineError(LockerUnreachableError):
+    """The locker is offline."""
 
 
 class LockerHardwareError(LockerError):
@@ -310,6 +327,7 @@ class IdempotencyInFlightError(RequestError):
 
 __all__ = [
     "TAXONOMY",
+    "BrokerUnreachableError",
     "ConflictError",
     "CoreError",
     "FailureMode",
@@ -322,6 +340,7 @@ __all__ = [
     "LedgerError",
     "LockerError",
     "LockerHardwareError",
+    "LockerOfflineError",
     "LockerTimeoutError",
     "LockerUnreachableError",
     "NotFoundError",

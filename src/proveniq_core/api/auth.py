@@ -1,4 +1,8 @@
-"""Bearer API keys: 401 without a valid key, 403 without the scope."""
+"""Bearer API keys: 401 without a valid key, 403 without the scope.
+
+While the database is down, a key it verified in the last few minutes still authenticates
+(``keys.KeyCache``), so routes that need no database (the circuits) keep answering and the
+others answer 503 ``E_LEDGER_DOWN`` rather than 401."""
 
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise UnauthorizedError("Missing API key: send 'Authorization: Bearer pk_…'.")
-        principal = await keys.authenticate(request.app.state.core.pool, token.strip())
+        core = request.app.state.core
+        principal = await keys.authenticate(core.pool, token.strip(), core.key_cache)
         if principal is None:
             raise UnauthorizedError("Invalid or revoked API key.")
         if scope not in principal.scopes:

@@ -5,10 +5,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import structlog
+
 from proveniq_core import db
+from proveniq_core.errors import LedgerDownError
 from proveniq_core.ledger import audit
+
+log = structlog.get_logger(__name__)
 
 SCOPES: tuple[str, ...] = (
     "assets:read",
@@ -83,13 +90,64 @@ async def create_key(
     return f"pk_{key_id}_{secret}"
 
 
-async def authenticate(pool: db.Pool, token: str) -> Principal | None:
+class KeyCache:
+    """Keys the database verified lately, to authenticate while the ledger is down.
+
+    Consulted only when the database cannot be reached, so a revocation takes effect at once
+    while it can. During an outage, a key the database verified in the last ``ttl`` seconds
+    still authenticates (meanwhile only a process that still reaches the database can revoke
+    it); what it can do then is what needs no database: read and reset circuits. Holds the key
+    id, the secret's hash and the principal, never the secret.
+    """
+
+    def __init__(self, ttl: float = 300.0, *, clock: Callable[[], float] = time.monotonic):
+        self.ttl = ttl
+        self._clock = clock
+        self._verified: dict[str, tuple[bytes, Principal, float]] = {}
+
+    def remember(self, token: str, principal: Principal) -> None:
+        if (parsed := parse(token)) is not None:
+            self._verified[parsed[0]] = (_digest(parsed[1]), principal, self._clock())
+
+    def forget(self, token: str) -> None:
+        if (parsed := parse(token)) is not None:
+            self._verified.pop(parsed[0], None)
+
+    def recall(self, token: str) -> Principal | None:
+        parsed = parse(token)
+        entry = self._verified.get(parsed[0]) if parsed is not None else None
+        if parsed is None or entry is None or self._clock() - entry[2] > self.ttl:
+            return None
+        return entry[1] if hmac.compare_digest(entry[0], _digest(parsed[1])) else None
+
+
+async def authenticate(
+    pool: db.Pool, token: str, cache: KeyCache | None = None
+) -> Principal | None:
+    """The principal of ``token``, or None if it is not a valid key.
+
+    With ``cache``: a key the database cannot check now (``LedgerDownError``) is taken from
+    the cache if it verified lately; otherwise the error propagates."""
     parsed = parse(token)
     if parsed is None:
         return None
     key_id, secret = parsed
-    async with db.connection(pool) as conn:
-        row = await db.fetch_one(conn, "get_api_key", {"id": key_id})
-    if row is None or not hmac.compare_digest(bytes(row["secret_hash"]), _digest(secret)):
+    try:
+        async with db.connection(pool) as conn:
+            row = await db.fetch_one(conn, "get_api_key", {"id": key_id})
+    except LedgerDownError:
+        principal = cache.recall(token) if cache is not None else None
+        if principal is None:
+            raise
+        log.info("api_key_from_cache", key_id=key_id)
+        return principal
+    if row is None:  # unknown or revoked
+        if cache is not None:
+            cache.forget(token)
         return None
-    return Principal(row["id"], row["tenant_id"], frozenset(row["scopes"]))
+    if not hmac.compare_digest(bytes(row["secret_hash"]), _digest(secret)):
+        return None
+    principal = Principal(row["id"], row["tenant_id"], frozenset(row["scopes"]))
+    if cache is not None:
+        cache.remember(token, principal)
+    return principal

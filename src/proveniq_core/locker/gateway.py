@@ -3,6 +3,14 @@
 The gateway never raises on a broker outage at start-up: it starts degraded and keeps
 reconnecting in the background; ``send`` fails fast with ``LockerUnreachableError``
 while it is disconnected.
+
+Circuit breakers (DESIGN.md §3): every ``send`` passes the fleet-wide circuit ``locker``
+(the broker connection) and its device's ``locker:<ref>``, created on first use. The fleet
+circuit counts only broker failures (disconnected, publish failed); a device's counts only
+its own (no reply in time, offline). A reply of any kind, a fault answer included, counts
+against neither. While either is open, ``send`` raises ``LockerUnreachableError`` with
+``retry_after`` and publishes nothing. Evidence of health closes a circuit at once: the
+broker connection coming back closes ``locker``, a device coming back online its own.
 """
 
 from __future__ import annotations
@@ -14,14 +22,16 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 import aiomqtt
 import structlog
 
 from proveniq_core.errors import (
+    BrokerUnreachableError,
     LockerHardwareError,
+    LockerOfflineError,
     LockerTimeoutError,
     LockerUnreachableError,
 )
@@ -38,6 +48,13 @@ from proveniq_core.locker.protocol import (
     ref_from_topic,
     validate_ref,
 )
+from proveniq_core.resilience.breaker import (
+    LOCKER,
+    BreakerRegistry,
+    CircuitOpenError,
+    Permit,
+    State,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +67,19 @@ BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 5.0
 
 _ReplyKey = tuple[str, str]  # (locker ref, commandId)
+
+FLEET_CIRCUIT: Final = "locker"
+FLEET_BREAKER: Final = LOCKER.with_filter(lambda exc: isinstance(exc, BrokerUnreachableError))
+DEVICE_BREAKER: Final = LOCKER.with_filter(
+    lambda exc: isinstance(exc, LockerTimeoutError | LockerOfflineError)
+)
+
+
+def device_circuit(ref: str) -> str:
+    """The name of the circuit of locker ``ref``."""
+    return f"{FLEET_CIRCUIT}:{ref}"
+
+
 _K = TypeVar("_K")
 _V = TypeVar("_V")
 
@@ -85,8 +115,10 @@ class LockerGateway:
         client_id: str | None = None,
         connect_timeout: float = 5.0,
         on_event: EventHook | None = None,
+        breakers: BreakerRegistry | None = None,
     ) -> None:
         self._host, self._port = parse_mqtt_url(mqtt_url)
+        self.breakers = breakers if breakers is not None else BreakerRegistry()
         self._client_id = client_id or f"proveniq-core-{uuid.uuid4().hex[:12]}"
         self._connect_timeout = connect_timeout
         self._hooks: list[EventHook] = [on_event] if on_event else []
@@ -160,19 +192,48 @@ class LockerGateway:
         """Send one command to ``ref`` and return the reply's ``result``.
 
         Re-sending a ``command_id`` is safe: the device answers it once. Raises
-        ``LockerUnreachableError`` at once if the broker is down or the device is known
-        offline, ``LockerTimeoutError`` after ``timeout`` seconds without a reply, and
-        ``LockerHardwareError`` (``fault`` = the reply's error code) on a failed reply.
+        ``LockerUnreachableError`` at once if the broker is down, the device is known
+        offline or a circuit is open, ``LockerTimeoutError`` after ``timeout`` seconds
+        without a reply, and ``LockerHardwareError`` (``fault`` = the reply's error code) on
+        a failed reply.
         """
         validate_ref(ref)
         context: dict[str, Any] = {"lockerRef": ref, "commandId": command_id, "type": type}
+        with (
+            self._admit(FLEET_CIRCUIT, context, asset_id) as fleet,
+            self._admit(device_circuit(ref), context, asset_id),
+        ):
+            return await self._send(ref, type, command_id, asset_id, timeout, context, fleet)
+
+    def _admit(self, circuit: str, context: dict[str, Any], asset_id: str | None) -> Permit:
+        config = FLEET_BREAKER if circuit == FLEET_CIRCUIT else DEVICE_BREAKER
+        try:
+            return self.breakers.get(circuit, config).acquire()
+        except CircuitOpenError as exc:
+            raise LockerUnreachableError(
+                str(exc),
+                details={**context, "circuit": circuit},
+                asset_id=asset_id,
+                retry_after=exc.retry_after,
+            ) from None
+
+    async def _send(
+        self,
+        ref: str,
+        type: CommandType,
+        command_id: str,
+        asset_id: str | None,
+        timeout: float,
+        context: dict[str, Any],
+        fleet: Permit,
+    ) -> dict[str, Any]:
         client = self._client
         if client is None:
-            raise LockerUnreachableError(
+            raise BrokerUnreachableError(
                 "MQTT broker unreachable", details=context, asset_id=asset_id
             )
         if self._presence.get(ref) is False:
-            raise LockerUnreachableError("locker offline", details=context, asset_id=asset_id)
+            raise LockerOfflineError("locker offline", details=context, asset_id=asset_id)
         command = Command(
             commandId=command_id, type=type, assetId=asset_id, issuedAt=datetime.now(UTC)
         )
@@ -183,6 +244,7 @@ class LockerGateway:
         try:
             async with asyncio.timeout(timeout):
                 await client.publish(commands_topic(ref), encode(command), qos=1)
+                fleet.record_success()  # the broker took it; the rest is up to the device
                 self._emit("command_sent", context)
                 reply = await future
         except TimeoutError:
@@ -191,11 +253,11 @@ class LockerGateway:
                 f"no reply from {ref} within {timeout:g} s", details=context, asset_id=asset_id
             ) from None
         except aiomqtt.MqttError as exc:
-            raise LockerUnreachableError(
+            raise BrokerUnreachableError(
                 f"could not publish to {ref}: {exc}", details=context, asset_id=asset_id
             ) from exc
         except LockerUnreachableError as exc:  # set by the loop: broker lost or device gone
-            raise LockerUnreachableError(exc.message, details=context, asset_id=asset_id) from None
+            raise exc.__class__(exc.message, details=context, asset_id=asset_id) from None
         finally:
             self._discard(self._pending, key, future)
         latency_ms = (time.monotonic() - started) * 1000
@@ -241,6 +303,7 @@ class LockerGateway:
         self._client = client
         self._first_attempt.set()
         log.info("locker.broker_connected", host=self._host, port=self._port)
+        self._close_circuit(FLEET_CIRCUIT)
         self._emit("connected", {"host": self._host, "port": self._port})
 
     def _on_disconnected(self) -> None:
@@ -255,15 +318,22 @@ class LockerGateway:
         self._emit("disconnected", {"failedRequests": failed})
 
     def _fail_pending(self, ref: str | None, reason: str) -> int:
-        """Fail the sends waiting on ``ref`` (all if ``None``) as unreachable."""
+        """Fail the sends waiting on ``ref`` (offline) or on all (``None``: broker lost)."""
+        error = BrokerUnreachableError if ref is None else LockerOfflineError
         failed = 0
         for (key_ref, _), futures in self._pending.items():
             if ref is None or key_ref == ref:
                 for future in futures:
                     if not future.done():
-                        future.set_exception(LockerUnreachableError(reason))
+                        future.set_exception(error(reason))
                         failed += 1
         return failed
+
+    def _close_circuit(self, circuit: str) -> None:
+        """Close ``circuit`` if it is not closed: what it waited for has come back."""
+        if circuit in self.breakers and self.breakers[circuit].state is not State.CLOSED:
+            log.info("locker.circuit_closed_on_recovery", circuit=circuit)
+            self.breakers[circuit].reset()
 
     def _dispatch(self, topic: str, payload: Any) -> None:
         # Filter by topic even though we only subscribe to replies and status: amqtt
@@ -285,6 +355,8 @@ class LockerGateway:
         elif payload == STATUS_ONLINE:
             was = self._presence.get(ref)
             self._presence[ref] = True
+            if was is False:
+                self._close_circuit(device_circuit(ref))
             if was is not True:
                 self._emit("online", {"lockerRef": ref})
             for waiter in self._online_waiters.get(ref, ()):
@@ -327,4 +399,14 @@ class LockerGateway:
                 del table[key]
 
 
-__all__ = ["BACKOFF_MAX_S", "BACKOFF_MIN_S", "EventHook", "LockerGateway", "parse_mqtt_url"]
+__all__ = [
+    "BACKOFF_MAX_S",
+    "BACKOFF_MIN_S",
+    "DEVICE_BREAKER",
+    "FLEET_BREAKER",
+    "FLEET_CIRCUIT",
+    "EventHook",
+    "LockerGateway",
+    "device_circuit",
+    "parse_mqtt_url",
+]

@@ -386,6 +386,11 @@ class BreakerRegistry:
             raise ValueError(f"circuit {name!r} already exists with another config")
         return breaker
 
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The clock of every breaker here (``opened_at`` readings are on it)."""
+        return self._clock
+
     def on_change(self, listener: Listener) -> Callable[[], None]:
         """Observe the transitions of every breaker, present and future."""
         self._listeners.append(listener)
