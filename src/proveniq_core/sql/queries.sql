@@ -113,10 +113,13 @@ SELECT pg_notify('proveniq_work', 'sagas')
 
 -- claim_sagas --
 -- Claim due sagas (or the one named by id, due or not) under a new epoch; mark the attempts
--- their previous owner left running as interrupted, in the same commit.
+-- their previous owner left running as interrupted, in the same commit. A saga claimed before
+-- it is due (or held: 'infinity', which Python cannot load) becomes due now, so it is
+-- recovered as soon as the lease expires should its new owner die.
 WITH claimed AS (
     UPDATE sagas SET owner = %(owner)s, epoch = epoch + 1, updated_at = now(),
-                     lease_until = now() + make_interval(secs => %(lease)s)
+                     lease_until = now() + make_interval(secs => %(lease)s),
+                     run_at = LEAST(run_at, now())
     WHERE id IN (
         SELECT id FROM sagas
         WHERE status IN ('running', 'compensating')
@@ -153,6 +156,10 @@ WHERE status IN ('running', 'compensating') AND lease_until IS NULL
 
 -- get_saga --
 SELECT * FROM sagas WHERE id = %(id)s
+
+-- get_saga_status --
+-- Only the status: a held saga's run_at is 'infinity', which Python cannot load.
+SELECT status FROM sagas WHERE id = %(id)s
 
 -- get_saga_steps --
 SELECT * FROM saga_steps WHERE saga_id = %(saga_id)s ORDER BY started_at, step_index, attempt
@@ -300,11 +307,17 @@ UPDATE sagas SET run_at = 'infinity', updated_at = now()
 WHERE id = %(id)s AND owner IS NULL AND status = 'running'
 
 -- wake_locker_retries --
-UPDATE sagas s SET run_at = now(), updated_at = now()
-FROM retry_queue r
-WHERE r.saga_id = s.id AND r.locker_ref = %(locker_ref)s AND r.status = 'pending'
-  AND s.owner IS NULL AND s.status = 'running' AND s.run_at > now()
-RETURNING s.id
+-- The locker is back: its pending entries' sagas are due now, and the entries say so.
+WITH woken AS (
+    UPDATE sagas s SET run_at = now(), updated_at = now()
+    FROM retry_queue r
+    WHERE r.saga_id = s.id AND r.locker_ref = %(locker_ref)s AND r.status = 'pending'
+      AND s.owner IS NULL AND s.status = 'running' AND s.run_at > now()
+    RETURNING s.id
+)
+UPDATE retry_queue r SET next_retry_at = now(), updated_at = now()
+FROM woken WHERE r.saga_id = woken.id AND r.status = 'pending'
+RETURNING r.saga_id AS id
 
 -- locker_maintenance --
 SELECT maintenance_until FROM lockers
@@ -319,3 +332,16 @@ RETURNING *
 UPDATE retry_queue SET status = 'exhausted', next_retry_at = NULL, last_error = %(last_error)s,
                        updated_at = now()
 WHERE asset_id = %(asset_id)s AND status IN ('pending', 'retrying')
+
+-- retry_link_saga --
+-- An operator's retry of a held link: a fresh locker command (linkGeneration + 1). The saga
+-- falls due after a grace period (seconds), in case the process retrying it now dies first.
+UPDATE sagas SET data = jsonb_set(data, '{linkGeneration}',
+                                  to_jsonb(COALESCE((data->>'linkGeneration')::integer, 0) + 1)),
+                 run_at = now() + make_interval(secs => %(grace)s), updated_at = now()
+WHERE id = %(id)s AND owner IS NULL AND status = 'running'
+RETURNING id
+
+-- resolve_alerts --
+UPDATE ops_alerts SET resolved_at = now()
+WHERE dedup_key = ANY(%(dedup_keys)s) AND resolved_at IS NULL

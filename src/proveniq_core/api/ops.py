@@ -1,0 +1,276 @@
+"""The ops API for the failure path (DESIGN.md §8): the retry queue, held assets, maintenance.
+
+Reads need scope ``ops:read``, actions ``ops:write``; everything is scoped to the caller's
+tenant (another tenant's entry, asset or locker is a 404). An action that runs a saga runs
+it within the request and answers where it ended.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import AwareDatetime, BaseModel, Field, field_validator
+
+from proveniq_core import db
+from proveniq_core.api.auth import require
+from proveniq_core.api.models import LockerRef, Strict
+from proveniq_core.api.routes import ERRORS, _keyset_page
+from proveniq_core.ledger import assets
+from proveniq_core.ledger.keys import Principal
+from proveniq_core.saga import operator
+
+router = APIRouter(tags=["ops"])
+
+Reader = Annotated[Principal, Depends(require("ops:read"))]
+Writer = Annotated[Principal, Depends(require("ops:write"))]
+EntryStatus = Literal["pending", "retrying", "exhausted", "resolved", "discarded"]
+
+_ACTION_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    409: {"description": "not in a state this action applies to, or busy in another process"},
+}
+
+
+class RetryEntryView(BaseModel):
+    """A deferred locker operation (the seed's DLQ entry)."""
+
+    id: str
+    assetId: str
+    lockerRef: str
+    operation: str
+    retryCount: int = Field(description="failed retries so far; maintenance does not count")
+    nextRetryAt: datetime | None = Field(description="the next automatic try; null: none")
+    lastError: dict[str, Any] | None
+    status: EntryStatus
+    sagaId: str
+    firstErrorAt: datetime
+    createdAt: datetime
+    updatedAt: datetime
+    closedAt: datetime | None
+
+
+class RetryEntryPage(BaseModel):
+    items: list[RetryEntryView]
+    nextCursor: str | None
+
+
+class RetryEntryOutcome(RetryEntryView):
+    """The entry after an action, and where its asset stands."""
+
+    assetStatus: str
+
+
+class AssetOutcome(BaseModel):
+    """Where a held asset stands after an operator's action."""
+
+    assetId: str
+    status: str = Field(description="linked, pending_link, link_failed or compensated")
+    lockerId: str | None
+    sagaStatus: str | None = Field(description="running while held; compensating, compensated")
+    retryAt: datetime | None = Field(description="pending_link: the next automatic try")
+    lastError: dict[str, Any] | None = Field(description="why it is not linked (held assets)")
+    retryEntry: RetryEntryView | None = Field(description="the asset's latest retry-queue entry")
+
+
+class MaintenanceRequest(Strict):
+    until: AwareDatetime | None = Field(
+        description="maintenance ends then (at most 30 days ahead); null or a past time: now"
+    )
+
+    @field_validator("until")
+    @classmethod
+    def _not_too_far(cls, until: datetime | None) -> datetime | None:
+        if until is not None and until > datetime.now(UTC) + operator.MAX_MAINTENANCE:
+            raise ValueError("must be at most 30 days ahead")
+        return until
+
+
+class LockerMaintenance(BaseModel):
+    lockerRef: str
+    maintenanceUntil: datetime | None = Field(description="null: not in maintenance")
+    wokenEntries: int = Field(description="retry-queue entries made due by ending maintenance")
+
+
+def _actor(principal: Principal) -> str:
+    return f"key:{principal.key_id}"
+
+
+def entry_view(row: db.Row) -> RetryEntryView:
+    return RetryEntryView(
+        id=str(row["id"]),
+        assetId=str(row["asset_id"]),
+        lockerRef=row["locker_ref"],
+        operation=row["operation"],
+        retryCount=row["retry_count"],
+        nextRetryAt=row["next_retry_at"],
+        lastError=row["last_error"],
+        status=row["status"],
+        sagaId=str(row["saga_id"]),
+        firstErrorAt=row["first_error_at"],
+        createdAt=row["created_at"],
+        updatedAt=row["updated_at"],
+        closedAt=row["closed_at"],
+    )
+
+
+async def _entry_outcome(request: Request, row: db.Row, tenant_id: str) -> RetryEntryOutcome:
+    async with db.connection(request.app.state.core.pool) as conn:
+        asset = await assets.get(conn, tenant_id, str(row["asset_id"]))
+    return RetryEntryOutcome(**entry_view(row).model_dump(), assetStatus=asset["status"])
+
+
+async def _asset_outcome(request: Request, asset_id: str, tenant_id: str) -> AssetOutcome:
+    core = request.app.state.core
+    async with db.connection(core.pool) as conn:
+        asset = await assets.get(conn, tenant_id, asset_id)
+        saga = await db.fetch_one(conn, "get_saga_status", {"id": asset["saga_id"]})
+    entry = await core.retry_queue.for_asset(asset_id)
+    held = asset["status"] in operator.HELD
+    return AssetOutcome(
+        assetId=asset_id,
+        status=asset["status"],
+        lockerId=asset["locker_id"],
+        sagaStatus=saga["status"] if saga else None,
+        retryAt=entry["next_retry_at"] if held and entry and entry["status"] == "pending" else None,
+        lastError=entry["last_error"] if held and entry else None,
+        retryEntry=entry_view(entry) if entry else None,
+    )
+
+
+@router.get("/api/ops/retry-queue", response_model=RetryEntryPage, responses=ERRORS)
+async def list_retry_entries(
+    request: Request,
+    principal: Reader,
+    asset_id: Annotated[uuid.UUID | None, Query(alias="assetId")] = None,
+    status: Annotated[EntryStatus | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> RetryEntryPage:
+    """Retry-queue entries, newest first, in pages; filter by asset and status."""
+    filters = {
+        "tenant_id": principal.tenant_id,
+        "asset_id": str(asset_id) if asset_id else None,
+        "status": status,
+    }
+    rows, next_cursor = await _keyset_page(
+        request, "list_retry_entries", filters, limit, cursor, "created_at"
+    )
+    return RetryEntryPage(items=[entry_view(r) for r in rows], nextCursor=next_cursor)
+
+
+EntryId = Annotated[str, Path(description="the entry's id")]
+AssetId = Annotated[str, Path(description="the asset's id")]
+
+
+@router.get("/api/ops/retry-queue/{entry_id}", response_model=RetryEntryView, responses=ERRORS)
+async def get_retry_entry(request: Request, entry_id: EntryId, principal: Reader) -> RetryEntryView:
+    return entry_view(await request.app.state.core.retry_queue.get(entry_id, principal.tenant_id))
+
+
+@router.post(
+    "/api/ops/retry-queue/{entry_id}/retry",
+    response_model=RetryEntryOutcome,
+    responses=_ACTION_ERRORS,
+)
+async def retry_entry(request: Request, entry_id: EntryId, principal: Writer) -> RetryEntryOutcome:
+    """Retry the entry's locker operation now, due or not, exhausted or discarded alike.
+
+    409 when it is resolved or its asset is no longer held."""
+    row = await operator.retry_entry(
+        request.app.state.core.retry_queue,
+        entry_id,
+        principal.tenant_id,
+        actor=_actor(principal),
+        request_id=request.state.request_id,
+    )
+    return await _entry_outcome(request, row, principal.tenant_id)
+
+
+@router.post(
+    "/api/ops/retry-queue/{entry_id}/discard",
+    response_model=RetryEntryOutcome,
+    responses=_ACTION_ERRORS,
+)
+async def discard_entry(
+    request: Request, entry_id: EntryId, principal: Writer
+) -> RetryEntryOutcome:
+    """Stop retrying: the asset stays held until an operator retries or cancels it."""
+    row = await operator.discard_entry(
+        request.app.state.core.retry_queue,
+        entry_id,
+        principal.tenant_id,
+        actor=_actor(principal),
+        request_id=request.state.request_id,
+    )
+    return await _entry_outcome(request, row, principal.tenant_id)
+
+
+@router.post(
+    "/api/ops/assets/{asset_id}/retry-link",
+    response_model=AssetOutcome,
+    responses=_ACTION_ERRORS,
+)
+async def retry_link(request: Request, asset_id: AssetId, principal: Writer) -> AssetOutcome:
+    """Link a link_failed asset again with a new locker command, within this request.
+
+    The answer says how it went: linked, pending_link (deferred again, with retryAt) or
+    link_failed (the locker refused again). 409 unless the asset is link_failed."""
+    await operator.retry_link(
+        request.app.state.core.engine,
+        asset_id,
+        principal.tenant_id,
+        actor=_actor(principal),
+        request_id=request.state.request_id,
+    )
+    return await _asset_outcome(request, asset_id, principal.tenant_id)
+
+
+@router.post(
+    "/api/ops/assets/{asset_id}/cancel",
+    response_model=AssetOutcome,
+    responses=_ACTION_ERRORS,
+)
+async def cancel_asset(request: Request, asset_id: AssetId, principal: Writer) -> AssetOutcome:
+    """Cancel a held registration (pending_link or link_failed): its saga compensates.
+
+    The asset ends compensated, its locker link undone and its entries discarded; while an
+    undo step keeps failing it is retried and sagaStatus stays compensating."""
+    await operator.cancel(
+        request.app.state.core.engine,
+        asset_id,
+        principal.tenant_id,
+        actor=_actor(principal),
+        request_id=request.state.request_id,
+    )
+    return await _asset_outcome(request, asset_id, principal.tenant_id)
+
+
+@router.post(
+    "/api/ops/lockers/{locker_ref}/maintenance",
+    response_model=LockerMaintenance,
+    responses=ERRORS,
+)
+async def locker_maintenance(
+    request: Request,
+    locker_ref: Annotated[LockerRef, Path()],
+    body: MaintenanceRequest,
+    principal: Writer,
+) -> LockerMaintenance:
+    """Put a locker in maintenance until a time, or end it (until null or past).
+
+    Meanwhile its links answer 202 pending_link and wait, without counting as failures;
+    ending maintenance retries them now."""
+    row, woken = await operator.set_maintenance(
+        request.app.state.core.retry_queue,
+        principal.tenant_id,
+        locker_ref,
+        body.until,
+        actor=_actor(principal),
+        request_id=request.state.request_id,
+    )
+    return LockerMaintenance(
+        lockerRef=row["locker_ref"], maintenanceUntil=row["maintenance_until"], wokenEntries=woken
+    )
