@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import structlog
@@ -52,6 +53,13 @@ def error_status(exc: CoreError) -> int:
     return status if status >= 400 else 503
 
 
+def retry_after(exc: CoreError) -> dict[str, str] | None:
+    """``Retry-After`` in whole seconds (at least 1) when the error knows when, or is a 503."""
+    if exc.retry_after is None and error_status(exc) != 503:
+        return None
+    return {"Retry-After": str(max(1, math.ceil(exc.retry_after or 0)))}
+
+
 def error_response(request: Request, exc: CoreError) -> JSONResponse:
     """The response the app answers when a route raises ``exc`` (stored by idempotency)."""
     return envelope(
@@ -61,6 +69,7 @@ def error_response(request: Request, exc: CoreError) -> JSONResponse:
         status=error_status(exc),
         asset_id=exc.asset_id,
         details=exc.details,
+        headers=retry_after(exc),
     )
 
 
@@ -86,6 +95,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI's answer to a body it cannot decode (not UTF-8): the same 422 as a body
+            # that is not JSON, which every route with a body declares.
+            problem = {"field": "", "problem": str(exc.detail), "type": "json_invalid"}
+            message = f"Invalid request: body: {exc.detail}"
+            return envelope(request, "E_VALIDATION", message=message, details=[problem])
         code = _HTTP_CODES.get(exc.status_code, "E_VALIDATION")
         return envelope(request, code, message=str(exc.detail), status=exc.status_code)
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from proveniq_core.api import envelope
 from proveniq_core.api.auth import require
+from proveniq_core.api.models import ErrorEnvelope
 from proveniq_core.errors import NotFoundError, ValidationFailedError
 from proveniq_core.locker.faults import (
     ClearFaults,
@@ -52,10 +53,13 @@ def fault_book(request: Request) -> FaultBook:
 Faults = Annotated[FaultBook, Depends(fault_book)]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "missing or invalid API key"},
-    403: {"description": "the key lacks the scope ops:write"},
-    404: {"description": "no simulated fleet in this process"},
-    422: {"description": "invalid fault rule"},
+    code: {"description": text, "model": ErrorEnvelope}
+    for code, text in {
+        401: "missing or invalid API key",
+        403: "the key lacks the scope ops:write",
+        404: "no simulated fleet in this process",
+        422: "invalid fault rule",
+    }.items()
 }
 _RULE_BODY = {
     "requestBody": {
