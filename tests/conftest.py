@@ -7,13 +7,17 @@ gets a fresh clone (``CREATE DATABASE … TEMPLATE``).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import re
 import socket
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiomqtt
 import psycopg
 import pytest
 import pytest_asyncio
@@ -21,6 +25,7 @@ from psycopg.conninfo import make_conninfo
 
 from proveniq_core import db
 from proveniq_core.embedded import EmbeddedBroker, EmbeddedPostgres
+from proveniq_core.locker.gateway import parse_mqtt_url
 
 TEMPLATE = f"proveniq_tpl_{os.getpid()}"
 
@@ -89,7 +94,10 @@ async def mqtt_url() -> AsyncIterator[str]:
     ``PROVENIQ_TEST_MQTT=embedded`` forces amqtt even when 1883 is open.
     """
     if os.environ.get("PROVENIQ_TEST_MQTT") != "embedded" and port_open("127.0.0.1", 1883):
-        yield "mqtt://127.0.0.1:1883"
+        url = "mqtt://127.0.0.1:1883"
+        await forget_test_lockers(url)
+        yield url
+        await forget_test_lockers(url)
         return
     broker = EmbeddedBroker()
     url = await broker.start()
@@ -97,6 +105,32 @@ async def mqtt_url() -> AsyncIterator[str]:
         yield url
     finally:
         await broker.stop()
+
+
+_TEST_STATUS = re.compile(r"^proveniq/lockers/t[0-9a-f]{8}-locker-[^/]+/status$")
+
+
+async def forget_test_lockers(url: str, listen: float = 0.5) -> int:
+    """Clear the retained ``offline`` statuses that stopped test fleets left on the shared
+    broker. Every gateway receives all retained statuses when it subscribes; left to pile
+    up over runs they overflow the broker's per-client queue and presence gets lost."""
+    host, port = parse_mqtt_url(url)
+    stale: list[str] = []
+    async with aiomqtt.Client(host, port, identifier=f"test-janitor-{uuid.uuid4().hex[:8]}") as c:
+        await c.subscribe("proveniq/lockers/+/status", qos=0)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(listen):
+                async for message in c.messages:
+                    topic = message.topic.value
+                    if (
+                        message.retain
+                        and message.payload == b"offline"
+                        and _TEST_STATUS.match(topic)
+                    ):
+                        stale.append(topic)
+        for topic in stale:
+            await c.publish(topic, b"", qos=1, retain=True)
+    return len(stale)
 
 
 def unique_prefix() -> str:

@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from proveniq_core import db, logs
+from proveniq_core import cli_ops, db, logs
 from proveniq_core.config import Settings, default_home
 from proveniq_core.embedded import EmbeddedPostgres
 from proveniq_core.saga.store import SAGA_STATUSES
@@ -45,6 +45,10 @@ sagas_app = typer.Typer(
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(sagas_app, name="sagas")
+app.add_typer(cli_ops.dlq_app, name="dlq")
+app.add_typer(cli_ops.assets_app, name="assets")
+app.add_typer(cli_ops.lockers_app, name="lockers")
+app.add_typer(cli_ops.circuits_app, name="circuits")
 
 out = Console()
 err = Console(stderr=True)
@@ -599,8 +603,8 @@ def sagas_show(
     head.add_row("tenant", Text(saga["tenant_id"] or "–"))
     head.add_row("owner", Text(f"{view.owner or '–'} (epoch {view.epoch})"))
     head.add_row("lease until", _when(view.leaseUntil))
-    due = _when(view.runAt)
-    wait_ms = (view.runAt - datetime.now(UTC)).total_seconds() * 1000
+    due = _when(view.runAt) if view.runAt else "held until woken (operator or device online)"
+    wait_ms = (view.runAt - datetime.now(UTC)).total_seconds() * 1000 if view.runAt else 0
     if view.finishedAt is None and wait_ms > 0:
         due += f" (due in {_duration(wait_ms)})"
     head.add_row("run at", due)
@@ -672,9 +676,23 @@ def demo(
     home: HomeOpt = None,
     count: Annotated[int, typer.Option(min=1, max=50, help="Assets to register.")] = 3,
     wait: Annotated[float, typer.Option(help="Seconds to wait for each verification.")] = 30.0,
+    failures: Annotated[
+        bool,
+        typer.Option(
+            help="Then show each failure path: a late locker (202), a hardware fault (502 and "
+            "an operator retry) and a database outage (503), each until it recovers."
+        ),
+    ] = True,
+    database_url: DbOpt = None,
 ) -> None:
-    """Register a few assets against a running service and print their timelines."""
-    from proveniq_core.demo import run_demo
+    """Register a few assets against a running service and print their timelines.
+
+    The failure paths need a service that simulates its lockers (the embedded default
+    does); the database outage needs the service's database (--database-url, or the
+    embedded server under --home), which the demo closes to new connections for a few
+    seconds.
+    """
+    from proveniq_core.demo import run_demo, run_failures
 
     key = api_key
     if key is None:
@@ -686,10 +704,21 @@ def demo(
         key = path.read_text().strip()
     try:
         code = run_demo(url, key, count=count, wait=wait, console=out)
+        if failures:
+            conninfo = database_url or _embedded_conninfo(home)
+            code |= run_failures(url, key, database_url=conninfo, wait=wait, console=out)
     except httpx.HTTPError as exc:
         err.print(f"[red]cannot reach {url}:[/red] {exc}")
         raise typer.Exit(1) from None
     raise typer.Exit(code)
+
+
+def _embedded_conninfo(home: Path | None) -> str | None:
+    """The conninfo of the embedded database under ``home``, if a service started it."""
+    settings = _settings(home=home)
+    if not (settings.home / "pg").exists():
+        return None
+    return EmbeddedPostgres(settings.home).start()  # adopts the running server
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,11 +1,25 @@
-"""``proveniq demo``: drive a running service through registrations and print a timeline."""
+"""``proveniq demo``: drive a running service through registrations and print a timeline,
+then through each failure path with real faults (DESIGN.md §3):
+
+- a locker answers late: 202 ``pending_link``, then linked by the late answer;
+- a locker reports a hardware fault: 502, ``link_failed``, an alert, an operator retry;
+- the database refuses connections: 503 with ``Retry-After`` (fast once the ledger circuit
+  is open), then registrations succeed again by themselves.
+
+Locker faults go through ``POST /sim/faults`` (a service running the simulated fleet). The
+database outage is real: the demo connects to the service's PostgreSQL server, stops its
+database from accepting connections and ends the service's sessions, then allows them again.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
+import psycopg
+from psycopg import sql
 from rich.console import Console
 from rich.table import Table
 
@@ -60,3 +74,127 @@ def run_demo(url: str, key: str, *, count: int, wait: float, console: Console) -
                 failures += 1
     console.rule(f"{count - failures}/{count} assets registered and verified")
     return 1 if failures else 0
+
+
+def _show(console: Console, resp: httpx.Response, ms: float) -> None:
+    console.print(f"[bold]{resp.status_code}[/bold] in {ms:.0f} ms  {resp.json()}")
+
+
+def _post_asset(http: httpx.Client, ref: str, name: str) -> tuple[httpx.Response, float]:
+    t0 = time.perf_counter()
+    resp = http.post("/api/assets", json={"name": name, "category": "demo", "lockerRef": ref})
+    return resp, (time.perf_counter() - t0) * 1000
+
+
+def _wait_for(check: Callable[[], bool], within: float) -> float | None:
+    """Seconds until ``check()`` held, or None after ``within`` seconds."""
+    t0 = time.monotonic()
+    while not check():
+        if time.monotonic() - t0 > within:
+            return None
+        time.sleep(0.2)
+    return time.monotonic() - t0
+
+
+def _status(http: httpx.Client, asset_id: str) -> str:
+    return str(http.get(f"/api/assets/{asset_id}").json()["status"])
+
+
+def run_failures(
+    url: str, key: str, *, database_url: str | None, wait: float, console: Console
+) -> int:
+    """Show the timeout, hardware-fault and ledger-down paths; return an exit code."""
+    headers = {"Authorization": f"Bearer {key}"}
+    failures = 0
+    with httpx.Client(base_url=url, headers=headers, timeout=40.0) as http:
+        if http.get("/sim/faults").status_code == 404:
+            console.print("[yellow]no simulated fleet in the service: locker faults skipped[/]")
+        else:
+            ref = http.get("/api/lockers", params={"limit": 1}).json()["items"][0]["lockerRef"]
+            failures += _timeout_path(http, ref, wait, console)
+            failures += _hardware_path(http, ref, wait, console)
+        if database_url is None:
+            console.print("[yellow]no database to take down: ledger outage skipped[/]")
+        else:
+            failures += _ledger_path(http, database_url, wait, console)
+    console.rule("failure paths: " + ("all recovered" if not failures else f"{failures} failed"))
+    return 1 if failures else 0
+
+
+def _timeout_path(http: httpx.Client, ref: str, wait: float, console: Console) -> int:
+    console.rule(f"locker timeout: {ref} answers 4 s late")
+    http.post("/sim/faults", json={"lockerRef": ref, "fault": "delay", "delayMs": 4000, "count": 1})
+    resp, ms = _post_asset(http, ref, "Late answer")
+    _show(console, resp, ms)
+    if resp.status_code != 202:
+        return 1
+    asset_id = resp.json()["assetId"]
+    took = _wait_for(lambda: _status(http, asset_id) == "linked", wait)
+    if took is None:
+        console.print(f"[red]asset {asset_id} not linked after {wait:g} s[/red]")
+        return 1
+    console.print(f"recovered: asset [bold]linked[/bold] {took:.1f} s after the 202")
+    return 0
+
+
+def _hardware_path(http: httpx.Client, ref: str, wait: float, console: Console) -> int:
+    console.rule(f"hardware fault: {ref} reports a jammed latch")
+    http.post("/sim/faults", json={"lockerRef": ref, "fault": "hardware_fault", "count": 1})
+    resp, ms = _post_asset(http, ref, "Jammed latch")
+    _show(console, resp, ms)
+    if resp.status_code != 502:
+        return 1
+    asset_id = resp.json()["error"]["assetId"]
+    console.print(f"asset {_status(http, asset_id)}; alerts:")
+    for alert in http.get("/api/ops/alerts", params={"code": "E_LOCKER_HARDWARE"}).json()["items"]:
+        console.print(f"  {alert['severity']} {alert['code']}: {alert['message']}")
+    console.print(f"operator: POST /api/ops/assets/{asset_id}/retry-link")
+    t0 = time.monotonic()
+    retried = http.post(f"/api/ops/assets/{asset_id}/retry-link")
+    console.print(f"[bold]{retried.status_code}[/bold] {retried.json()}")
+    took = _wait_for(lambda: _status(http, asset_id) == "linked", wait)
+    if took is None:
+        console.print(f"[red]asset {asset_id} not linked after the retry[/red]")
+        return 1
+    console.print(f"recovered: asset [bold]linked[/bold] {time.monotonic() - t0:.1f} s after it")
+    return 0
+
+
+def _ledger_path(http: httpx.Client, database_url: str, wait: float, console: Console) -> int:
+    ref = http.get("/api/lockers", params={"limit": 1}).json()["items"][0]["lockerRef"]
+    params = psycopg.conninfo.conninfo_to_dict(database_url)
+    name = str(params.get("dbname") or "postgres")
+    admin = psycopg.conninfo.make_conninfo(database_url, dbname="postgres")
+    console.rule(f"ledger down: database {name} stops accepting connections")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(name))
+        )
+        try:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (name,),
+            )
+            refused = 0
+            for i in range(8):
+                resp, ms = _post_asset(http, ref, f"During outage {i + 1}")
+                after = resp.headers.get("retry-after")
+                code = resp.json().get("error", {}).get("code")
+                console.print(
+                    f"[bold]{resp.status_code}[/bold] {code} in {ms:.0f} ms  Retry-After: {after}"
+                )
+                refused += resp.status_code == 503
+        finally:
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(
+                    sql.Identifier(name)
+                )
+            )
+    console.print("database accepting connections again")
+    t0 = time.monotonic()
+    took = _wait_for(lambda: _post_asset(http, ref, "After outage")[0].status_code == 201, wait)
+    if refused == 0 or took is None:
+        console.print(f"[red]refused {refused} of 8; recovered: {took}[/red]")
+        return 1
+    console.print(f"recovered: 201 again {time.monotonic() - t0:.1f} s after the database returned")
+    return 0

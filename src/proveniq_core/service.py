@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from proveniq_core.errors import CoreError
 from proveniq_core.ledger import assets, audit, keys
 from proveniq_core.locker.gateway import LockerGateway
 from proveniq_core.locker.simulator import LatencyProfile, LockerFleet, fleet_specs
+from proveniq_core.resilience.breaker import BreakerRegistry, State
 from proveniq_core.saga.engine import SagaDefinition, SagaEngine
 from proveniq_core.saga.registration import InFlight, LinkPolicy, registration_saga
 from proveniq_core.saga.retry_queue import RetryPolicy, RetryQueue
@@ -47,6 +49,9 @@ class Core:
     fleet: LockerFleet | None = None
     bootstrap_key: str | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    breakers: BreakerRegistry = field(default_factory=BreakerRegistry)
+    """The circuits: ``ledger``, ``locker`` (the broker) and ``locker:<ref>`` per device."""
+    key_cache: keys.KeyCache = field(default_factory=keys.KeyCache)
 
 
 async def ensure_bootstrap_key(pool: db.Pool, home: Path) -> str:
@@ -105,14 +110,25 @@ def link_policy(settings: Settings) -> LinkPolicy:
     )
 
 
-def _on_online(queue: RetryQueue, tasks: set[asyncio.Task[Any]]) -> Callable[[str, Any], None]:
+REWAKE_AFTER = 1.0  # seconds
+
+
+def _on_online(
+    queue: RetryQueue, gateway: LockerGateway, tasks: set[asyncio.Task[Any]]
+) -> Callable[[str, Any], None]:
     """A gateway hook: when a locker comes (back) online, retry its deferred links now."""
 
     async def wake(ref: str) -> None:
-        try:
-            await queue.wake_locker(ref)
-        except CoreError as exc:  # the timer retries it anyway
-            log.warning("retry_queue.wake_failed", locker_ref=ref, error=str(exc))
+        # Twice: a link that failed just before the device came back parks its saga a
+        # moment later, after the first wake looked (the window is milliseconds).
+        for delay in (0.0, REWAKE_AFTER):
+            await asyncio.sleep(delay)
+            if not (gateway.connected and gateway.presence(ref)):
+                return  # gone again: its entries wait for the next online or their timer
+            try:
+                await queue.wake_locker(ref)
+            except CoreError as exc:  # the timer retries it anyway
+                log.warning("retry_queue.wake_failed", locker_ref=ref, error=str(exc))
 
     def hook(event: str, info: Any) -> None:
         if event == "online":
@@ -123,11 +139,22 @@ def _on_online(queue: RetryQueue, tasks: set[asyncio.Task[Any]]) -> Callable[[st
     return hook
 
 
+def _log_circuit_change(name: str, old: State, new: State) -> None:
+    (log.warning if new is State.OPEN else log.info)(
+        "circuit_state_changed", circuit=name, old=old.value, new=new.value
+    )
+
+
 @contextlib.asynccontextmanager
 async def running(
-    settings: Settings, *, progress: Callable[[str], None] = lambda _: None
+    settings: Settings,
+    *,
+    progress: Callable[[str], None] = lambda _: None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> AsyncIterator[Core]:
-    """Start the embedded parts (when not configured), the pool, the gateway and the workers."""
+    """Start the embedded parts (when not configured), the pool, the gateway and the workers.
+
+    ``clock`` is the circuit breakers' clock (tests move it instead of sleeping)."""
     settings.home.mkdir(parents=True, exist_ok=True)
     async with contextlib.AsyncExitStack() as stack:
         conninfo = settings.database_url
@@ -145,11 +172,21 @@ async def running(
 
         progress("applying migrations")
         await db.migrate(conninfo)
-        pool = await db.open_pool(conninfo, min_size=settings.pool_min, max_size=settings.pool_max)
+        pool = await db.open_pool(
+            conninfo,
+            min_size=settings.pool_min,
+            max_size=settings.pool_max,
+            timeout=settings.ledger_timeout,
+        )
         stack.push_async_callback(pool.close)
+        breakers = BreakerRegistry(clock=clock)
+        breakers.on_change(_log_circuit_change)
+        db.guard(pool, breakers.get(db.LEDGER_CIRCUIT, db.LEDGER_BREAKER))
         await pool.wait(timeout=10)
 
-        gateway = LockerGateway(mqtt_url, client_id=f"proveniq-core-{os.getpid()}")
+        gateway = LockerGateway(
+            mqtt_url, client_id=f"proveniq-core-{os.getpid()}", breakers=breakers
+        )
         await gateway.start()
         stack.push_async_callback(gateway.stop)
 
@@ -177,7 +214,7 @@ async def running(
         )
         engine.register(registration)
         retry_queue = RetryQueue(pool, engine)
-        gateway.add_event_hook(_on_online(retry_queue, hook_tasks))
+        gateway.add_event_hook(_on_online(retry_queue, gateway, hook_tasks))
         core = Core(
             settings=settings,
             conninfo=conninfo,
@@ -189,6 +226,7 @@ async def running(
             retry_queue=retry_queue,
             evidence=EvidenceStore(settings.evidence_dir),
             fleet=fleet,
+            breakers=breakers,
         )
         core.bootstrap_key = await ensure_bootstrap_key(pool, settings.home)
 

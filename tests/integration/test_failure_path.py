@@ -268,6 +268,12 @@ async def test_a_hardware_fault_answers_502_and_holds_the_asset_for_an_operator(
     assert await status_of(http, asset_id) == "link_failed"
     assert device(core, ref).links == {}
 
+    [saga] = (await http.get("/api/ops/sagas")).json()["items"]  # a held saga lists too
+    assert (saga["status"], saga["runAt"]) == ("running", None)
+    view = (await http.get(f"/api/ops/sagas/{saga['sagaId']}")).json()
+    assert view["runAt"] is None
+    assert view["steps"][-1]["status"] == "deferred"
+
 
 # -- E_LEDGER_CONSTRAINT ---------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, Request, Response
 
-from proveniq_core.api import envelope, routes, sim
+from proveniq_core.api import circuits, envelope, ops, routes, sim
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -26,6 +26,8 @@ def create_app(core: Any) -> FastAPI:
     envelope.install(app)
     app.include_router(routes.router)
     app.include_router(sim.router)
+    app.include_router(ops.router)
+    app.include_router(circuits.router)
 
     @app.middleware("http")
     async def request_ids(

@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from proveniq_core import db
+
 LockerRef = Annotated[
     str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", examples=["locker-001"])
 ]
@@ -27,6 +29,27 @@ class AssetCreate(Strict):
 class ResponseWarning(BaseModel):
     code: str
     message: str
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="the taxonomy code, e.g. E_LOCKER_HARDWARE")
+    message: str
+    severity: str
+    retryable: bool
+    requestId: str
+    assetId: str | None = None
+    details: Any = None
+
+
+class ErrorEnvelope(BaseModel):
+    """Every error response: one envelope (DESIGN.md §3)."""
+
+    error: ErrorBody
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="ready, degraded (broker down) or unready")
+    checks: dict[str, str] = Field(description="database, migrations, broker, …")
 
 
 class AssetCreated(BaseModel):
@@ -114,13 +137,17 @@ class StepView(BaseModel):
     error: dict[str, Any] | None
 
 
+def _due(run_at: datetime) -> datetime | None:
+    return None if run_at == db.NEVER else run_at
+
+
 class SagaSummary(BaseModel):
     sagaId: str
     name: str
     status: str
     owner: str | None = Field(description="the process driving it now, if any")
     epoch: int = Field(description="how many times it has been claimed")
-    runAt: datetime = Field(description="when it is (or was) due")
+    runAt: datetime | None = Field(description="when it is (or was) due; null: held until woken")
     createdAt: datetime
     finishedAt: datetime | None
     durationMs: float | None = Field(description="created to finished; null while unfinished")
@@ -159,7 +186,7 @@ class SagaView(BaseModel):
     owner: str | None = Field(description="the process driving it now, if any")
     epoch: int = Field(description="how many times it has been claimed")
     leaseUntil: datetime | None
-    runAt: datetime = Field(description="when it is (or was) due")
+    runAt: datetime | None = Field(description="when it is (or was) due; null: held until woken")
     compensationRounds: int
     createdAt: datetime
     finishedAt: datetime | None
@@ -206,7 +233,7 @@ def saga_view(saga: dict[str, Any], steps: list[dict[str, Any]]) -> SagaView:
         owner=saga["owner"],
         epoch=saga["epoch"],
         leaseUntil=saga["lease_until"],
-        runAt=saga["run_at"],
+        runAt=_due(saga["run_at"]),
         compensationRounds=saga["rounds"],
         createdAt=saga["created_at"],
         finishedAt=saga["finished_at"],
@@ -238,7 +265,7 @@ def saga_summary(row: dict[str, Any]) -> SagaSummary:
         status=row["status"],
         owner=row["owner"],
         epoch=row["epoch"],
-        runAt=row["run_at"],
+        runAt=_due(row["run_at"]),
         createdAt=row["created_at"],
         finishedAt=row["finished_at"],
         durationMs=_ms(row["created_at"], row["finished_at"]),

@@ -22,9 +22,11 @@ from proveniq_core.api.models import (
     AssetDeferred,
     AssetPage,
     AssetView,
+    ErrorEnvelope,
     LockerCreate,
     LockerPage,
     LockerView,
+    Readiness,
     ResponseWarning,
     SagaPage,
     SagaView,
@@ -50,7 +52,7 @@ from proveniq_core.saga.store import SagaStatus
 router = APIRouter()
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"description": text}
+    code: {"description": text, "model": ErrorEnvelope}
     for code, text in {
         401: "missing or invalid API key",
         403: "the key lacks the scope",
@@ -372,7 +374,12 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", tags=["health"])
+@router.get(
+    "/readyz",
+    tags=["health"],
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "database down or migrations pending"}},
+)
 async def readyz(request: Request) -> JSONResponse:
     """Ready when the database answers and migrations are current; the broker may be degraded."""
     core = _core(request)
