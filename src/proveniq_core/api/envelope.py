@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from proveniq_core.errors import TAXONOMY, CoreError
+from proveniq_core.errors import TAXONOMY, CoreError, RequestError
 
 log = structlog.get_logger(__name__)
 
@@ -61,14 +61,22 @@ def retry_after(exc: CoreError) -> dict[str, str] | None:
 
 
 def error_response(request: Request, exc: CoreError) -> JSONResponse:
-    """The response the app answers when a route raises ``exc`` (stored by idempotency)."""
+    """The response the app answers when a route raises ``exc`` (stored by idempotency).
+
+    A refused request says what was wrong with it; a subsystem failure answers the
+    taxonomy's user message, with what happened (for operators) as ``details.detail``.
+    """
+    message, details = exc.message, exc.details
+    if not isinstance(exc, RequestError) and message != exc.mode.user_message:
+        details = {**(details if isinstance(details, dict) else {}), "detail": message}
+        message = exc.mode.user_message
     return envelope(
         request,
         exc.code,
-        message=exc.message,
+        message=message,
         status=error_status(exc),
         asset_id=exc.asset_id,
-        details=exc.details,
+        details=details,
         headers=retry_after(exc),
     )
 

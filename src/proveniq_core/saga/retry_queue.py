@@ -18,7 +18,12 @@ from typing import Any
 import structlog
 
 from proveniq_core import db
-from proveniq_core.errors import CoreError, LockerUnreachableError, NotFoundError
+from proveniq_core.errors import (
+    ConflictError,
+    CoreError,
+    LockerUnreachableError,
+    NotFoundError,
+)
 from proveniq_core.ledger import assets
 from proveniq_core.ops import alerts
 from proveniq_core.saga.engine import HOLD, SagaEngine, SagaResult, error_doc
@@ -180,7 +185,10 @@ class RetryQueue:
         stays ``pending_link`` until an operator retries or cancels it)."""
         entry = await self.get(entry_id, tenant_id)
         async with db.transaction(self.pool) as conn:
-            await db.execute(conn, "hold_saga", {"id": entry["saga_id"]})
+            if await db.fetch_one(conn, "hold_saga", {"id": entry["saga_id"]}) is None:
+                raise ConflictError(
+                    f"retry-queue entry {entry_id} is being retried right now; try again shortly"
+                )
             await close_entries(conn, str(entry["asset_id"]), "discarded")
         return await self.get(entry_id)
 

@@ -305,6 +305,7 @@ LIMIT %(limit)s
 -- hold_saga --
 UPDATE sagas SET run_at = 'infinity', updated_at = now()
 WHERE id = %(id)s AND owner IS NULL AND status = 'running'
+RETURNING id
 
 -- wake_locker_retries --
 -- The locker is back: its pending entries' sagas are due now, and the entries say so.
@@ -313,6 +314,9 @@ WITH woken AS (
     FROM retry_queue r
     WHERE r.saga_id = s.id AND r.locker_ref = %(locker_ref)s AND r.status = 'pending'
       AND s.owner IS NULL AND s.status = 'running' AND s.run_at > now()
+      AND NOT EXISTS (SELECT 1 FROM lockers l  -- in maintenance: it waits for the end
+                      WHERE l.tenant_id = r.tenant_id AND l.locker_ref = r.locker_ref
+                        AND l.maintenance_until > now())
     RETURNING s.id
 )
 UPDATE retry_queue r SET next_retry_at = now(), updated_at = now()
