@@ -116,3 +116,32 @@ def test_help_teaches_every_command() -> None:
     ).stdout
     for var in ("PROVENIQ_HOME", "PROVENIQ_DATABASE_URL", "PROVENIQ_MQTT_URL", "PROVENIQ_PORT"):
         assert var in serve
+
+
+@pytest.mark.slow
+def test_demo_walks_every_failure_path_to_recovery(home: Path) -> None:
+    """`proveniq demo` against the embedded default: a verified asset, then a late locker
+    (202, linked by the late answer), a hardware fault (502, operator retry) and a real
+    database outage (503 with Retry-After, then 201 again), each recovered: exit 0."""
+    port = free_port()
+    served = Served(home, port)
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PROVENIQ_")}
+        args = ["--url", f"http://127.0.0.1:{port}", "--home", str(home), "--count", "1"]
+        demo = subprocess.run(
+            [sys.executable, "-m", "proveniq_core", "demo", *args, "--wait", "30"],
+            env=env | {"COLUMNS": "200"},
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+    finally:
+        assert served.stop() == 0
+    out = demo.stdout
+    assert demo.returncode == 0, out + demo.stderr
+    assert "1/1 assets registered and verified" in out
+    assert "202 in" in out and "'reason': 'E_LOCKER_TIMEOUT'" in out
+    assert "502 in" in out and "E_LOCKER_HARDWARE" in out
+    assert "503 E_LEDGER_DOWN" in out and "Retry-After: 10" in out
+    assert out.count("recovered:") == 3
+    assert "failure paths: all recovered" in out
