@@ -62,7 +62,7 @@ def test_design_example_parses_and_echoes() -> None:
         ({"fault": "drop", "count": 1.5}, "count", "valid integer"),
         ({"fault": "drop", "count": "2"}, "count", "valid integer"),
         ({"fault": "drop", "after": True}, "after", "valid integer"),
-        ({"fault": "melt"}, "fault", "'delay', 'drop', 'offline', 'hardware_fault' or 'flaky'"),
+        ({"fault": "melt"}, "fault", "'hardware_fault', 'flaky' or 'bad_evidence'"),
         ({"fault": "drop", "lockerRef": "a/b"}, "lockerRef", "'*' or a locker ref"),
         ({"fault": "drop", "lockerRef": "#"}, "lockerRef", "'*' or a locker ref"),
         ({"fault": "drop", "lockers": "x"}, "lockers", "unknown field"),
@@ -153,6 +153,23 @@ def test_the_rule_added_last_decides_and_all_keep_counting() -> None:
     assert second is not None and second.id == delay.id
     assert book.decide("locker-001") is None
     assert book.list() == []
+
+
+def test_bad_evidence_counts_only_evidence_collections() -> None:
+    """A bad_evidence rule lets links through uncounted and spoils the next collection."""
+    book = FaultBook()
+    spoil = book.add(rule(fault="bad_evidence", defect="stale", count=1))
+    assert book.decide("locker-001", "link") is None
+    assert book.decide("locker-001", "ping") is None
+    hit = book.decide("locker-001", "collect_evidence")
+    assert hit is not None and hit.id == spoil.id and hit.rule.defect == "stale"
+    assert book.decide("locker-001", "collect_evidence") is None
+    with pytest.raises(FaultRuleError, match="defect"):
+        rule(fault="bad_evidence")
+    with pytest.raises(FaultRuleError, match="defect"):
+        rule(fault="bad_evidence", defect="smudged")
+    with pytest.raises(FaultRuleError, match="defect"):
+        rule(fault="drop", defect="stale")
 
 
 def test_exhausted_rules_leave_the_book() -> None:

@@ -5,7 +5,9 @@ commands that locker receives: it skips the first ``after`` and applies to the n
 ``count`` (to all of them without ``count``). Each rule counts the commands it matches on
 its own, from the moment it is added, whatever other rules do. When several rules apply
 to one command, the one added last decides; a ``flaky`` rule whose draw keeps the command
-does not apply. A rule whose window is over leaves the book.
+does not apply. A rule whose window is over leaves the book. A ``bad_evidence`` rule sees
+only ``collect_evidence`` commands: the device answers them with evidence that has the
+rule's ``defect`` (each trips one check of Verify's analysis).
 
 Control messages (MQTT ``proveniq/sim/control``, HTTP ``/sim/faults``) are a rule, or
 ``{"clear": true}`` / ``{"clear": true, "lockerRef": "x"}``.
@@ -26,7 +28,10 @@ from pydantic_core import PydanticCustomError
 
 from proveniq_core.locker.protocol import LOCKER_REF_PATTERN
 
-FaultKind = Literal["delay", "drop", "offline", "hardware_fault", "flaky"]
+FaultKind = Literal["delay", "drop", "offline", "hardware_fault", "flaky", "bad_evidence"]
+EvidenceDefect = Literal[
+    "gps_outside", "low_accuracy", "stale", "blank", "undecodable", "hash_mismatch", "duplicate"
+]
 
 ALL_LOCKERS = "*"
 
@@ -37,6 +42,7 @@ _PARAMS: dict[str, tuple[str, str] | None] = {
     "offline": ("seconds", "> 0"),
     "hardware_fault": None,
     "flaky": ("probability", "from 0 to 1"),
+    "bad_evidence": ("defect", "an evidence defect"),
 }
 _OWNERS = {param[0]: kind for kind, param in _PARAMS.items() if param is not None}
 _TARGET_PATTERN = rf"^(\*|{LOCKER_REF_PATTERN[1:-1]})$"
@@ -67,6 +73,7 @@ class FaultRule(_Control):
     delayMs: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     seconds: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     probability: float | None = Field(default=None, ge=0, le=1)
+    defect: EvidenceDefect | None = None
     count: int | None = Field(default=None, ge=0)
     after: int = Field(default=0, ge=0)
 
@@ -88,8 +95,10 @@ class FaultRule(_Control):
                 )
         return self
 
-    def matches(self, locker_ref: str) -> bool:
-        """Whether the rule targets ``locker_ref``."""
+    def matches(self, locker_ref: str, command: str | None = None) -> bool:
+        """Whether the rule targets ``locker_ref`` (and, for ``bad_evidence``, ``command``)."""
+        if self.fault == "bad_evidence" and command != "collect_evidence":
+            return False
         return self.lockerRef in (locker_ref, ALL_LOCKERS)
 
     def applies_to(self, index: int) -> bool:
@@ -173,11 +182,12 @@ class FaultBook:
             return self.clear(control.lockerRef)
         return self.add(control)
 
-    def decide(self, locker_ref: str) -> ActiveFault | None:
-        """Count one command received by ``locker_ref``; return the rule that hits it, if any."""
+    def decide(self, locker_ref: str, command: str | None = None) -> ActiveFault | None:
+        """Count one command (of type ``command``) received by ``locker_ref``; return the rule
+        that hits it, if any."""
         hit: ActiveFault | None = None
         for entry in list(self._active.values()):
-            if not entry.rule.matches(locker_ref):
+            if not entry.rule.matches(locker_ref, command):
                 continue
             index = entry.seen
             entry.seen += 1
@@ -244,6 +254,7 @@ __all__ = [
     "ALL_LOCKERS",
     "ActiveFault",
     "ClearFaults",
+    "EvidenceDefect",
     "FaultBook",
     "FaultKind",
     "FaultRule",

@@ -26,7 +26,7 @@ import statistics
 import uuid
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,13 @@ import aiomqtt
 import structlog
 from PIL import Image, ImageDraw
 
-from proveniq_core.locker.faults import ActiveFault, FaultBook, FaultRuleError, parse_control
+from proveniq_core.locker.faults import (
+    ActiveFault,
+    EvidenceDefect,
+    FaultBook,
+    FaultRuleError,
+    parse_control,
+)
 from proveniq_core.locker.gateway import (
     BACKOFF_MAX_S,
     BACKOFF_MIN_S,
@@ -145,6 +151,7 @@ class Decision:
     error: ReplyError | None = None  # answer ok=false with this instead of executing
     offline_s: float = 0.0  # instead: disconnect for this long (the command is lost)
     fault: ActiveFault | None = None  # the injected fault behind this decision
+    defect: EvidenceDefect | None = None  # collect_evidence: spoil the evidence this way
 
 
 class LockerDevice:
@@ -237,6 +244,7 @@ class LockerFleet:
         self.faults = faults if faults is not None else FaultBook.seeded(seed)
         self._connect_timeout = connect_timeout
         self._runners: list[asyncio.Task[None]] = []
+        self._last_photo: bytes | None = None  # the last unspoiled one: "duplicate" sends it
 
     @property
     def devices(self) -> list[LockerDevice]:
@@ -478,7 +486,7 @@ class LockerFleet:
 
         Called once per new ``commandId``; without a fault, answer after the sampled latency.
         """
-        hit = self.faults.decide(device.ref)
+        hit = self.faults.decide(device.ref, command.type)
         if hit is None:
             return Decision(delay_s=self._profile.sample(self._rng))
         rule = hit.rule
@@ -490,6 +498,9 @@ class LockerFleet:
             return Decision(delay_s=self._profile.sample(self._rng), error=error, fault=hit)
         if rule.fault == "offline":
             return Decision(delay_s=0.0, answer=False, offline_s=rule.seconds or 0.0, fault=hit)
+        if rule.fault == "bad_evidence":
+            delay = self._profile.sample(self._rng)
+            return Decision(delay_s=delay, defect=rule.defect, fault=hit)
         return Decision(delay_s=0.0, answer=False, fault=hit)  # drop, or flaky's draw said drop
 
     async def _execute(self, device: LockerDevice, command: Command, decision: Decision) -> Reply:
@@ -497,9 +508,11 @@ class LockerFleet:
             await asyncio.sleep(decision.delay_s)
         if decision.error is not None:
             return Reply(commandId=command.commandId, ok=False, error=decision.error)
-        return self._apply(device, command)
+        return self._apply(device, command, decision.defect)
 
-    def _apply(self, device: LockerDevice, command: Command) -> Reply:
+    def _apply(
+        self, device: LockerDevice, command: Command, defect: EvidenceDefect | None = None
+    ) -> Reply:
         """Carry out ``command`` on the device's state and build the answer."""
         asset_id = command.assetId
         result: dict[str, Any]
@@ -515,22 +528,44 @@ class LockerFleet:
             device.links[asset_id] = device.locker_id
             result = {"lockerId": device.locker_id}
         else:
-            result = self._evidence(device, asset_id)
+            result = self._evidence(device, asset_id, defect)
         return Reply(commandId=command.commandId, ok=True, result=result)
 
-    def _evidence(self, device: LockerDevice, asset_id: str) -> dict[str, Any]:
+    def _evidence(
+        self, device: LockerDevice, asset_id: str, defect: EvidenceDefect | None = None
+    ) -> dict[str, Any]:
+        """A photo of ``asset_id`` at the locker, now; ``defect`` spoils one aspect of it:
+        a fix 2 km away or ±1 km imprecise, an hour old, a blank or undecodable photo, a
+        hash claim that does not match, or the fleet's last good photo (of another asset)
+        re-encoded."""
         photo = evidence_photo(asset_id)
+        if defect is None:
+            self._last_photo = photo
+        elif defect == "duplicate" and self._last_photo is not None:
+            photo = _reencode(self._last_photo)
+        elif defect == "blank":
+            photo = _blank_photo()
+        elif defect == "undecodable":
+            photo = b"\xff\xd8 this is not a JPEG"
         lat, lon = _jitter(device.spec.lat, device.spec.lon, self._rng)
+        if defect == "gps_outside":
+            lat += 2_000 / _M_PER_DEG_LAT
+        taken = datetime.now(UTC) - (timedelta(hours=1) if defect == "stale" else timedelta())
+        claimed = photo + b"tampered" if defect == "hash_mismatch" else photo
         return {
             "photos": [
                 {
-                    "sha256": hashlib.sha256(photo).hexdigest(),
+                    "sha256": hashlib.sha256(claimed).hexdigest(),
                     "contentType": "image/jpeg",
                     "data": base64.b64encode(photo).decode(),
                 }
             ],
-            "gps": {"lat": lat, "lon": lon, "accuracyM": _GPS_ACCURACY_M},
-            "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "gps": {
+                "lat": lat,
+                "lon": lon,
+                "accuracyM": 1_000.0 if defect == "low_accuracy" else _GPS_ACCURACY_M,
+            },
+            "timestamp": taken.isoformat(timespec="milliseconds"),
         }
 
     async def _publish(self, device: LockerDevice, reply: Reply) -> None:
@@ -581,6 +616,21 @@ def evidence_photo(asset_id: str) -> bytes:
             draw.rectangle(box, fill=_colour(rng, 120, 255))
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def _reencode(jpeg: bytes) -> bytes:
+    """The same picture saved again at another quality: other bytes, same perceptual hash."""
+    buffer = io.BytesIO()
+    with Image.open(io.BytesIO(jpeg)) as image:
+        image.save(buffer, format="JPEG", quality=60)
+    return buffer.getvalue()
+
+
+def _blank_photo() -> bytes:
+    """A photo of nothing: one flat grey (a covered lens)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", _PHOTO_SIZE, (40, 40, 40)).save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()
 
 

@@ -1,11 +1,16 @@
-"""The verification worker: collect evidence from the locker, analyse it, settle the asset."""
+"""The verification worker: collect evidence from the locker, analyse it, settle the asset.
+
+A failed collection (device offline, no answer in time, a fault or malformed reply) is
+retried ``verify_retry_base`` seconds later, doubling each time; after
+``verify_max_attempts`` attempts the verification is ``failed`` and an ops alert escalates it.
+The asset stays ``linked``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from datetime import UTC, datetime
-from typing import Any
 
 import structlog
 
@@ -14,17 +19,56 @@ from proveniq_core.config import Settings
 from proveniq_core.errors import CoreError, LockerError
 from proveniq_core.ledger import assets, audit
 from proveniq_core.locker.gateway import LockerGateway
+from proveniq_core.observability import metrics
+from proveniq_core.ops import alerts
+from proveniq_core.verify import reviews
 from proveniq_core.verify.analysis import (
+    Analysis,
+    Evidence,
+    Limits,
     MalformedEvidenceError,
+    Match,
+    PhotoFacts,
     Site,
     analyze,
+    inspect_photo,
     parse_evidence,
 )
 from proveniq_core.verify.evidence import EvidenceStore
+from proveniq_core.webhooks import outbox
 
 log = structlog.get_logger(__name__)
 _COMMANDS = uuid.UUID("0b7e4f0c-5a53-4a3c-8f0e-7c2d9b1e6a44")
 ACTOR = "system:verify"
+FAILED_ALERT = "E_VERIFY_FAILED"
+
+
+def limits(settings: Settings) -> Limits:
+    return Limits(
+        skew_s=settings.verify_timestamp_skew,
+        blank_stddev=settings.verify_blank_stddev,
+        duplicate_distance=settings.verify_duplicate_distance,
+        similar_distance=settings.verify_similar_distance,
+    )
+
+
+def retry_delay(settings: Settings, attempt: int) -> float:
+    """Seconds before the attempt after ``attempt`` (1-based): base, then doubling."""
+    return float(settings.verify_retry_base * 2 ** (attempt - 1))
+
+
+async def _completed(conn: db.Conn, job: db.Row, outcome: str, reasons: list[str]) -> None:
+    await outbox.emit(
+        conn,
+        job["tenant_id"],
+        "verification.completed",
+        {
+            "assetId": str(job["asset_id"]),
+            "verificationId": str(job["id"]),
+            "outcome": outcome,
+            "reasons": reasons,
+        },
+    )
 
 
 class VerifyWorker:
@@ -75,42 +119,43 @@ class VerifyWorker:
             )
             evidence = parse_evidence(result)
         except (LockerError, MalformedEvidenceError) as exc:
-            await self._retry_or_fail(job, exc)
+            await self._retry_or_escalate(job, asset, exc)
             return
-        hashes = [self.store.put(p.data) for p in evidence.photos]
+        # Decoding and hashing photos is CPU-bound: off the event loop, like the disk writes.
+        facts = [await asyncio.to_thread(inspect_photo, p.data) for p in evidence.photos]
+        for photo in evidence.photos:
+            await asyncio.to_thread(self.store.put, photo.data)
+        nearest = await self._nearest(job, facts)
         site = Site(locker["site_lat"], locker["site_lon"], locker["geofence_m"])
         outcome = analyze(
-            evidence, site, now=datetime.now(UTC), skew_s=self.settings.verify_timestamp_skew
+            evidence,
+            site,
+            now=datetime.now(UTC),
+            limits=limits(self.settings),
+            facts=facts,
+            nearest=nearest,
         )
-        await self._settle(
-            job,
-            evidence.photos,
-            hashes,
-            outcome.status,
-            outcome.reasons,
-            {
-                "checks": outcome.checks,
-                "evidence": {
-                    "photos": hashes,
-                    "gps": {
-                        "lat": evidence.lat,
-                        "lon": evidence.lon,
-                        "accuracyM": evidence.accuracy_m,
-                    },
-                    "timestamp": evidence.timestamp.isoformat(),
-                },
-            },
-        )
+        await self._settle(job, evidence, facts, outcome)
+
+    async def _nearest(self, job: db.Row, facts: list[PhotoFacts]) -> Match | None:
+        """The evidence of another asset closest to any of these photos."""
+        best: Match | None = None
+        async with db.connection(self.pool) as conn:
+            for f in facts:
+                if f.phash is None:
+                    continue
+                row = await db.fetch_one(
+                    conn, "nearest_evidence", {"phash": f.phash, "asset_id": job["asset_id"]}
+                )
+                if row is not None and (best is None or row["distance"] < best.distance):
+                    same_tenant = row["tenant_id"] == job["tenant_id"]
+                    best = Match(row["distance"], str(row["asset_id"]) if same_tenant else None)
+        return best
 
     async def _settle(
-        self,
-        job: db.Row,
-        photos: Any,
-        hashes: list[str],
-        status: str,
-        reasons: list[str],
-        detail: dict[str, Any],
+        self, job: db.Row, evidence: Evidence, facts: list[PhotoFacts], outcome: Analysis
     ) -> None:
+        status, reasons = outcome.status, outcome.reasons
         async with db.transaction(self.pool) as conn:
             current = await db.fetch_one(conn, "get_verification_for_update", {"id": job["id"]})
             if (
@@ -120,7 +165,7 @@ class VerifyWorker:
             ):
                 log.info("verification_superseded", verification_id=str(job["id"]))
                 return
-            for photo, digest in zip(photos, hashes, strict=True):
+            for photo, fact in zip(evidence.photos, facts, strict=True):
                 await db.execute(
                     conn,
                     "insert_evidence",
@@ -129,11 +174,17 @@ class VerifyWorker:
                         "verification_id": job["id"],
                         "asset_id": job["asset_id"],
                         "tenant_id": job["tenant_id"],
-                        "sha256": digest,
-                        "content_type": photo.content_type,
+                        "sha256": fact.sha256,
+                        "content_type": fact.content_type,
                         "size_bytes": len(photo.data),
+                        "phash": fact.phash,
+                        "captured_at": evidence.timestamp,
+                        "lat": evidence.lat,
+                        "lon": evidence.lon,
+                        "accuracy_m": evidence.accuracy_m,
                     },
                 )
+            hashes = [f.sha256 for f in facts]
             await db.execute(
                 conn,
                 "finish_verification",
@@ -141,8 +192,18 @@ class VerifyWorker:
                     "id": job["id"],
                     "status": status,
                     "reasons": db.jsonb(reasons),
-                    "checks": db.jsonb(detail["checks"]),
-                    "evidence": db.jsonb(detail["evidence"]),
+                    "checks": db.jsonb(outcome.checks),
+                    "evidence": db.jsonb(
+                        {
+                            "photos": hashes,
+                            "gps": {
+                                "lat": evidence.lat,
+                                "lon": evidence.lon,
+                                "accuracyM": evidence.accuracy_m,
+                            },
+                            "timestamp": evidence.timestamp.isoformat(),
+                        }
+                    ),
                 },
             )
             await assets.transition(
@@ -157,12 +218,25 @@ class VerifyWorker:
                 tenant_id=job["tenant_id"],
                 after={"status": status, "reasons": reasons, "photos": hashes},
             )
+            await _completed(conn, job, status, reasons)
+            if status == "manual_review":
+                await reviews.open_review(
+                    conn,
+                    verification_id=job["id"],
+                    asset_id=job["asset_id"],
+                    tenant_id=job["tenant_id"],
+                    reasons=reasons,
+                    timeout=self.settings.review_timeout,
+                )
+        metrics.verification_outcome(status)
         log.info("verification_completed", verification_id=str(job["id"]), status=status)
 
-    async def _retry_or_fail(self, job: db.Row, exc: Exception) -> None:
+    async def _retry_or_escalate(self, job: db.Row, asset: db.Row, exc: Exception) -> None:
+        """Retry on a doubling schedule; after the last attempt, fail with an ops alert."""
         code = exc.code if isinstance(exc, CoreError) else "E_EVIDENCE_MALFORMED"
+        error = f"{code}: {exc}"
         final = job["attempts"] >= self.settings.verify_max_attempts
-        delay = self.settings.verify_retry_base * 2 ** (job["attempts"] - 1)
+        delay = retry_delay(self.settings, job["attempts"])
         async with db.transaction(self.pool) as conn:
             await db.execute(
                 conn,
@@ -170,7 +244,7 @@ class VerifyWorker:
                 {
                     "id": job["id"],
                     "status": "failed" if final else "queued",
-                    "error": f"{code}: {exc}",
+                    "error": error,
                     "delay": 0 if final else delay,
                 },
             )
@@ -184,11 +258,34 @@ class VerifyWorker:
                     tenant_id=job["tenant_id"],
                     after={"status": "failed", "error": code, "attempts": job["attempts"]},
                 )
+                await alerts.raise_alert(
+                    conn,
+                    code=FAILED_ALERT,
+                    severity="critical",
+                    message=(
+                        f"evidence for asset {job['asset_id']} could not be collected from "
+                        f"locker {asset['locker_ref']} in {job['attempts']} attempts ({code}); "
+                        "the asset stays linked, unverified"
+                    ),
+                    dedup_key=f"verification:{job['id']}:failed",
+                    tenant_id=job["tenant_id"],
+                    subject={
+                        "assetId": str(job["asset_id"]),
+                        "verificationId": str(job["id"]),
+                        "lockerRef": asset["locker_ref"],
+                        "attempts": job["attempts"],
+                        "error": code,
+                    },
+                )
+                await _completed(conn, job, "failed", [error])
+        if final:
+            metrics.verification_outcome("failed")
         log.warning(
             "verification_attempt_failed",
             verification_id=str(job["id"]),
             attempt=job["attempts"],
             final=final,
+            retry_in=None if final else delay,
             error=code,
         )
 

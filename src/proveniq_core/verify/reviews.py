@@ -1,0 +1,199 @@
+"""Human review of uncertain verifications: opened with the outcome, decided once, expired.
+
+A verification that ends ``manual_review`` opens a review due ``review_timeout`` seconds
+later. A reviewer approves (asset ``verified``) or rejects (asset ``rejected``) it once; a
+second decision is a conflict. A review still undecided when due becomes ``expired`` and
+raises an ops alert (the escalation); it can still be decided, which resolves the alert.
+The due time lives in PostgreSQL, so expiry survives restarts: any worker claims due
+reviews with ``FOR UPDATE SKIP LOCKED``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any, Literal
+
+import structlog
+
+from proveniq_core import db
+from proveniq_core.errors import ConflictError, CoreError, NotFoundError
+from proveniq_core.ledger import assets, audit
+from proveniq_core.ops import alerts
+from proveniq_core.webhooks import outbox
+
+log = structlog.get_logger(__name__)
+
+ACTOR = "system:verify"
+EXPIRED_ALERT = "E_REVIEW_EXPIRED"
+
+Decision = Literal["approve", "reject"]
+ReviewStatus = Literal["pending", "expired", "approved", "rejected"]
+_OUTCOMES: dict[Decision, tuple[ReviewStatus, str]] = {
+    "approve": ("approved", "verified"),
+    "reject": ("rejected", "rejected"),
+}
+
+
+def alert_key(review_id: Any) -> str:
+    return f"review:{review_id}:expired"
+
+
+async def open_review(
+    conn: db.Conn,
+    *,
+    verification_id: Any,
+    asset_id: Any,
+    tenant_id: str,
+    reasons: list[str],
+    timeout: float,
+) -> db.Row:
+    """Open the review of a verification that ended ``manual_review``, in its transaction."""
+    row = await db.fetch_one(
+        conn,
+        "insert_review",
+        {
+            "id": uuid.uuid4(),
+            "verification_id": verification_id,
+            "asset_id": asset_id,
+            "tenant_id": tenant_id,
+            "reasons": db.jsonb(reasons),
+            "timeout": timeout,
+        },
+    )
+    assert row is not None  # the caller holds the verification, settling it once
+    await audit.record(
+        conn,
+        actor=ACTOR,
+        action="review.opened",
+        entity_type="review",
+        entity_id=str(row["id"]),
+        tenant_id=tenant_id,
+        after={
+            "assetId": str(asset_id),
+            "verificationId": str(verification_id),
+            "dueAt": row["due_at"].isoformat(),
+        },
+    )
+    await outbox.emit(
+        conn,
+        tenant_id,
+        "review.required",
+        {"reviewId": str(row["id"]), "assetId": str(asset_id), "dueAt": row["due_at"].isoformat()},
+    )
+    return row
+
+
+async def decide(
+    pool: db.Pool,
+    *,
+    tenant_id: str,
+    review_id: str,
+    decision: Decision,
+    note: str | None,
+    actor: str,
+    request_id: str | None = None,
+) -> db.Row:
+    """Record a reviewer's decision and move the asset; ``ConflictError`` if already decided."""
+    try:
+        uuid.UUID(review_id)
+    except ValueError:
+        raise NotFoundError(f"review {review_id} not found") from None
+    status, outcome = _OUTCOMES[decision]
+    async with db.transaction(pool) as conn:
+        review = await db.fetch_one(
+            conn, "get_review_for_update", {"id": review_id, "tenant_id": tenant_id}
+        )
+        if review is None:
+            raise NotFoundError(f"review {review_id} not found")
+        if review["status"] not in ("pending", "expired"):
+            raise ConflictError(
+                f"review {review_id} was already decided: {review['status']}",
+                details={"status": review["status"], "decidedAt": review["decided_at"].isoformat()},
+            )
+        row = await db.fetch_one(
+            conn,
+            "decide_review",
+            {"id": review_id, "status": status, "decided_by": actor, "note": note},
+        )
+        assert row is not None
+        asset_id = str(review["asset_id"])
+        await assets.transition(
+            conn,
+            asset_id,
+            outcome,
+            actor=actor,
+            request_id=request_id,
+            reason=f"review {status}" + (f": {note}" if note else ""),
+        )
+        await audit.record(
+            conn,
+            actor=actor,
+            action=f"review.{status}",
+            entity_type="review",
+            entity_id=review_id,
+            tenant_id=tenant_id,
+            before={"status": review["status"]},
+            after={"status": status, "note": note, "assetId": asset_id, "assetStatus": outcome},
+            request_id=request_id,
+        )
+        await outbox.emit(
+            conn,
+            tenant_id,
+            "verification.completed",
+            {
+                "assetId": asset_id,
+                "verificationId": str(review["verification_id"]),
+                "outcome": outcome,
+                "reasons": review["reasons"],
+                "reviewId": review_id,
+            },
+        )
+        if review["status"] == "expired":
+            await db.execute(conn, "resolve_alerts", {"dedup_keys": [alert_key(review_id)]})
+    log.info("review_decided", review_id=review_id, status=status, actor=actor)
+    return row | {"checks": review["checks"]}
+
+
+async def expire_due(pool: db.Pool, *, limit: int = 100) -> int:
+    """Expire the reviews past due (one batch) and escalate each; return how many."""
+    async with db.transaction(pool) as conn:
+        rows = await db.fetch_all(conn, "expire_due_reviews", {"limit": limit})
+        for row in rows:
+            review_id, asset_id = str(row["id"]), str(row["asset_id"])
+            await audit.record(
+                conn,
+                actor=ACTOR,
+                action="review.expired",
+                entity_type="review",
+                entity_id=review_id,
+                tenant_id=row["tenant_id"],
+                before={"status": "pending"},
+                after={"status": "expired", "dueAt": row["due_at"].isoformat()},
+            )
+            await alerts.raise_alert(
+                conn,
+                code=EXPIRED_ALERT,
+                severity="critical",
+                message=(
+                    f"review {review_id} of asset {asset_id} was not decided by "
+                    f"{row['due_at'].isoformat()}; a senior reviewer must decide it"
+                ),
+                dedup_key=alert_key(review_id),
+                tenant_id=row["tenant_id"],
+                subject={"reviewId": review_id, "assetId": asset_id},
+            )
+    for row in rows:
+        log.warning("review_expired", review_id=str(row["id"]), asset_id=str(row["asset_id"]))
+    return len(rows)
+
+
+async def run_expiry(pool: db.Pool, interval: float) -> None:
+    """Expire due reviews every ``interval`` seconds until cancelled; outages are logged."""
+    while True:
+        try:
+            while await expire_due(pool) > 0:
+                pass
+        except CoreError as exc:
+            log.warning("review_expiry_error", error=str(exc), code=exc.code)
+        await asyncio.sleep(interval)
