@@ -9,6 +9,7 @@ from typing import Any
 from proveniq_core import db
 from proveniq_core.errors import ConflictError, LedgerConstraintError, NotFoundError
 from proveniq_core.ledger import audit
+from proveniq_core.webhooks import outbox
 
 
 def snapshot(row: db.Row) -> dict[str, Any]:
@@ -18,6 +19,24 @@ def snapshot(row: db.Row) -> dict[str, Any]:
         "version": row["version"],
         "lockerRef": row["locker_ref"],
         "lockerId": row["locker_id"],
+    }
+
+
+def event_data(
+    row: db.Row, previous: str | None = None, reason: str | None = None
+) -> dict[str, Any]:
+    """What an ``asset.*`` webhook event says about the asset."""
+    return {
+        "assetId": str(row["id"]),
+        "name": row["name"],
+        "category": row["category"],
+        "lockerRef": row["locker_ref"],
+        "lockerId": row["locker_id"],
+        "status": row["status"],
+        "previousStatus": previous,
+        "version": row["version"],
+        "sagaId": str(row["saga_id"]) if row["saga_id"] else None,
+        "reason": reason,
     }
 
 
@@ -61,6 +80,7 @@ async def create(
         request_id=request_id,
         saga_id=saga_id,
     )
+    await outbox.emit(conn, tenant_id, "asset.created", event_data(row))
     return row
 
 
@@ -97,6 +117,10 @@ async def transition(
         request_id=request_id,
         saga_id=saga_id,
     )
+    event = outbox.ASSET_STATUS_EVENTS.get(to)
+    if event is not None and before["status"] != to:
+        data = event_data(after, before["status"], reason)
+        await outbox.emit(conn, before["tenant_id"], event, data)
     return after
 
 

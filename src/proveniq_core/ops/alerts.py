@@ -8,6 +8,7 @@ from typing import Any, Literal
 import structlog
 
 from proveniq_core import db
+from proveniq_core.webhooks import outbox
 
 log = structlog.get_logger(__name__)
 
@@ -27,7 +28,8 @@ async def raise_alert(
     """Open an alert for ``dedup_key``, or count one more occurrence of the open one.
 
     Call it inside the transaction of the state change that warrants it, so the alert
-    exists exactly when the change does.
+    exists exactly when the change does. Opening a tenant's alert emits the webhook event
+    ``ops.alert`` (a repeat of an open alert only counts).
     """
     row = await db.fetch_one(
         conn,
@@ -43,5 +45,19 @@ async def raise_alert(
         },
     )
     assert row is not None
+    if tenant_id is not None and row["count"] == 1:
+        await outbox.emit(conn, tenant_id, "ops.alert", alert_data(row))
     log.warning("ops_alert", code=code, severity=severity, dedup_key=dedup_key, count=row["count"])
     return row
+
+
+def alert_data(row: db.Row) -> dict[str, Any]:
+    """What an ``ops.alert`` webhook event says about the alert."""
+    return {
+        "alertId": str(row["id"]),
+        "code": row["code"],
+        "severity": row["severity"],
+        "message": row["message"],
+        "subject": row["subject"],
+        "firstAt": row["first_at"].isoformat(),
+    }

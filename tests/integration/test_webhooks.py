@@ -1,0 +1,590 @@
+"""Webhooks (DESIGN.md §6) through the real API, the real workers and a real HTTP receiver.
+
+Each receiver is an HTTP server on a free local port that records every POST and answers
+from a script (then 200). Signatures are checked with the ``standardwebhooks`` library, as
+a tenant's receiver would. Long backoffs are skipped by making a delivery due in the
+database, never by sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from standardwebhooks import Webhook
+
+from proveniq_core import db
+from proveniq_core.ledger import keys
+from proveniq_core.locker.faults import parse_rule
+from proveniq_core.service import Core
+from proveniq_core.webhooks import emit
+from proveniq_core.webhooks.delivery import MAX_ATTEMPTS, SCHEDULE, DeliveryWorker
+from tests.integration.conftest import TENANT, api_client, core_running, first_ref
+
+ASSET_EVENTS = [
+    "asset.created",
+    "asset.linked",
+    "asset.link_deferred",
+    "asset.link_failed",
+    "asset.compensated",
+]
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Receiver:
+    """A local HTTP server: records each POST, answers ``script`` in order, then 200."""
+
+    script: list[tuple[int, dict[str, str]]] = field(default_factory=list)
+    requests: list[Received] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+
+    def answer(self, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str]]:
+        with self.lock:
+            self.requests.append(Received(headers, body))
+            return self.script.pop(0) if self.script else (200, {})
+
+    def received(self) -> list[Received]:
+        with self.lock:
+            return list(self.requests)
+
+    def verified(self, secret: str) -> list[dict[str, Any]]:
+        """Every request's payload, after its signature verified; plus its webhook-id."""
+        hook = Webhook(secret)
+        out = []
+        for r in self.received():
+            payload = hook.verify(r.body, r.headers)
+            out.append({**payload, "webhookId": r.headers["webhook-id"]})
+        return out
+
+
+@pytest.fixture
+def receivers() -> Iterator[Callable[..., Receiver]]:
+    """Start receivers on demand; stop them all at the end of the test."""
+    started: list[tuple[ThreadingHTTPServer, threading.Thread]] = []
+
+    def start(*script: tuple[int, dict[str, str]]) -> Receiver:
+        receiver = Receiver(script=list(script))
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                status, headers = receiver.answer(dict(self.headers.items()), body)
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("content-length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        receiver.server = server
+        started.append((server, thread))
+        return receiver
+
+    yield start
+    for server, thread in started:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest_asyncio.fixture
+async def other_tenant(core: Core) -> AsyncIterator[httpx.AsyncClient]:
+    key = await keys.create_key(core.pool, "globex", keys.SCOPES, name="other tenant")
+    async with api_client(core, key) as http:
+        yield http
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
+    while not await check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def subscribe(
+    client: httpx.AsyncClient, url: str, events: list[str], secret: str | None = None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"url": url, "events": events}
+    if secret is not None:
+        body["secret"] = secret
+    resp = await client.post("/api/webhooks", json=body)
+    assert resp.status_code == 201, resp.text
+    return dict(resp.json())
+
+
+async def register(client: httpx.AsyncClient, ref: str, expect: int = 201) -> dict[str, Any]:
+    resp = await client.post(
+        "/api/assets", json={"name": "Leica M6", "category": "camera", "lockerRef": ref}
+    )
+    assert resp.status_code == expect, resp.text
+    return dict(resp.json())
+
+
+async def deliveries(client: httpx.AsyncClient, webhook_id: str) -> list[dict[str, Any]]:
+    resp = await client.get(f"/api/webhooks/{webhook_id}/deliveries")
+    assert resp.status_code == 200, resp.text
+    return list(resp.json()["items"])
+
+
+async def webhook(client: httpx.AsyncClient, webhook_id: str) -> dict[str, Any]:
+    resp = await client.get(f"/api/webhooks/{webhook_id}")
+    assert resp.status_code == 200, resp.text
+    return dict(resp.json())
+
+
+async def wait_for_requests(receiver: Receiver, n: int) -> None:
+    async def arrived() -> bool:
+        return len(receiver.received()) >= n
+
+    await eventually(arrived)
+
+
+async def wait_for_attempts(
+    client: httpx.AsyncClient, webhook_id: str, n: int, status: str
+) -> dict[str, Any]:
+    """The endpoint's one delivery, once ``n`` attempts are logged and it is ``status``."""
+    found: list[dict[str, Any]] = []
+
+    async def logged() -> bool:
+        found[:] = await deliveries(client, webhook_id)
+        return len(found) == 1 and len(found[0]["attempts"]) == n and found[0]["status"] == status
+
+    await eventually(logged)
+    return found[0]
+
+
+async def make_due(core: Core, webhook_id: str) -> None:
+    """Move the clock: the endpoint's pending deliveries are due now."""
+    async with db.connection(core.pool) as conn:
+        await conn.execute(
+            "UPDATE webhook_deliveries SET next_attempt_at = now()"
+            " WHERE endpoint_id = %s AND status = 'pending'",
+            (webhook_id,),
+        )
+
+
+def at(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+async def test_registration_delivers_asset_created_and_linked_signed(
+    core: Core, client: httpx.AsyncClient, receivers: Callable[..., Receiver]
+) -> None:
+    """A registration reaches a subscriber as exactly asset.created and asset.linked (then
+    possibly verification.completed), each signed so that the standardwebhooks library
+    verifies it, each delivered at the first attempt."""
+    receiver = receivers()
+    hook = await subscribe(client, receiver.url, [*ASSET_EVENTS, "verification.completed"])
+    created = await register(client, first_ref(core))
+
+    def asset_events() -> list[dict[str, Any]]:
+        return [p for p in receiver.verified(hook["secret"]) if p["type"].startswith("asset.")]
+
+    async def both_arrived() -> bool:
+        return len(asset_events()) >= 2
+
+    await eventually(both_arrived)
+    payloads = asset_events()
+    assert sorted(p["type"] for p in payloads) == ["asset.created", "asset.linked"]
+    by_type = {p["type"]: p for p in payloads}
+    assert by_type["asset.created"]["data"]["assetId"] == created["assetId"]
+    assert by_type["asset.created"]["data"]["status"] == "pending"
+    linked = by_type["asset.linked"]["data"]
+    assert (linked["assetId"], linked["status"], linked["previousStatus"]) == (
+        created["assetId"],
+        "linked",
+        "pending",
+    )
+    assert linked["lockerId"] == created["lockerId"]
+    assert by_type["asset.created"]["webhookId"] != by_type["asset.linked"]["webhookId"]
+
+    async def delivered() -> bool:
+        log = await deliveries(client, hook["webhookId"])
+        return all(d["status"] == "delivered" for d in log)
+
+    await eventually(delivered)
+    log = await deliveries(client, hook["webhookId"])
+    assert sorted(d["eventType"] for d in log if d["eventType"].startswith("asset.")) == [
+        "asset.created",
+        "asset.linked",
+    ]
+    for d in log:
+        assert [a["statusCode"] for a in d["attempts"]] == [200]
+        assert d["attempts"][0]["error"] is None
+    for p in receiver.verified(hook["secret"]):  # verification.completed, if Verify was quick
+        assert p["data"]["assetId"] == created["assetId"]
+    assert {p["webhookId"] for p in payloads} <= {d["messageId"] for d in log}
+    assert len(asset_events()) == 2
+
+
+async def test_hardware_fault_emits_link_failed_and_ops_alert(
+    core: Core, client: httpx.AsyncClient, receivers: Callable[..., Receiver]
+) -> None:
+    """A locker hardware fault (502) reaches a subscriber as asset.created, asset.link_failed
+    and the ops.alert raised for it."""
+    receiver = receivers()
+    hook = await subscribe(client, receiver.url, [*ASSET_EVENTS, "ops.alert"])
+    ref = first_ref(core)
+    assert core.fleet is not None
+    core.fleet.faults.add(parse_rule({"lockerRef": ref, "fault": "hardware_fault", "count": 1}))
+    failed = await register(client, ref, expect=502)
+    asset_id = failed["error"]["assetId"]
+
+    await wait_for_requests(receiver, 3)
+    by_type = {p["type"]: p["data"] for p in receiver.verified(hook["secret"])}
+    assert set(by_type) == {"asset.created", "asset.link_failed", "ops.alert"}
+    assert by_type["asset.link_failed"]["assetId"] == asset_id
+    assert by_type["asset.link_failed"]["status"] == "link_failed"
+    assert by_type["asset.link_failed"]["reason"] == "hardware_fault"
+    assert by_type["ops.alert"]["code"] == "E_LOCKER_HARDWARE"
+    assert by_type["ops.alert"]["severity"] == "critical"
+    assert by_type["ops.alert"]["subject"]["assetId"] == asset_id
+
+
+async def test_failed_attempt_is_retried_with_the_same_webhook_id(
+    core: Core, client: httpx.AsyncClient, receivers: Callable[..., Receiver]
+) -> None:
+    """A 500 is retried on the schedule (not before 5 s) and then delivered: same webhook-id,
+    same body, a fresh signature; the log shows both attempts."""
+    receiver = receivers((500, {}))
+    hook = await subscribe(client, receiver.url, ["asset.created"])
+    await register(client, first_ref(core))
+
+    first = await wait_for_attempts(client, hook["webhookId"], 1, "pending")
+    assert first["attempts"][0]["statusCode"] == 500
+    assert first["lastError"].startswith("HTTP 500")
+    wait = at(first["nextAttemptAt"]) - at(first["attempts"][0]["attemptedAt"])
+    assert wait >= timedelta(seconds=SCHEDULE[0])
+    assert len(receiver.received()) == 1
+
+    await make_due(core, hook["webhookId"])
+    done = await wait_for_attempts(client, hook["webhookId"], 2, "delivered")
+    assert [a["statusCode"] for a in done["attempts"]] == [500, 200]
+    assert done["nextAttemptAt"] is None
+    payloads = receiver.verified(hook["secret"])
+    assert len(payloads) == 2
+    assert payloads[0] == payloads[1]
+    assert payloads[0]["webhookId"] == done["messageId"]
+
+
+@pytest.mark.parametrize(
+    ("status", "header"),
+    [(429, "seconds"), (503, "http-date")],
+)
+async def test_retry_after_is_honoured(
+    core: Core,
+    client: httpx.AsyncClient,
+    receivers: Callable[..., Receiver],
+    status: int,
+    header: str,
+) -> None:
+    """A 429 or 503 with Retry-After (seconds or an HTTP date) is not retried before then."""
+    hour = 3600
+    value = (
+        str(hour)
+        if header == "seconds"
+        else email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=hour), usegmt=True)
+    )
+    receiver = receivers((status, {"Retry-After": value}))
+    hook = await subscribe(client, receiver.url, ["asset.created"])
+    await register(client, first_ref(core))
+
+    first = await wait_for_attempts(client, hook["webhookId"], 1, "pending")
+    assert first["attempts"][0]["statusCode"] == status
+    wait = at(first["nextAttemptAt"]) - at(first["attempts"][0]["attemptedAt"])
+    assert wait >= timedelta(seconds=hour - 2)  # an HTTP date has whole seconds
+
+    await make_due(core, hook["webhookId"])
+    await wait_for_attempts(client, hook["webhookId"], 2, "delivered")
+    assert len(receiver.verified(hook["secret"])) == 2
+
+
+async def test_gone_disables_the_endpoint_until_enabled(
+    core: Core, client: httpx.AsyncClient, receivers: Callable[..., Receiver]
+) -> None:
+    """410 Gone fails the delivery and disables the endpoint at once (no alert): it gets no
+    new events and refuses redelivery until enabled, then events flow again."""
+    receiver = receivers((410, {}))
+    hook = await subscribe(client, receiver.url, ["asset.created"])
+    ref = first_ref(core)
+    await register(client, ref)
+
+    gone = await wait_for_attempts(client, hook["webhookId"], 1, "failed")
+    disabled = await webhook(client, hook["webhookId"])
+    assert disabled["status"] == "disabled"
+    assert "410" in disabled["disabledReason"]
+    alerts = await client.get("/api/ops/alerts", params={"code": "E_WEBHOOK_FAILING"})
+    assert alerts.json()["items"] == []
+
+    await register(client, ref)  # its event is written before the 201: none for this endpoint
+    assert len(await deliveries(client, hook["webhookId"])) == 1
+    resp = await client.post(
+        f"/api/webhooks/{hook['webhookId']}/deliveries/{gone['deliveryId']}/redeliver"
+    )
+    assert resp.status_code == 409, resp.text
+    assert resp.json()["error"]["code"] == "E_CONFLICT"
+
+    resp = await client.post(f"/api/webhooks/{hook['webhookId']}/enable")
+    assert resp.status_code == 200, resp.text
+    assert (resp.json()["status"], resp.json()["disabledReason"]) == ("active", None)
+    third = await register(client, ref)
+    await wait_for_requests(receiver, 2)
+    assert receiver.verified(hook["secret"])[1]["data"]["assetId"] == third["assetId"]
+
+
+async def test_exhausted_schedule_disables_the_endpoint_and_alerts(
+    core: Core, client: httpx.AsyncClient, receivers: Callable[..., Receiver]
+) -> None:
+    """A receiver failing every attempt is retried on the whole schedule (more than 24 h,
+    clock moved), then the delivery fails, the endpoint is disabled and an ops alert is
+    raised, which reaches the tenant's other endpoints as ops.alert."""
+    failing = receivers(*[(500, {})] * MAX_ATTEMPTS)
+    watcher = receivers()
+    hook = await subscribe(client, failing.url, ["asset.created"])
+    ops = await subscribe(client, watcher.url, ["ops.alert"])
+    await register(client, first_ref(core))
+
+    waited = timedelta()
+    for n in range(1, MAX_ATTEMPTS):
+        d = await wait_for_attempts(client, hook["webhookId"], n, "pending")
+        wait = at(d["nextAttemptAt"]) - at(d["attempts"][-1]["attemptedAt"])
+        assert wait >= timedelta(seconds=SCHEDULE[n - 1])
+        waited += wait
+        assert (await webhook(client, hook["webhookId"]))["status"] == "active"
+        await make_due(core, hook["webhookId"])
+    assert waited >= timedelta(hours=24)
+
+    last = await wait_for_attempts(client, hook["webhookId"], MAX_ATTEMPTS, "failed")
+    assert [a["statusCode"] for a in last["attempts"]] == [500] * MAX_ATTEMPTS
+    assert len({r.headers["webhook-id"] for r in failing.received()}) == 1
+    disabled = await webhook(client, hook["webhookId"])
+    assert disabled["status"] == "disabled"
+
+    resp = await client.get("/api/ops/alerts", params={"code": "E_WEBHOOK_FAILING"})
+    [alert] = resp.json()["items"]
+    assert alert["subject"]["webhookId"] == hook["webhookId"]
+
+    def failing_alerts() -> list[dict[str, Any]]:
+        return [e for e in watcher.verified(ops["secret"]) if e["data"]["code"] == alert["code"]]
+
+    async def alerted() -> bool:
+        return bool(failing_alerts())
+
+    await eventually(alerted)
+    [event] = failing_alerts()
+    assert event["type"] == "ops.alert"
+    assert event["data"]["alertId"] == alert["alertId"]
+    assert event["data"]["subject"]["webhookId"] == hook["webhookId"]
+
+    resp = await client.post(f"/api/webhooks/{hook['webhookId']}/enable")
+    assert resp.status_code == 200, resp.text
+    resp = await client.get("/api/ops/alerts", params={"code": "E_WEBHOOK_FAILING", "open": True})
+    assert resp.json()["items"] == []
+
+
+async def test_redelivery_sends_the_same_message_again(
+    core: Core, client: httpx.AsyncClient, receivers: Callable[..., Receiver]
+) -> None:
+    """Redelivering a delivered message sends it again with the same webhook-id, as a new
+    delivery in the log."""
+    receiver = receivers()
+    hook = await subscribe(client, receiver.url, ["asset.created"])
+    await register(client, first_ref(core))
+    original = await wait_for_attempts(client, hook["webhookId"], 1, "delivered")
+
+    resp = await client.post(
+        f"/api/webhooks/{hook['webhookId']}/deliveries/{original['deliveryId']}/redeliver"
+    )
+    assert resp.status_code == 202, resp.text
+    again = resp.json()
+    assert again["status"] == "pending"
+    assert again["redeliveryOf"] == original["deliveryId"]
+    assert again["messageId"] == original["messageId"]
+
+    await wait_for_requests(receiver, 2)
+    first, second = receiver.verified(hook["secret"])
+    assert first == second
+    assert second["webhookId"] == original["messageId"]
+
+    async def delivered() -> bool:
+        return all(d["status"] == "delivered" for d in await deliveries(client, hook["webhookId"]))
+
+    await eventually(delivered)
+    assert len(await deliveries(client, hook["webhookId"])) == 2
+
+
+async def test_no_event_for_a_rolled_back_change(
+    core: Core, client: httpx.AsyncClient, receivers: Callable[..., Receiver]
+) -> None:
+    """An event emitted in a transaction that rolls back, or for a registration refused
+    (unknown locker), is never delivered; one emitted in a committed transaction is."""
+    receiver = receivers()
+    hook = await subscribe(client, receiver.url, ["asset.created"])
+    await register(client, "no-such-locker", expect=422)
+
+    class Abort(Exception):
+        pass
+
+    with pytest.raises(Abort):
+        async with db.transaction(core.pool) as conn:
+            await emit(conn, TENANT, "asset.created", {"marker": "rolled back"})
+            raise Abort
+    async with db.transaction(core.pool) as conn:
+        await emit(conn, TENANT, "asset.created", {"marker": "committed"})
+
+    await wait_for_attempts(client, hook["webhookId"], 1, "delivered")
+    assert [p["data"] for p in receiver.verified(hook["secret"])] == [{"marker": "committed"}]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"url": "ftp://example.com/hook", "events": ["asset.created"]},
+        {"url": "http://", "events": ["asset.created"]},
+        {"url": "not a url", "events": ["asset.created"]},
+        {"url": "javascript:alert(1)", "events": ["asset.created"]},
+        {"url": "https://example.com/hook", "events": []},
+        {"url": "https://example.com/hook", "events": ["asset.exploded"]},
+        {"url": "https://example.com/hook"},
+        {"url": "https://example.com/hook", "events": ["asset.created"], "secret": "hunter2"},
+        {"url": "https://example.com/hook", "events": ["asset.created"], "secret": "whsec_!!"},
+        {"url": "https://example.com/hook", "events": ["asset.created"], "extra": 1},
+    ],
+)
+async def test_invalid_subscriptions_are_refused(
+    client: httpx.AsyncClient, body: dict[str, Any]
+) -> None:
+    """A URL that is not http(s) with a host, an unknown or empty event list, a secret that
+    is not whsec_ + base64, or an unknown field: 422 in the envelope, nothing created."""
+    resp = await client.post("/api/webhooks", json=body)
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["error"]["code"] == "E_VALIDATION"
+    listed = await client.get("/api/webhooks")
+    assert listed.json()["items"] == []
+
+
+async def test_secret_is_shown_once(client: httpx.AsyncClient) -> None:
+    """A generated secret is whsec_ + base64 of 32 bytes, a given one is kept; either is in
+    the create answer only, never in a read or a listing."""
+    generated = await subscribe(client, "https://example.com/a", ["asset.linked"])
+    assert generated["secret"].startswith("whsec_")
+    assert len(base64.b64decode(generated["secret"].removeprefix("whsec_"))) == 32
+    given_secret = "whsec_" + base64.b64encode(b"k" * 24).decode()
+    given = await subscribe(client, "https://example.com/b", ["ops.alert"], given_secret)
+    assert given["secret"] == given_secret
+
+    one = await client.get(f"/api/webhooks/{generated['webhookId']}")
+    listed = await client.get("/api/webhooks")
+    assert "secret" not in one.json()
+    assert all("secret" not in item for item in listed.json()["items"])
+    assert given_secret not in listed.text and generated["secret"] not in listed.text
+
+
+async def test_listing_pages_and_delete(client: httpx.AsyncClient) -> None:
+    """The tenant's endpoints list newest first in pages; a deleted one is gone (404)."""
+    made = [
+        await subscribe(client, f"https://example.com/{i}", ["asset.created"]) for i in range(3)
+    ]
+    page = (await client.get("/api/webhooks", params={"limit": 2})).json()
+    rest = (await client.get("/api/webhooks", params={"cursor": page["nextCursor"]})).json()
+    ids = [w["webhookId"] for w in page["items"] + rest["items"]]
+    assert ids == [w["webhookId"] for w in reversed(made)]
+    assert rest["nextCursor"] is None
+
+    resp = await client.delete(f"/api/webhooks/{made[0]['webhookId']}")
+    assert resp.status_code == 204
+    assert (await client.get(f"/api/webhooks/{made[0]['webhookId']}")).status_code == 404
+    assert (await client.delete(f"/api/webhooks/{made[0]['webhookId']}")).status_code == 404
+    assert len((await client.get("/api/webhooks")).json()["items"]) == 2
+
+
+async def test_scope_and_tenant_isolation(
+    core: Core, client: httpx.AsyncClient, other_tenant: httpx.AsyncClient
+) -> None:
+    """Without webhooks:manage every route is 403; another tenant's endpoint and deliveries
+    are 404 to every route, and absent from its listing."""
+    hook = await subscribe(client, "https://example.com/hook", ["asset.created"])
+    base = f"/api/webhooks/{hook['webhookId']}"
+    routes = [
+        ("POST", "/api/webhooks", {"url": "https://example.com/x", "events": ["ops.alert"]}),
+        ("GET", "/api/webhooks", None),
+        ("GET", base, None),
+        ("DELETE", base, None),
+        ("POST", f"{base}/enable", None),
+        ("GET", f"{base}/deliveries", None),
+        ("POST", f"{base}/deliveries/{hook['webhookId']}/redeliver", None),
+    ]
+    scopes = [s for s in keys.SCOPES if s != "webhooks:manage"]
+    key = await keys.create_key(core.pool, TENANT, scopes, name="no webhooks")
+    async with api_client(core, key) as limited:
+        for method, path, body in routes:
+            resp = await limited.request(method, path, json=body)
+            assert resp.status_code == 403, (method, path, resp.text)
+            assert resp.json()["error"]["code"] == "E_FORBIDDEN"
+
+    for method, path, body in routes[2:]:
+        resp = await other_tenant.request(method, path, json=body)
+        assert resp.status_code == 404, (method, path, resp.text)
+        assert resp.json()["error"]["code"] == "E_NOT_FOUND"
+    assert (await other_tenant.get("/api/webhooks")).json()["items"] == []
+    assert (await other_tenant.get("/api/webhooks/not-a-uuid")).status_code == 404
+    assert (await client.get(base)).status_code == 200  # untouched by the other tenant
+
+
+async def test_concurrent_workers_deliver_each_message_once(
+    database_url: str, mqtt_url: str, tmp_path: Path, receivers: Callable[..., Receiver]
+) -> None:
+    """Several workers on one database (as in several processes) claim with SKIP LOCKED:
+    every message is delivered exactly once."""
+    receiver = receivers()
+    async with core_running(database_url, mqtt_url, tmp_path, role="api") as core:
+        key = await keys.create_key(core.pool, TENANT, keys.SCOPES, name="workers")
+        async with api_client(core, key) as client:
+            hook = await subscribe(client, receiver.url, ["ops.alert"])
+        async with db.transaction(core.pool) as conn:
+            for n in range(30):
+                await emit(conn, TENANT, "ops.alert", {"n": n})
+        workers = [DeliveryWorker(core.pool) for _ in range(4)]
+
+        async def drain(worker: DeliveryWorker) -> None:
+            while await worker.process_next():
+                pass
+
+        try:
+            await asyncio.gather(*(drain(w) for w in workers for _ in range(3)))
+        finally:
+            for w in workers:
+                await w.aclose()
+    payloads = receiver.verified(hook["secret"])
+    assert sorted(p["data"]["n"] for p in payloads) == list(range(30))
+    assert len({p["webhookId"] for p in payloads}) == 30
