@@ -46,16 +46,31 @@ class Settings(BaseSettings):
     sim_lockers: int = Field(10, ge=0, le=1000, description="embedded fleet size")
     sim_profile: str = "instant"
 
-    verify_timestamp_skew: float = Field(300.0, gt=0)
+    verify_timestamp_skew: float = Field(300.0, gt=0, description="evidence clock tolerance")
     verify_collect_timeout: float = Field(30.0, gt=0)
-    verify_max_attempts: int = Field(5, ge=1)
-    verify_retry_base: float = Field(5.0, gt=0)
+    verify_max_attempts: int = Field(8, ge=1, description="collections before escalating")
+    verify_retry_base: float = Field(
+        30.0, gt=0, description="first retry of a failed collection, doubling (8 tries: ~1 h)"
+    )
+    verify_blank_stddev: float = Field(
+        4.0, ge=0, le=128, description="a photo's grey-level spread below this is blank"
+    )
+    verify_duplicate_distance: int = Field(
+        4, ge=0, le=64, description="pHash distance to another asset's photo: a duplicate"
+    )
+    verify_similar_distance: int = Field(
+        8, ge=0, le=64, description="pHash distance up to this (above duplicate): review"
+    )
+    review_timeout: float = Field(86400.0, gt=0, description="a review expires, undecided")
     poll_interval: float = Field(1.0, gt=0, description="worker fallback poll when no NOTIFY")
 
     saga_lease: float = Field(15.0, gt=0, description="how long a saga claim holds unrenewed")
     saga_concurrency: int = Field(32, ge=1, description="sagas one worker drives at once")
     saga_compensation_rounds: int = Field(5, ge=1, description="tries of a failing compensation")
     saga_compensation_retry_base: float = Field(5.0, gt=0, description="first retry delay")
+
+    webhook_timeout: float = Field(10.0, gt=0, description="how long one webhook POST may take")
+    webhook_concurrency: int = Field(16, ge=1, description="webhook POSTs one worker makes at once")
 
     log_level: str = "info"
     log_json: bool = True

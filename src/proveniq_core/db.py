@@ -36,6 +36,7 @@ from proveniq_core.errors import (
     LedgerConstraintError,
     LedgerDownError,
 )
+from proveniq_core.observability import metrics
 from proveniq_core.resilience.breaker import LEDGER, CircuitBreaker, CircuitOpenError, State
 
 log = structlog.get_logger(__name__)
@@ -261,20 +262,24 @@ async def _through_circuit(pool: Pool) -> AsyncIterator[None]:
 
 @asynccontextmanager
 async def transaction(pool: Pool) -> AsyncIterator[Conn]:
-    """One connection in one transaction, with database errors translated."""
-    async with _through_circuit(pool):
-        with translate_errors():
-            async with pool.connection() as conn, conn.transaction():
-                yield conn
+    """One connection in one transaction, with database errors translated; observed as the
+    ledger's ``transaction`` operation (time to commit or roll back, and which)."""
+    with metrics.timed("ledger", "transaction", metrics.ledger_status):
+        async with _through_circuit(pool):
+            with translate_errors():
+                async with pool.connection() as conn, conn.transaction():
+                    yield conn
 
 
 @asynccontextmanager
 async def connection(pool: Pool) -> AsyncIterator[Conn]:
-    """One autocommit connection, with database errors translated."""
-    async with _through_circuit(pool):
-        with translate_errors():
-            async with pool.connection() as conn:
-                yield conn
+    """One autocommit connection, with database errors translated; observed as the ledger's
+    ``connection`` operation."""
+    with metrics.timed("ledger", "connection", metrics.ledger_status):
+        async with _through_circuit(pool):
+            with translate_errors():
+                async with pool.connection() as conn:
+                    yield conn
 
 
 async def fetch_one(conn: Conn, name: str, params: dict[str, Any] | None = None) -> Row | None:

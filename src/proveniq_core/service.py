@@ -24,8 +24,10 @@ from proveniq_core.resilience.breaker import BreakerRegistry, State
 from proveniq_core.saga.engine import SagaDefinition, SagaEngine
 from proveniq_core.saga.registration import InFlight, LinkPolicy, registration_saga
 from proveniq_core.saga.retry_queue import RetryPolicy, RetryQueue
+from proveniq_core.verify import reviews
 from proveniq_core.verify.evidence import EvidenceStore
 from proveniq_core.verify.worker import VerifyWorker
+from proveniq_core.webhooks.delivery import DeliveryWorker
 
 log = structlog.get_logger(__name__)
 
@@ -234,6 +236,13 @@ async def running(
         if settings.role in ("worker", "all"):
             waker = db.Waker(conninfo)
             worker = VerifyWorker(pool, gateway, core.evidence, settings)
+            webhook_worker = DeliveryWorker(
+                pool,
+                timeout=settings.webhook_timeout,
+                concurrency=settings.webhook_concurrency,
+                poll=settings.poll_interval,
+            )
+            stack.push_async_callback(webhook_worker.aclose)  # after the tasks are cancelled
             core.tasks += [
                 asyncio.create_task(waker.run(), name="waker"),
                 asyncio.create_task(
@@ -243,6 +252,10 @@ async def running(
                     name="saga-worker",
                 ),
                 asyncio.create_task(worker.run(waker), name="verify-worker"),
+                asyncio.create_task(
+                    reviews.run_expiry(pool, settings.poll_interval), name="review-expiry"
+                ),
+                asyncio.create_task(webhook_worker.run(waker), name="webhook-worker"),
                 asyncio.create_task(_seal_forever(pool), name="audit-sealer"),
             ]
 

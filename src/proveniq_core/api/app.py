@@ -10,7 +10,17 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, Request, Response
 
-from proveniq_core.api import circuits, envelope, ops, routes, sim
+from proveniq_core.api import (
+    circuits,
+    envelope,
+    evidence,
+    metrics,
+    ops,
+    reviews,
+    routes,
+    sim,
+    webhooks,
+)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -24,10 +34,15 @@ def create_app(core: Any) -> FastAPI:
     )
     app.state.core = core
     envelope.install(app)
+    metrics.install(app)
+    app.include_router(metrics.router)
     app.include_router(routes.router)
+    app.include_router(evidence.router)
+    app.include_router(reviews.router)
     app.include_router(sim.router)
     app.include_router(ops.router)
     app.include_router(circuits.router)
+    app.include_router(webhooks.router)
 
     @app.middleware("http")
     async def request_ids(

@@ -48,6 +48,7 @@ from proveniq_core.locker.protocol import (
     ref_from_topic,
     validate_ref,
 )
+from proveniq_core.observability import metrics
 from proveniq_core.resilience.breaker import (
     LOCKER,
     BreakerRegistry,
@@ -200,6 +201,7 @@ class LockerGateway:
         validate_ref(ref)
         context: dict[str, Any] = {"lockerRef": ref, "commandId": command_id, "type": type}
         with (
+            metrics.timed("locker", type, metrics.locker_status),
             self._admit(FLEET_CIRCUIT, context, asset_id) as fleet,
             self._admit(device_circuit(ref), context, asset_id),
         ):

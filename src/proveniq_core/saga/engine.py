@@ -36,6 +36,7 @@ import structlog
 
 from proveniq_core import db
 from proveniq_core.errors import ConflictError, CoreError, LockerTimeoutError
+from proveniq_core.observability import metrics
 from proveniq_core.ops import alerts
 
 log = structlog.get_logger(__name__)
@@ -250,6 +251,7 @@ class SagaEngine:
             s.name for s in definition.steps
         ]:
             raise ValueError(f"saga {definition.name!r} is already registered with other steps")
+        metrics.declare_saga(definition.name, [s.name for s in definition.steps])
 
     # -- starting ---------------------------------------------------------------------------
 
@@ -280,7 +282,9 @@ class SagaEngine:
                 async with db.connection(self.pool) as conn:
                     await db.execute(conn, "insert_saga", run.create | {"first_step": first.name})
                 run.create = None
-            return await self._forward(run, 0, 1, begun=not first.transactional)
+            return await self._observed(
+                definition, self._forward(run, 0, 1, begun=not first.transactional)
+            )
         finally:
             self._held.pop(saga_id, None)
 
@@ -500,9 +504,10 @@ class SagaEngine:
         for index in order[start:]:
             then = self._after(run, "execute", order, index)
             try:
-                out = await self._step(
-                    run, index, "execute", steps[index], attempt, begun=begun, then=then
-                )
+                with metrics.saga_step(run.definition.name, steps[index].name):
+                    out = await self._step(
+                        run, index, "execute", steps[index], attempt, begun=begun, then=then
+                    )
             except StepFailedError as failure:
                 return await self._begin_compensation(run, index, failure.error)
             except Defer as deferral:
@@ -588,6 +593,7 @@ class SagaEngine:
                     deferred=deferral.delay,
                     deferral=deferral,
                 )
+            metrics.saga_compensated(run.definition.name, step.name)
             attempt, begun = 1, "next" in then
         return SagaResult(run.saga_id, "compensated", run.data)
 
@@ -689,8 +695,9 @@ class SagaEngine:
                 undo.insert(0, waiting)
         self._held[saga_id] = run.epoch
         try:
-            return await self._undo(
-                run, undo, cause, steps[waiting].name if waiting is not None else None
+            return await self._observed(
+                definition,
+                self._undo(run, undo, cause, steps[waiting].name if waiting is not None else None),
             )
         finally:
             self._held.pop(saga_id, None)
@@ -719,9 +726,24 @@ class SagaEngine:
         )
         self._held[saga_id] = run.epoch
         try:
-            return await self._resume(run, saga["status"], saga["undo"] or [])
+            return await self._observed(
+                definition, self._resume(run, saga["status"], saga["undo"] or [])
+            )
         finally:
             self._held.pop(saga_id, None)
+
+    @staticmethod
+    async def _observed(definition: SagaDefinition, drive: Awaitable[SagaResult]) -> SagaResult:
+        """Drive a saga and observe the run: its time and where it stopped (an end, deferred,
+        or error when it raised: it will be resumed)."""
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            result = await drive
+            outcome = "deferred" if result.deferred is not None else result.status
+            return result
+        finally:
+            metrics.saga_run(definition.name, outcome, time.perf_counter() - started)
 
     async def _resume(self, run: _Run, status: str, undo: list[int]) -> SagaResult:
         async with db.connection(self.pool) as conn:

@@ -244,10 +244,72 @@ WHERE id = %(id)s
 
 -- insert_evidence --
 INSERT INTO evidence (id, verification_id, asset_id, tenant_id, kind, sha256, content_type,
-                      size_bytes)
+                      size_bytes, phash, captured_at, lat, lon, accuracy_m)
 VALUES (%(id)s, %(verification_id)s, %(asset_id)s, %(tenant_id)s, 'photo', %(sha256)s,
-        %(content_type)s, %(size_bytes)s)
+        %(content_type)s, %(size_bytes)s, %(phash)s, %(captured_at)s, %(lat)s, %(lon)s,
+        %(accuracy_m)s)
 ON CONFLICT (verification_id, sha256) DO NOTHING
+
+-- nearest_evidence --
+-- The photo of another asset (any tenant) closest to a perceptual hash, by Hamming distance.
+-- A scan of every hashed photo: fine for now, a BK-tree or hash bands when it is not.
+SELECT asset_id, tenant_id, bit_count((phash # %(phash)s)::bit(64))::integer AS distance
+FROM evidence
+WHERE phash IS NOT NULL AND asset_id <> %(asset_id)s
+ORDER BY distance
+LIMIT 1
+
+-- list_evidence --
+SELECT * FROM evidence WHERE asset_id = %(asset_id)s AND tenant_id = %(tenant_id)s
+ORDER BY created_at, sha256
+
+-- get_evidence --
+SELECT * FROM evidence
+WHERE asset_id = %(asset_id)s AND tenant_id = %(tenant_id)s AND sha256 = %(sha256)s
+LIMIT 1
+
+-- evidence_of_verifications --
+SELECT * FROM evidence WHERE verification_id = ANY(%(ids)s::uuid[])
+ORDER BY created_at, sha256
+
+-- insert_review --
+INSERT INTO reviews (id, verification_id, asset_id, tenant_id, reasons, due_at)
+VALUES (%(id)s, %(verification_id)s, %(asset_id)s, %(tenant_id)s, %(reasons)s,
+        now() + make_interval(secs => %(timeout)s))
+ON CONFLICT (verification_id) DO NOTHING
+RETURNING *
+
+-- list_reviews --
+-- The review queue, oldest first; without a status, the undecided (pending or expired).
+SELECT r.*, v.checks FROM reviews r JOIN verifications v ON v.id = r.verification_id
+WHERE r.tenant_id = %(tenant_id)s
+  AND CASE WHEN %(status)s::text IS NULL THEN r.status IN ('pending', 'expired')
+           ELSE r.status = %(status)s END
+  AND (%(after_at)s::timestamptz IS NULL
+       OR (r.created_at, r.id) > (%(after_at)s, %(after_id)s::uuid))
+ORDER BY r.created_at, r.id
+LIMIT %(limit)s
+
+-- get_review_for_update --
+SELECT r.*, v.checks FROM reviews r JOIN verifications v ON v.id = r.verification_id
+WHERE r.id = %(id)s AND r.tenant_id = %(tenant_id)s
+FOR UPDATE OF r
+
+-- decide_review --
+UPDATE reviews SET status = %(status)s, decided_by = %(decided_by)s, note = %(note)s,
+                   decided_at = now()
+WHERE id = %(id)s AND status IN ('pending', 'expired')
+RETURNING *
+
+-- expire_due_reviews --
+UPDATE reviews SET status = 'expired', expired_at = now()
+WHERE id IN (
+    SELECT id FROM reviews WHERE status = 'pending' AND due_at <= now()
+    ORDER BY due_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING *
 
 -- open_retry_entry_for_update --
 SELECT * FROM retry_queue
@@ -285,6 +347,12 @@ SELECT * FROM retry_queue WHERE id = %(id)s
 
 -- latest_retry_entry --
 SELECT * FROM retry_queue WHERE asset_id = %(asset_id)s ORDER BY created_at DESC LIMIT 1
+
+-- count_open_retry_entries --
+-- The backlog for core_dlq_depth, every tenant: open entries by status.
+SELECT status, count(*)::integer AS n FROM retry_queue
+WHERE status IN ('pending', 'retrying', 'exhausted')
+GROUP BY status
 
 -- due_retry_entries --
 SELECT r.* FROM retry_queue r JOIN sagas s ON s.id = r.saga_id
@@ -349,3 +417,121 @@ RETURNING id
 -- resolve_alerts --
 UPDATE ops_alerts SET resolved_at = now()
 WHERE dedup_key = ANY(%(dedup_keys)s) AND resolved_at IS NULL
+
+-- emit_webhook_event --
+-- The outbox write, in the caller's transaction: the event and one delivery per active
+-- endpoint of the tenant subscribed to its type; nothing at all when none is. KEY SHARE: an
+-- endpoint deleted meanwhile is skipped rather than failing the caller's change. Workers
+-- are woken at commit.
+WITH endpoints AS (
+    SELECT id FROM webhook_endpoints
+    WHERE tenant_id = %(tenant_id)s AND status = 'active' AND %(type)s = ANY (events)
+    FOR KEY SHARE
+), event AS (
+    INSERT INTO webhook_events (id, tenant_id, type, data)
+    SELECT %(id)s, %(tenant_id)s, %(type)s, %(data)s
+    WHERE EXISTS (SELECT FROM endpoints)
+    RETURNING id
+), deliveries AS (
+    INSERT INTO webhook_deliveries (id, event_id, endpoint_id)
+    SELECT gen_random_uuid(), event.id, endpoints.id FROM event, endpoints
+    RETURNING id
+)
+SELECT pg_notify('proveniq_work', 'webhooks') FROM (SELECT FROM deliveries LIMIT 1) AS woken
+
+-- notify_webhooks --
+SELECT pg_notify('proveniq_work', 'webhooks')
+
+-- claim_webhook_delivery --
+-- One due delivery to an active endpoint (or one whose worker's lease ran out), with what it
+-- takes to send it; ``attempts`` becomes the number of the attempt being made.
+UPDATE webhook_deliveries d
+SET status = 'delivering', attempts = d.attempts + 1,
+    lease_until = now() + make_interval(secs => %(lease)s), updated_at = now()
+FROM webhook_endpoints e, webhook_events ev
+WHERE d.id = (
+    SELECT c.id FROM webhook_deliveries c JOIN webhook_endpoints ce ON ce.id = c.endpoint_id
+    WHERE ce.status = 'active'
+      AND ((c.status = 'pending' AND c.next_attempt_at <= now())
+           OR (c.status = 'delivering' AND c.lease_until < now()))
+    ORDER BY c.next_attempt_at
+    LIMIT 1
+    FOR UPDATE OF c SKIP LOCKED
+)
+  AND e.id = d.endpoint_id AND ev.id = d.event_id
+RETURNING d.id, d.attempts, d.endpoint_id, e.tenant_id, e.url, e.secret,
+          ev.id AS event_id, ev.type, ev.data, ev.created_at AS event_at
+
+-- record_webhook_attempt --
+-- An attempt's outcome, fenced by its number: nothing is written when the delivery is gone or
+-- another worker took it over (the lease ran out).
+WITH d AS (
+    UPDATE webhook_deliveries
+    SET status = %(status)s, lease_until = NULL,
+        next_attempt_at = now() + make_interval(secs => COALESCE(%(delay)s::float8, 0)),
+        last_status_code = %(status_code)s, last_error = %(error)s, updated_at = now(),
+        finished_at = CASE WHEN %(status)s::text IN ('delivered', 'failed') THEN now() END
+    WHERE id = %(id)s AND status = 'delivering' AND attempts = %(attempt)s
+    RETURNING id
+)
+INSERT INTO webhook_attempts (id, delivery_id, attempt, attempted_at, duration_ms, status_code,
+                              error)
+SELECT %(attempt_id)s, d.id, %(attempt)s, %(attempted_at)s, %(duration_ms)s, %(status_code)s,
+       %(error)s
+FROM d
+RETURNING delivery_id
+
+-- insert_webhook_endpoint --
+INSERT INTO webhook_endpoints (id, tenant_id, url, events, secret)
+VALUES (%(id)s, %(tenant_id)s, %(url)s, %(events)s, %(secret)s)
+RETURNING *
+
+-- get_webhook_endpoint --
+SELECT * FROM webhook_endpoints WHERE id = %(id)s AND tenant_id = %(tenant_id)s
+
+-- list_webhook_endpoints --
+SELECT * FROM webhook_endpoints
+WHERE tenant_id = %(tenant_id)s
+  AND (%(before_at)s::timestamptz IS NULL
+       OR (created_at, id) < (%(before_at)s, %(before_id)s::uuid))
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s
+
+-- delete_webhook_endpoint --
+DELETE FROM webhook_endpoints WHERE id = %(id)s AND tenant_id = %(tenant_id)s
+RETURNING *
+
+-- disable_webhook_endpoint --
+UPDATE webhook_endpoints SET status = 'disabled', disabled_reason = %(reason)s,
+                             disabled_at = now(), updated_at = now()
+WHERE id = %(id)s AND status = 'active'
+RETURNING *
+
+-- enable_webhook_endpoint --
+UPDATE webhook_endpoints SET status = 'active', disabled_reason = NULL, disabled_at = NULL,
+                             updated_at = now()
+WHERE id = %(id)s AND tenant_id = %(tenant_id)s
+RETURNING *
+
+-- list_webhook_deliveries --
+SELECT d.*, ev.type, ev.data, ev.created_at AS event_at
+FROM webhook_deliveries d JOIN webhook_events ev ON ev.id = d.event_id
+WHERE d.endpoint_id = %(endpoint_id)s
+  AND (%(status)s::text IS NULL OR d.status = %(status)s)
+  AND (%(before_at)s::timestamptz IS NULL
+       OR (d.created_at, d.id) < (%(before_at)s, %(before_id)s::uuid))
+ORDER BY d.created_at DESC, d.id DESC
+LIMIT %(limit)s
+
+-- get_webhook_delivery --
+SELECT d.*, ev.type, ev.data, ev.created_at AS event_at
+FROM webhook_deliveries d JOIN webhook_events ev ON ev.id = d.event_id
+WHERE d.id = %(id)s AND d.endpoint_id = %(endpoint_id)s
+
+-- list_webhook_attempts --
+SELECT * FROM webhook_attempts WHERE delivery_id = ANY (%(ids)s) ORDER BY delivery_id, attempt
+
+-- redeliver_webhook --
+INSERT INTO webhook_deliveries (id, event_id, endpoint_id, redelivery_of)
+SELECT %(id)s, event_id, endpoint_id, id FROM webhook_deliveries WHERE id = %(of)s
+RETURNING id

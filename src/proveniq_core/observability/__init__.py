@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics and the gauges read at scrape time."""

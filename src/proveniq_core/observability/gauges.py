@@ -1,0 +1,92 @@
+"""The gauges that are read rather than counted, refreshed when ``/metrics`` is scraped.
+
+Circuit states are read from the breakers at scrape time rather than pushed on each
+transition: an open breaker turns half-open only when its state is next read, so a pushed
+gauge would say ``open`` long after the breaker stopped refusing calls.
+
+The retry queue's depth comes from the database, at most once per ``ttl`` seconds and within
+``timeout`` seconds, straight from the pool: a scrape is not a call through the ledger
+circuit, so observing never opens, probes or closes it. While that circuit is not closed, or
+when the database does not answer in time, the last values stay and ``/metrics`` still
+answers: the ledger circuit's own gauge says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Final
+
+import structlog
+
+from proveniq_core import db
+from proveniq_core.locker.gateway import FLEET_CIRCUIT
+from proveniq_core.observability.metrics import (
+    CIRCUIT_STATE,
+    CIRCUIT_STATES,
+    DLQ_DEPTH,
+    DLQ_STATUSES,
+    OPEN_DEVICES,
+)
+from proveniq_core.resilience.breaker import BreakerRegistry, State
+
+log = structlog.get_logger(__name__)
+
+DLQ_QUEUE: Final = "locker_link"
+"""The ``queue`` label of the retry queue's entries (deferred locker links)."""
+
+
+def set_circuits(breakers: BreakerRegistry) -> dict[str, State]:
+    """Set ``core_circuit_breaker_state`` for the named circuits (``ledger``, ``locker``, …;
+    one not created yet is closed) and count the per-device ones (``locker:<ref>``).
+    Returns the named circuits' states."""
+    states = {db.LEDGER_CIRCUIT: State.CLOSED, FLEET_CIRCUIT: State.CLOSED}
+    devices = 0
+    for breaker in breakers:
+        state = breaker.state
+        if ":" not in breaker.name:
+            states[breaker.name] = state
+        elif state is not State.CLOSED:
+            devices += 1
+    for name, current in states.items():
+        for state_name in CIRCUIT_STATES:
+            CIRCUIT_STATE.labels(name, state_name).set(1 if current.value == state_name else 0)
+    OPEN_DEVICES.set(devices)
+    return states
+
+
+class ScrapeGauges:
+    """Refreshes the read gauges of one running Core."""
+
+    def __init__(
+        self,
+        breakers: BreakerRegistry,
+        pool: db.Pool,
+        *,
+        ttl: float = 5.0,
+        timeout: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.breakers = breakers
+        self.pool = pool
+        self.ttl = ttl
+        self.timeout = timeout
+        self._clock = clock
+        self._due = 0.0
+
+    async def refresh(self) -> None:
+        circuits = set_circuits(self.breakers)
+        now = self._clock()
+        if now < self._due or circuits[db.LEDGER_CIRCUIT] is not State.CLOSED:
+            return
+        self._due = now + self.ttl  # set first: concurrent scrapes do not query again
+        try:
+            async with asyncio.timeout(self.timeout), self.pool.connection() as conn:
+                rows = await db.fetch_all(conn, "count_open_retry_entries")
+        except Exception as exc:  # a scrape must answer whatever the database does
+            log.warning("metrics.dlq_depth_unavailable", error=str(exc) or type(exc).__name__)
+            return
+        counts = dict.fromkeys(DLQ_STATUSES, 0) | {row["status"]: row["n"] for row in rows}
+        for status, n in counts.items():
+            DLQ_DEPTH.labels(DLQ_QUEUE, status).set(n)
