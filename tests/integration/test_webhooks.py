@@ -32,6 +32,7 @@ from proveniq_core.service import Core
 from proveniq_core.webhooks import emit
 from proveniq_core.webhooks.delivery import MAX_ATTEMPTS, SCHEDULE, DeliveryWorker
 from tests.integration.conftest import TENANT, api_client, core_running, first_ref
+from tests.integration.test_verify_outcomes import spoil
 
 ASSET_EVENTS = [
     "asset.created",
@@ -588,3 +589,68 @@ async def test_concurrent_workers_deliver_each_message_once(
     payloads = receiver.verified(hook["secret"])
     assert sorted(p["data"]["n"] for p in payloads) == list(range(30))
     assert len({p["webhookId"] for p in payloads}) == 30
+
+
+async def events_of(receiver: Receiver, secret: str, asset_id: str, n: int) -> list[str]:
+    """The first ``n`` event types the receiver verified for ``asset_id``, sorted (delivery
+    order across events is not guaranteed)."""
+    found: list[str] = []
+
+    async def arrived() -> bool:
+        payloads = receiver.verified(secret)
+        found[:] = [p["type"] for p in payloads if p["data"].get("assetId") == asset_id]
+        return len(found) >= n
+
+    await eventually(arrived)
+    return sorted(found)
+
+
+ALL_EVENTS = [*ASSET_EVENTS, "verification.completed", "review.required"]
+
+
+async def test_a_deferred_link_is_followed_to_verification_completed(
+    core: Core, client: httpx.AsyncClient, receivers: Callable[..., Receiver]
+) -> None:
+    """The locker answers past the request's budget: the subscriber follows the asset from
+    asset.created through asset.link_deferred and asset.linked to verification.completed,
+    every one signed."""
+    receiver = receivers()
+    hook = await subscribe(client, receiver.url, ALL_EVENTS)
+    ref = first_ref(core)
+    assert core.fleet is not None
+    core.fleet.faults.add(parse_rule({"lockerRef": ref, "fault": "delay", "delayMs": 2500}))
+    deferred = await register(client, ref, expect=202)
+
+    types = await events_of(receiver, hook["secret"], deferred["assetId"], 4)
+    assert types == [
+        "asset.created",
+        "asset.link_deferred",
+        "asset.linked",
+        "verification.completed",
+    ]
+    [done] = [p for p in receiver.verified(hook["secret"]) if p["type"] == "verification.completed"]
+    assert done["data"]["outcome"] == "verified"
+
+
+async def test_review_required_then_cancelled_registration_events(
+    core: Core, client: httpx.AsyncClient, receivers: Callable[..., Receiver]
+) -> None:
+    """Evidence that needs a person emits review.required (with the review's id); a held
+    registration an operator cancels emits asset.compensated."""
+    receiver = receivers()
+    hook = await subscribe(client, receiver.url, ALL_EVENTS)
+    ref = first_ref(core)
+    await spoil(client, ref, "low_accuracy")
+    review_asset = (await register(client, ref))["assetId"]
+    types = await events_of(receiver, hook["secret"], review_asset, 4)
+    assert types == ["asset.created", "asset.linked", "review.required", "verification.completed"]
+    [required] = [p for p in receiver.verified(hook["secret"]) if p["type"] == "review.required"]
+    assert required["data"]["reviewId"]
+
+    assert core.fleet is not None
+    core.fleet.faults.add(parse_rule({"lockerRef": ref, "fault": "hardware_fault", "count": 1}))
+    held = (await register(client, ref, expect=502))["error"]["assetId"]
+    cancelled = await client.post(f"/api/ops/assets/{held}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    types = await events_of(receiver, hook["secret"], held, 3)
+    assert types == ["asset.compensated", "asset.created", "asset.link_failed"]
