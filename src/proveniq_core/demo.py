@@ -13,8 +13,13 @@ database from accepting connections and ends the service's sessions, then allows
 
 from __future__ import annotations
 
+import contextlib
+import hmac
+import json
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -22,6 +27,8 @@ import psycopg
 from psycopg import sql
 from rich.console import Console
 from rich.table import Table
+
+from proveniq_core.webhooks import signing
 
 
 def _step_rows(saga: dict[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -32,48 +39,120 @@ def _step_rows(saga: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+class Receiver:
+    """A local webhook receiver: records each POST (headers and body), answers 204."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        lock, received = threading.Lock(), self.received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                with lock:
+                    received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/webhooks"
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Receiver]:
+        thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+def _signed(secret: str, headers: dict[str, str], body: bytes) -> bool:
+    """Whether the Standard Webhooks signature of a delivery checks out."""
+    expected = signing.signature(
+        secret, headers["webhook-id"], int(headers["webhook-timestamp"]), body.decode()
+    )
+    offered = headers.get("webhook-signature", "").split()
+    return any(hmac.compare_digest(expected, sig) for sig in offered)
+
+
+def _show_deliveries(receiver: Receiver, secret: str, console: Console) -> int:
+    table = Table("event", "asset", "webhook-id", "signature", title="webhooks received")
+    bad = 0
+    for headers, body in receiver.received:
+        payload = json.loads(body)
+        ok = _signed(secret, headers, body)
+        bad += not ok
+        asset = payload["data"].get("assetId", "")
+        table.add_row(payload["type"], asset[:8], headers["webhook-id"], "valid" if ok else "BAD")
+    console.print(table)
+    return bad
+
+
 def run_demo(url: str, key: str, *, count: int, wait: float, console: Console) -> int:
-    """Register ``count`` assets, follow each to its verification; return an exit code."""
+    """Register ``count`` assets, follow each to its verification, and show the webhooks a
+    local receiver got for them; return an exit code."""
     headers = {"Authorization": f"Bearer {key}"}
-    failures = 0
-    with httpx.Client(base_url=url, headers=headers, timeout=40.0) as http:
-        lockers = http.get("/api/lockers", params={"limit": count}).raise_for_status().json()
-        refs = [item["lockerRef"] for item in lockers["items"]]
-        if not refs:
-            console.print("[red]no lockers registered: POST /api/lockers first[/red]")
-            return 1
-        for i in range(count):
-            ref = refs[i % len(refs)]
-            body = {"name": f"Demo asset {i + 1}", "category": "demo", "lockerRef": ref}
-            console.rule(f"asset {i + 1}: POST /api/assets → {ref}")
-            t0 = time.perf_counter()
-            resp = http.post("/api/assets", json=body)
-            ms = (time.perf_counter() - t0) * 1000
-            console.print(f"[bold]{resp.status_code}[/bold] in {ms:.0f} ms  {resp.json()}")
-            if resp.status_code >= 300:
-                failures += 1
-                continue
-            asset_id = resp.json()["assetId"]
-            asset = http.get(f"/api/assets/{asset_id}").json()
-            saga = http.get(f"/api/ops/sagas/{asset['sagaId']}").json()
-            table = Table("step", "outcome", "duration", "error", title=f"saga {saga['sagaId']}")
-            for row in _step_rows(saga):
-                table.add_row(*row)
-            console.print(table)
-            deadline = time.monotonic() + wait
-            while asset["status"] == "linked" and time.monotonic() < deadline:
-                time.sleep(0.2)
-                asset = http.get(f"/api/assets/{asset_id}").json()
-            v = asset["verification"] or {}
-            took = (time.perf_counter() - t0) * 1000
-            console.print(
-                f"verification {v.get('status')} → asset [bold]{asset['status']}[/bold] "
-                f"{took:.0f} ms after the request {v.get('reasons') or ''}"
-            )
-            if asset["status"] not in ("verified",):
-                failures += 1
+    with (
+        httpx.Client(base_url=url, headers=headers, timeout=40.0) as http,
+        Receiver().running() as receiver,
+    ):
+        events = ["asset.created", "asset.linked", "verification.completed", "review.required"]
+        hook = http.post("/api/webhooks", json={"url": receiver.url, "events": events})
+        hook.raise_for_status()
+        try:
+            failures = _register(http, count=count, wait=wait, console=console)
+            # the last verification.completed may still be on its way
+            _wait_for(lambda: len(receiver.received) >= 3 * (count - failures), 5.0)
+            unsigned = _show_deliveries(receiver, hook.json()["secret"], console)
+        finally:
+            http.delete(f"/api/webhooks/{hook.json()['webhookId']}")
     console.rule(f"{count - failures}/{count} assets registered and verified")
-    return 1 if failures else 0
+    return 1 if failures or unsigned else 0
+
+
+def _register(http: httpx.Client, *, count: int, wait: float, console: Console) -> int:
+    failures = 0
+    lockers = http.get("/api/lockers", params={"limit": count}).raise_for_status().json()
+    refs = [item["lockerRef"] for item in lockers["items"]]
+    if not refs:
+        console.print("[red]no lockers registered: POST /api/lockers first[/red]")
+        return count
+    for i in range(count):
+        ref = refs[i % len(refs)]
+        body = {"name": f"Demo asset {i + 1}", "category": "demo", "lockerRef": ref}
+        console.rule(f"asset {i + 1}: POST /api/assets → {ref}")
+        t0 = time.perf_counter()
+        resp = http.post("/api/assets", json=body)
+        ms = (time.perf_counter() - t0) * 1000
+        console.print(f"[bold]{resp.status_code}[/bold] in {ms:.0f} ms  {resp.json()}")
+        if resp.status_code >= 300:
+            failures += 1
+            continue
+        asset_id = resp.json()["assetId"]
+        asset = http.get(f"/api/assets/{asset_id}").json()
+        saga = http.get(f"/api/ops/sagas/{asset['sagaId']}").json()
+        table = Table("step", "outcome", "duration", "error", title=f"saga {saga['sagaId']}")
+        for row in _step_rows(saga):
+            table.add_row(*row)
+        console.print(table)
+        deadline = time.monotonic() + wait
+        while asset["status"] == "linked" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            asset = http.get(f"/api/assets/{asset_id}").json()
+        v = asset["verification"] or {}
+        took = (time.perf_counter() - t0) * 1000
+        console.print(
+            f"verification {v.get('status')} → asset [bold]{asset['status']}[/bold] "
+            f"{took:.0f} ms after the request {v.get('reasons') or ''}"
+        )
+        if asset["status"] not in ("verified",):
+            failures += 1
+    return failures
 
 
 def _show(console: Console, resp: httpx.Response, ms: float) -> None:

@@ -140,6 +140,10 @@ def test_demo_walks_every_failure_path_to_recovery(home: Path) -> None:
     out = demo.stdout
     assert demo.returncode == 0, out + demo.stderr
     assert "1/1 assets registered and verified" in out
+    received = out[out.index("webhooks received") : out.index("registered and verified")]
+    for event in ("asset.created", "asset.linked", "verification.completed"):
+        assert event in received
+    assert received.count("valid") == 3 and "BAD" not in received
     assert "202 in" in out and "'reason': 'E_LOCKER_TIMEOUT'" in out
     assert "502 in" in out and "E_LOCKER_HARDWARE" in out
     assert "503 E_LEDGER_DOWN" in out and "Retry-After: 10" in out
