@@ -16,6 +16,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import psycopg
@@ -25,6 +26,7 @@ from psycopg.conninfo import make_conninfo
 
 from proveniq_core import db
 from proveniq_core.embedded import EmbeddedBroker, EmbeddedPostgres
+from proveniq_core.ledger import assets, keys
 from proveniq_core.locker.gateway import parse_mqtt_url
 
 TEMPLATE = f"proveniq_tpl_{os.getpid()}"
@@ -131,6 +133,29 @@ async def forget_test_lockers(url: str, listen: float = 0.5) -> int:
         for topic in stale:
             await c.publish(topic, b"", qos=1, retain=True)
     return len(stale)
+
+
+async def seed_lockers(database_url: str, tenant: str, specs: list[Any], name: str) -> str:
+    """Register ``specs`` (``SimulatedLocker``s) for ``tenant``; return a new all-scopes key,
+    for tests that run Core in other processes."""
+    pool = await db.open_pool(database_url, min_size=1, max_size=2)
+    await pool.wait()
+    try:
+        async with db.transaction(pool) as conn:
+            await keys.ensure_tenant(conn, tenant)
+            for spec in specs:
+                await assets.register_locker(
+                    conn,
+                    tenant_id=tenant,
+                    locker_ref=spec.ref,
+                    lat=spec.lat,
+                    lon=spec.lon,
+                    geofence_m=100.0,
+                    actor="test",
+                )
+        return await keys.create_key(pool, tenant, keys.SCOPES, name=name)
+    finally:
+        await pool.close()
 
 
 def unique_prefix() -> str:

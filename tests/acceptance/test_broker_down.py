@@ -31,11 +31,9 @@ import httpx
 import psycopg
 from psycopg.rows import dict_row
 
-from proveniq_core import db
 from proveniq_core.embedded import free_port
-from proveniq_core.ledger import assets, keys
 from proveniq_core.locker.simulator import fleet_specs
-from tests.conftest import unique_prefix
+from tests.conftest import seed_lockers, unique_prefix
 
 TENANT = "acme"
 LOCKERS = 3
@@ -200,24 +198,7 @@ class Stack:
 async def stack(database_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
     prefix = unique_prefix()
     specs = fleet_specs(LOCKERS, prefix)
-    pool = await db.open_pool(database_url, min_size=1, max_size=2)
-    await pool.wait()
-    try:
-        async with db.transaction(pool) as conn:
-            await keys.ensure_tenant(conn, TENANT)
-            for spec in specs:
-                await assets.register_locker(
-                    conn,
-                    tenant_id=TENANT,
-                    locker_ref=spec.ref,
-                    lat=spec.lat,
-                    lon=spec.lon,
-                    geofence_m=100.0,
-                    actor="test",
-                )
-        key = await keys.create_key(pool, TENANT, keys.SCOPES, name="broker-down test")
-    finally:
-        await pool.close()
+    key = await seed_lockers(database_url, TENANT, specs, "broker-down test")
     broker = PrivateBroker(tmp_path)
     refs = [x.ref for x in specs]
     s = Stack(tmp_path, database_url, broker, refs, key, tmp_path / "fleet.json", free_port())

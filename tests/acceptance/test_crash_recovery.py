@@ -25,11 +25,9 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from proveniq_core import db
 from proveniq_core.embedded import free_port
-from proveniq_core.ledger import assets, keys
 from proveniq_core.locker.simulator import fleet_specs
-from tests.conftest import unique_prefix
+from tests.conftest import seed_lockers, unique_prefix
 
 pytestmark = pytest.mark.slow
 
@@ -137,24 +135,7 @@ def subprocess_stdout() -> int:
 async def cluster(database_url: str, mqtt_url: str, tmp_path: Path) -> AsyncIterator[Cluster]:
     prefix = unique_prefix()
     specs = fleet_specs(2, prefix)
-    pool = await db.open_pool(database_url, min_size=1, max_size=2)
-    await pool.wait()
-    try:
-        async with db.transaction(pool) as conn:
-            await keys.ensure_tenant(conn, TENANT)
-            for spec in specs:
-                await assets.register_locker(
-                    conn,
-                    tenant_id=TENANT,
-                    locker_ref=spec.ref,
-                    lat=spec.lat,
-                    lon=spec.lon,
-                    geofence_m=100.0,
-                    actor="test",
-                )
-        key = await keys.create_key(pool, TENANT, keys.SCOPES, name="crash test")
-    finally:
-        await pool.close()
+    key = await seed_lockers(database_url, TENANT, specs, "crash test")
     c = Cluster(
         tmp_path, database_url, mqtt_url, [s.ref for s in specs], key, tmp_path / "fleet.json", []
     )
