@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -131,6 +132,14 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2))
 
 
+def _out(value: Any, json_out: bool, show: Callable[[Any], None]) -> None:
+    """Print an answer: as JSON with --json, else for people."""
+    if json_out:
+        _print_json(value)
+    else:
+        show(value)
+
+
 # -- dlq ----------------------------------------------------------------------------------
 
 dlq_app = typer.Typer(
@@ -243,10 +252,7 @@ def dlq_show(
     The saga's step timeline: proveniq sagas show SAGA_ID
     """
     entry = call("GET", f"/api/ops/retry-queue/{entry_id}", url=url, api_key=api_key, home=home)
-    if json_out:
-        _print_json(entry)
-    else:
-        _print_entry(entry)
+    _out(entry, json_out, _print_entry)
 
 
 @dlq_app.command("retry")
@@ -266,10 +272,7 @@ def dlq_retry(
     entry = call(
         "POST", f"/api/ops/retry-queue/{entry_id}/retry", url=url, api_key=api_key, home=home
     )
-    if json_out:
-        _print_json(entry)
-    else:
-        _print_entry(entry)
+    _out(entry, json_out, _print_entry)
 
 
 @dlq_app.command("discard")
@@ -288,10 +291,7 @@ def dlq_discard(
     entry = call(
         "POST", f"/api/ops/retry-queue/{entry_id}/discard", url=url, api_key=api_key, home=home
     )
-    if json_out:
-        _print_json(entry)
-    else:
-        _print_entry(entry)
+    _out(entry, json_out, _print_entry)
 
 
 # -- assets -------------------------------------------------------------------------------
@@ -335,10 +335,7 @@ def assets_retry_link(
     outcome = call(
         "POST", f"/api/ops/assets/{asset_id}/retry-link", url=url, api_key=api_key, home=home
     )
-    if json_out:
-        _print_json(outcome)
-    else:
-        _print_outcome(outcome)
+    _out(outcome, json_out, _print_outcome)
 
 
 @assets_app.command("cancel")
@@ -358,10 +355,7 @@ def assets_cancel(
     outcome = call(
         "POST", f"/api/ops/assets/{asset_id}/cancel", url=url, api_key=api_key, home=home
     )
-    if json_out:
-        _print_json(outcome)
-    else:
-        _print_outcome(outcome)
+    _out(outcome, json_out, _print_outcome)
 
 
 # -- lockers ------------------------------------------------------------------------------
