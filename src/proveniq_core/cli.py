@@ -138,6 +138,13 @@ def serve(
         ),
     ] = "instant",
     log_level: Annotated[str, typer.Option(envvar="PROVENIQ_LOG_LEVEL")] = "info",
+    log_format: Annotated[
+        str,
+        typer.Option(
+            envvar="PROVENIQ_LOG_FORMAT",
+            help="json (one JSON line per event on stderr) or console.",
+        ),
+    ] = "json",
 ) -> None:
     """Run the HTTP API and the workers.
 
@@ -146,6 +153,8 @@ def serve(
     """
     if role not in ("api", "worker", "all"):
         raise typer.BadParameter("must be api, worker or all", param_hint="--role")
+    if log_format not in ("json", "console"):
+        raise typer.BadParameter("must be json or console", param_hint="--log-format")
     settings = _settings(
         home=home,
         database_url=database_url,
@@ -156,8 +165,9 @@ def serve(
         sim_lockers=sim_lockers,
         sim_profile=sim_profile,
         log_level=log_level,
+        log_json=log_format == "json",
     )
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, json=settings.log_json)
     _run(_serve(settings))
 
 

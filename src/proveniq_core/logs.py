@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
 
 
-def configure(level: str = "info", *, json: bool = True) -> None:
+def configure(level: str = "info", *, json: bool = True, stream: TextIO | None = None) -> None:
+    """Log at ``level`` and above, as JSON lines (else coloured console lines) on stderr.
+
+    Every line carries the context bound with ``structlog.contextvars``: ``request_id`` in a
+    request, ``saga_id``/``asset_id``/``locker_ref`` while a saga or verification runs. With
+    ``stream`` (tests) loggers are not cached, so that a later ``configure`` takes effect.
+    """
     lvl = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
@@ -22,8 +29,8 @@ def configure(level: str = "info", *, json: bool = True) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        cache_logger_on_first_use=stream is None,
     )
     # Libraries that use stdlib logging (amqtt, uvicorn, psycopg) speak only on warnings.
     logging.basicConfig(

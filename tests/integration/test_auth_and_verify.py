@@ -129,5 +129,6 @@ async def test_health_endpoints_need_no_key(core: Core) -> None:
     assert ready.status_code == 200
     assert ready.json() == {
         "status": "ready",
-        "checks": {"database": "ok", "migrations": "ok", "broker": "ok"},
+        "checks": {"database": "ok", "migrations": "ok", "broker": "ok", "ledgerCircuit": "closed"},
+        "openCircuits": [],
     }

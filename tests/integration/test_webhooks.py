@@ -654,3 +654,17 @@ async def test_review_required_then_cancelled_registration_events(
     assert cancelled.status_code == 200, cancelled.text
     types = await events_of(receiver, hook["secret"], held, 3)
     assert types == ["asset.compensated", "asset.created", "asset.link_failed"]
+
+
+async def test_a_retried_subscription_with_its_key_is_created_once(
+    client: httpx.AsyncClient,
+) -> None:
+    """Idempotency-Key on POST /api/webhooks: the retry gets the same endpoint and secret."""
+    body = {"url": "https://hooks.example.com/in", "events": ["asset.linked"]}
+    headers = {"Idempotency-Key": "subscribe-1"}
+    first = await client.post("/api/webhooks", json=body, headers=headers)
+    again = await client.post("/api/webhooks", json=body, headers=headers)
+    assert first.status_code == again.status_code == 201
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json() == first.json()
+    assert len((await client.get("/api/webhooks")).json()["items"]) == 1

@@ -19,6 +19,7 @@ from proveniq_core.api import (
     reviews,
     routes,
     sim,
+    slo,
     webhooks,
 )
 
@@ -42,6 +43,7 @@ def create_app(core: Any) -> FastAPI:
     app.include_router(sim.router)
     app.include_router(ops.router)
     app.include_router(circuits.router)
+    app.include_router(slo.router)
     app.include_router(webhooks.router)
 
     @app.middleware("http")

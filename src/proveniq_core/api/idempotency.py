@@ -34,10 +34,12 @@ import json
 import random
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, LiteralString
+from typing import Annotated, Any, Final, LiteralString
 
 import structlog
-from fastapi import Request, Response
+from fastapi import Header, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from proveniq_core import db
 from proveniq_core.api.envelope import envelope, error_response
@@ -55,6 +57,17 @@ REPLAYED: Final = "Idempotent-Replayed"
 MAX_KEY_LENGTH: Final = 255
 TTL_SECONDS: Final = 24 * 3600.0
 LEASE_SECONDS: Final = 60.0
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias=HEADER,
+        min_length=1,
+        max_length=MAX_KEY_LENGTH,
+        description="a retry with the same key and body gets the first answer again (24 h)",
+    ),
+]
+"""The header as a route parameter: documents it in the OpenAPI schema (``run_idempotent``
+reads it from the request)."""
 # The response headers a replay repeats; X-Request-ID is the replaying request's own.
 REPLAYED_HEADERS: Final = frozenset({"content-type", "location", "retry-after", "etag"})
 PURGE_PROBABILITY: Final = 0.01  # a stored response purges a batch of expired rows this often
@@ -241,6 +254,26 @@ async def run_idempotent(
     return response
 
 
+async def idempotent_model(
+    request: Request,
+    pool: db.Pool,
+    *,
+    tenant_id: str,
+    body: BaseModel,
+    status_code: int,
+    make: Callable[[], Awaitable[BaseModel]],
+) -> Response:
+    """``run_idempotent`` for a route that answers one model with ``status_code``."""
+
+    async def handler() -> Response:
+        answer = await make()
+        return JSONResponse(answer.model_dump(mode="json"), status_code=status_code)
+
+    return await run_idempotent(
+        request, pool, tenant_id=tenant_id, body=body.model_dump(mode="json"), handler=handler
+    )
+
+
 async def _settle(pool: db.Pool, sql: LiteralString, params: dict[str, Any]) -> bool:
     """Complete or release the claimed row; ``False`` if it was taken over or the store failed.
 
@@ -283,6 +316,8 @@ __all__ = [
     "REPLAYED",
     "REPLAYED_HEADERS",
     "TTL_SECONDS",
+    "IdempotencyKey",
+    "idempotent_model",
     "purge_expired",
     "request_hash",
     "run_idempotent",

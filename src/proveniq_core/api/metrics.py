@@ -3,6 +3,8 @@
 Each request is observed as ``subsystem="api"``, ``operation="<METHOD> <route template>"``
 (``POST /api/assets``, ``GET /api/assets/{asset_id}``; ``unmatched`` for no route) and
 ``status`` = the response's status code: every label bounded, whatever the client sends.
+The same middleware writes the access log: one ``http_request`` line per request (method,
+route template, status, duration_ms; request_id comes from the bound context).
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 
+import structlog
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proveniq_core.observability import metrics
 from proveniq_core.observability.gauges import ScrapeGauges
+
+log = structlog.get_logger(__name__)
 
 router = APIRouter(tags=["health"])
 
@@ -46,7 +51,7 @@ def operation(request: Request) -> str:
 
 
 def install(app: FastAPI) -> None:
-    """Observe every request's latency and status code."""
+    """Observe every request's latency and status code, and log it."""
 
     @app.middleware("http")
     async def observe_requests(
@@ -59,4 +64,13 @@ def install(app: FastAPI) -> None:
             status = str(response.status_code)
             return response
         finally:
-            metrics.observe("api", operation(request), status, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            metrics.observe("api", operation(request), status, seconds)
+            route = getattr(request.scope.get("route"), "path", None)
+            log.info(
+                "http_request",
+                method=request.method,
+                route=route if isinstance(route, str) else "unmatched",
+                status=int(status),
+                duration_ms=round(seconds * 1000, 1),
+            )

@@ -48,8 +48,17 @@ class ErrorEnvelope(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: str = Field(description="ready, degraded (broker down) or unready")
-    checks: dict[str, str] = Field(description="database, migrations, broker, …")
+    status: str = Field(
+        description="ready; degraded (serving, but the broker is down or a circuit is not "
+        "closed); unready (database unreachable or migrations pending: 503)"
+    )
+    checks: dict[str, str] = Field(
+        description="database: ok|down; migrations: ok|pending: [...]|unknown; "
+        "broker: ok|degraded; ledgerCircuit: closed|open|half_open"
+    )
+    openCircuits: list[str] = Field(
+        description="circuits not closed (open or half-open): ledger, locker, locker:<ref>"
+    )
 
 
 class AssetCreated(BaseModel):

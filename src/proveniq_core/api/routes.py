@@ -9,12 +9,12 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from proveniq_core import db
 from proveniq_core.api.auth import require
-from proveniq_core.api.idempotency import run_idempotent
+from proveniq_core.api.idempotency import IdempotencyKey, idempotent_model, run_idempotent
 from proveniq_core.api.models import (
     AlertPage,
     AssetCreate,
@@ -131,15 +131,7 @@ async def create_asset(
     body: AssetCreate,
     request: Request,
     principal: Annotated[Principal, Depends(require("assets:write"))],
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            min_length=1,
-            max_length=255,
-            description="replays the first answer for 24 h (read by run_idempotent)",
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """With an ``Idempotency-Key`` header, a retry gets the first answer again (DESIGN.md §3)."""
     core = _core(request)
@@ -275,8 +267,22 @@ async def register_locker(
     body: LockerCreate,
     request: Request,
     principal: Annotated[Principal, Depends(require("ops:write"))],
-) -> LockerView:
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
     core = _core(request)
+    return await idempotent_model(
+        request,
+        core.pool,
+        tenant_id=principal.tenant_id,
+        body=body,
+        status_code=201,
+        make=lambda: _register_locker(core, body, principal, request.state.request_id),
+    )
+
+
+async def _register_locker(
+    core: Any, body: LockerCreate, principal: Principal, request_id: str
+) -> LockerView:
     async with db.transaction(core.pool) as conn:
         row = await assets.register_locker(
             conn,
@@ -286,7 +292,7 @@ async def register_locker(
             lon=body.site.lon,
             geofence_m=body.geofenceM,
             actor=f"key:{principal.key_id}",
-            request_id=request.state.request_id,
+            request_id=request_id,
         )
     return _locker_view(row, core.gateway.presence(body.lockerRef))
 
@@ -381,7 +387,12 @@ async def healthz() -> dict[str, str]:
     responses={503: {"model": Readiness, "description": "database down or migrations pending"}},
 )
 async def readyz(request: Request) -> JSONResponse:
-    """Ready when the database answers and migrations are current; the broker may be degraded."""
+    """Ready when the database answers and migrations are current; the broker may be degraded.
+
+    200 ``ready``: everything up; 200 ``degraded``: serving, but the broker is down or a
+    circuit is not closed (lockers answer later: links are deferred); 503 ``unready``: the
+    database is unreachable (or its circuit open) or migrations are pending.
+    """
     core = _core(request)
     checks: dict[str, str] = {}
     try:
@@ -394,6 +405,13 @@ async def readyz(request: Request) -> JSONResponse:
         checks["database"] = "down"
         checks["migrations"] = "unknown"
     checks["broker"] = "ok" if core.gateway.connected else "degraded"
+    circuits = {s["name"]: s["state"] for s in core.breakers.snapshots()}
+    checks["ledgerCircuit"] = circuits.get("ledger", "closed")
+    not_closed = sorted(name for name, state in circuits.items() if state != "closed")
     ready = checks["database"] == "ok" and checks["migrations"] == "ok"
-    status = "ready" if ready and checks["broker"] == "ok" else ("degraded" if ready else "unready")
-    return JSONResponse({"status": status, "checks": checks}, status_code=200 if ready else 503)
+    healthy = checks["broker"] == "ok" and not not_closed
+    status = "ready" if ready and healthy else ("degraded" if ready else "unready")
+    return JSONResponse(
+        {"status": status, "checks": checks, "openCircuits": not_closed},
+        status_code=200 if ready else 503,
+    )

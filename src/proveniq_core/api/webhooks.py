@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, HttpUrl, field_validator
 
 from proveniq_core import db
 from proveniq_core.api.auth import require
+from proveniq_core.api.idempotency import IdempotencyKey, idempotent_model
 from proveniq_core.api.models import Strict
 from proveniq_core.api.routes import ERRORS, _keyset_page
 from proveniq_core.ledger.keys import Principal
@@ -157,21 +158,32 @@ def _actor(principal: Principal) -> str:
 
 @router.post("/api/webhooks", status_code=201, response_model=WebhookCreated, responses=ERRORS)
 async def create_webhook(
-    request: Request, body: WebhookCreate, principal: Manager
-) -> WebhookCreated:
-    """Subscribe an endpoint to event types. The answer holds the signing secret, once."""
-    secret = body.secret or signing.new_secret()
-    async with db.transaction(request.app.state.core.pool) as conn:
-        row = await endpoints.create(
-            conn,
-            tenant_id=principal.tenant_id,
-            url=str(body.url),
-            events=body.events,
-            secret=secret,
-            actor=_actor(principal),
-            request_id=request.state.request_id,
-        )
-    return WebhookCreated(**webhook_view(row).model_dump(), secret=secret)
+    request: Request,
+    body: WebhookCreate,
+    principal: Manager,
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
+    """Subscribe an endpoint to event types. The answer holds the signing secret, once (and
+    again to a retry with the same ``Idempotency-Key``)."""
+    pool = request.app.state.core.pool
+
+    async def create() -> WebhookCreated:
+        secret = body.secret or signing.new_secret()
+        async with db.transaction(pool) as conn:
+            row = await endpoints.create(
+                conn,
+                tenant_id=principal.tenant_id,
+                url=str(body.url),
+                events=body.events,
+                secret=secret,
+                actor=_actor(principal),
+                request_id=request.state.request_id,
+            )
+        return WebhookCreated(**webhook_view(row).model_dump(), secret=secret)
+
+    return await idempotent_model(
+        request, pool, tenant_id=principal.tenant_id, body=body, status_code=201, make=create
+    )
 
 
 @router.get("/api/webhooks", response_model=WebhookPage, responses=ERRORS)

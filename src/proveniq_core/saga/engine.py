@@ -188,6 +188,19 @@ def ambiguous(exc: BaseException) -> bool:
     return isinstance(exc, TimeoutError | LockerTimeoutError)
 
 
+def _log_context(run: _Run) -> dict[str, Any]:
+    """The ids a saga's log lines carry: saga_id and, where its data knows them, asset_id,
+    locker_ref and (resumed outside its request) the request_id that started it."""
+    context: dict[str, Any] = {"saga_id": run.saga_id, "saga": run.definition.name}
+    for key, data_key in (("asset_id", "assetId"), ("locker_ref", "lockerRef")):
+        if run.data.get(data_key) is not None:
+            context[key] = run.data[data_key]
+    request_id = run.data.get("requestId")
+    if request_id and "request_id" not in structlog.contextvars.get_contextvars():
+        context["request_id"] = request_id
+    return context
+
+
 def _attempt_row(index: int, phase: str, attempt: int, name: str) -> dict[str, Any]:
     return {"i": index, "phase": phase, "attempt": attempt, "name": name}
 
@@ -283,7 +296,7 @@ class SagaEngine:
                     await db.execute(conn, "insert_saga", run.create | {"first_step": first.name})
                 run.create = None
             return await self._observed(
-                definition, self._forward(run, 0, 1, begun=not first.transactional)
+                run, self._forward(run, 0, 1, begun=not first.transactional)
             )
         finally:
             self._held.pop(saga_id, None)
@@ -696,7 +709,7 @@ class SagaEngine:
         self._held[saga_id] = run.epoch
         try:
             return await self._observed(
-                definition,
+                run,
                 self._undo(run, undo, cause, steps[waiting].name if waiting is not None else None),
             )
         finally:
@@ -726,24 +739,23 @@ class SagaEngine:
         )
         self._held[saga_id] = run.epoch
         try:
-            return await self._observed(
-                definition, self._resume(run, saga["status"], saga["undo"] or [])
-            )
+            return await self._observed(run, self._resume(run, saga["status"], saga["undo"] or []))
         finally:
             self._held.pop(saga_id, None)
 
     @staticmethod
-    async def _observed(definition: SagaDefinition, drive: Awaitable[SagaResult]) -> SagaResult:
+    async def _observed(run: _Run, drive: Awaitable[SagaResult]) -> SagaResult:
         """Drive a saga and observe the run: its time and where it stopped (an end, deferred,
-        or error when it raised: it will be resumed)."""
+        or error when it raised: it will be resumed). Log lines meanwhile carry its ids."""
         started = time.perf_counter()
         outcome = "error"
         try:
-            result = await drive
+            with structlog.contextvars.bound_contextvars(**_log_context(run)):
+                result = await drive
             outcome = "deferred" if result.deferred is not None else result.status
             return result
         finally:
-            metrics.saga_run(definition.name, outcome, time.perf_counter() - started)
+            metrics.saga_run(run.definition.name, outcome, time.perf_counter() - started)
 
     async def _resume(self, run: _Run, status: str, undo: list[int]) -> SagaResult:
         async with db.connection(self.pool) as conn:

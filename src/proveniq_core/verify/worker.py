@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 
 import structlog
@@ -41,6 +42,14 @@ log = structlog.get_logger(__name__)
 _COMMANDS = uuid.UUID("0b7e4f0c-5a53-4a3c-8f0e-7c2d9b1e6a44")
 ACTOR = "system:verify"
 FAILED_ALERT = "E_VERIFY_FAILED"
+
+
+def _log_context(job: db.Row, asset: db.Row, locker: db.Row) -> AbstractContextManager[None]:
+    """Bind the ids a verification's log lines carry (its asset's saga, asset and locker)."""
+    context = {"verification_id": str(job["id"]), "asset_id": str(asset["id"])}
+    if asset.get("saga_id") is not None:
+        context["saga_id"] = str(asset["saga_id"])
+    return structlog.contextvars.bound_contextvars(**context, locker_ref=locker["locker_ref"])
 
 
 def limits(settings: Settings) -> Limits:
@@ -92,7 +101,8 @@ class VerifyWorker:
         claimed = await self._claim()
         if claimed is None:
             return False
-        await self._handle(*claimed)
+        with _log_context(*claimed):
+            await self._handle(*claimed)
         return True
 
     async def _claim(self) -> tuple[db.Row, db.Row, db.Row] | None:
@@ -317,8 +327,10 @@ class VerifyWorker:
 
     async def _handle_guarded(self, job: db.Row, asset: db.Row, locker: db.Row) -> None:
         try:
-            await self._handle(job, asset, locker)
-        except CoreError as exc:  # the lease expires and another claim retries it
-            log.warning("verify_worker_error", error=str(exc), code=exc.code)
+            with _log_context(job, asset, locker):
+                try:
+                    await self._handle(job, asset, locker)
+                except CoreError as exc:  # the lease expires and another claim retries it
+                    log.warning("verify_worker_error", error=str(exc), code=exc.code)
         finally:
             self._slots.release()
