@@ -15,13 +15,13 @@ import asyncio
 import contextlib
 import re
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any, Final, LiteralString
+from typing import Any, Final, LiteralString, TypeVar
 
 import psycopg
 import structlog
@@ -32,6 +32,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from proveniq_core.errors import (
+    CoreError,
     LedgerConflictError,
     LedgerConstraintError,
     LedgerDownError,
@@ -40,6 +41,7 @@ from proveniq_core.observability import metrics
 from proveniq_core.resilience.breaker import LEDGER, CircuitBreaker, CircuitOpenError, State
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 MIGRATION_LOCK = 0x50524F56  # "PROV": advisory lock key for migrations
 
@@ -332,3 +334,51 @@ class Waker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
         event.clear()
+
+
+async def work_loop(
+    claim: Callable[[], Awaitable[T | None]],
+    handle: Callable[[T], Awaitable[None]],
+    *,
+    concurrency: int,
+    waker: Waker,
+    topic: str,
+    poll: float,
+    name: str,
+) -> None:
+    """Claim due work and handle it, up to ``concurrency`` at once, until cancelled.
+
+    Sleeps until a NOTIFY on ``topic`` or ``poll`` seconds when nothing is due; a
+    ``CoreError`` (the database down, a lease lost) is logged, never fatal: the claim's lease
+    runs out and the work is claimed again. Cancelling cancels the handlers in flight.
+    """
+    slots = asyncio.Semaphore(concurrency)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def guarded(item: T) -> None:
+        try:
+            await handle(item)
+        except CoreError as exc:
+            log.warning(f"{name}_error", error=str(exc), code=exc.code)
+        finally:
+            slots.release()
+
+    try:
+        while True:
+            await slots.acquire()
+            try:
+                item = await claim()
+            except CoreError as exc:
+                log.warning(f"{name}_error", error=str(exc), code=exc.code)
+                item = None
+            if item is None:
+                slots.release()
+                await waker.wait(topic, poll)
+                continue
+            task = asyncio.create_task(guarded(item))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -94,7 +94,7 @@ class VerifyWorker:
         self.gateway = gateway
         self.store = store
         self.settings = settings
-        self._slots = asyncio.Semaphore(concurrency)
+        self.concurrency = concurrency
 
     async def process_next(self) -> bool:
         """Claim one due verification and carry it to its next state; False if none was due."""
@@ -300,37 +300,19 @@ class VerifyWorker:
         )
 
     async def run(self, waker: db.Waker) -> None:
-        """Process due work until cancelled, up to ``concurrency`` at once.
+        """Process due work until cancelled, up to ``concurrency`` at once."""
 
-        Wakes on NOTIFY or every poll interval; a database outage backs off, never crashes.
-        """
-        tasks: set[asyncio.Task[None]] = set()
-        try:
-            while True:
-                await self._slots.acquire()
-                try:
-                    claimed = await self._claim()
-                except CoreError as exc:
-                    log.warning("verify_worker_error", error=str(exc), code=exc.code)
-                    claimed = None
-                if claimed is None:
-                    self._slots.release()
-                    await waker.wait("verifications", self.settings.poll_interval)
-                    continue
-                task = asyncio.create_task(self._handle_guarded(*claimed))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _handle_guarded(self, job: db.Row, asset: db.Row, locker: db.Row) -> None:
-        try:
+        async def handle(claimed: tuple[db.Row, db.Row, db.Row]) -> None:
+            job, asset, locker = claimed
             with _log_context(job, asset, locker):
-                try:
-                    await self._handle(job, asset, locker)
-                except CoreError as exc:  # the lease expires and another claim retries it
-                    log.warning("verify_worker_error", error=str(exc), code=exc.code)
-        finally:
-            self._slots.release()
+                await self._handle(job, asset, locker)
+
+        await db.work_loop(
+            self._claim,
+            handle,
+            concurrency=self.concurrency,
+            waker=waker,
+            topic="verifications",
+            poll=self.settings.poll_interval,
+            name="verify_worker",
+        )

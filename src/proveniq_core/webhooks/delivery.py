@@ -17,7 +17,6 @@ the delivery, disables the endpoint and raises an ops alert (and so ``ops.alert`
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import time
@@ -31,7 +30,6 @@ import httpx
 import structlog
 
 from proveniq_core import db
-from proveniq_core.errors import CoreError
 from proveniq_core.observability import metrics
 from proveniq_core.webhooks import endpoints, outbox, signing
 
@@ -106,7 +104,7 @@ class DeliveryWorker:
         self.http = httpx.AsyncClient(
             timeout=timeout, follow_redirects=False, headers={"user-agent": USER_AGENT}
         )
-        self._slots = asyncio.Semaphore(concurrency)
+        self.concurrency = concurrency
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -191,38 +189,16 @@ class DeliveryWorker:
         return Attempt(at, _ms_since(start), r.status_code, error, wait)
 
     async def run(self, waker: db.Waker) -> None:
-        """Deliver due work until cancelled, up to ``concurrency`` at once.
-
-        Wakes on NOTIFY or every poll interval; a database outage backs off, never crashes.
-        """
-        tasks: set[asyncio.Task[None]] = set()
-        try:
-            while True:
-                await self._slots.acquire()
-                try:
-                    job = await self._claim()
-                except CoreError as exc:
-                    log.warning("webhook_worker_error", error=str(exc), code=exc.code)
-                    job = None
-                if job is None:
-                    self._slots.release()
-                    await waker.wait("webhooks", self.poll)
-                    continue
-                task = asyncio.create_task(self._deliver_guarded(job))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _deliver_guarded(self, job: db.Row) -> None:
-        try:
-            await self._deliver(job)
-        except CoreError as exc:  # the lease runs out and another claim retries it
-            log.warning("webhook_worker_error", error=str(exc), code=exc.code)
-        finally:
-            self._slots.release()
+        """Deliver due work until cancelled, up to ``concurrency`` at once."""
+        await db.work_loop(
+            self._claim,
+            self._deliver,
+            concurrency=self.concurrency,
+            waker=waker,
+            topic="webhooks",
+            poll=self.poll,
+            name="webhook_worker",
+        )
 
 
 def _ms_since(start: float) -> float:
