@@ -123,7 +123,11 @@ def serve(
     port: Annotated[int, typer.Option(envvar="PROVENIQ_PORT", help="Listen port.")] = 8700,
     role: Annotated[
         str,
-        typer.Option(envvar="PROVENIQ_ROLE", help="api, worker or all (api + workers)."),
+        typer.Option(
+            envvar="PROVENIQ_ROLE",
+            help="api, worker or all (api + workers). A worker serves only /metrics, "
+            "/healthz and /readyz on --port.",
+        ),
     ] = "all",
     sim_lockers: Annotated[
         int,
@@ -185,21 +189,14 @@ class _Server(uvicorn.Server):
 
 
 async def _serve(settings: Settings) -> None:
-    from proveniq_core.api.app import create_app
+    from proveniq_core.api.app import create_app, create_worker_app
     from proveniq_core.service import running
 
     started = time.perf_counter()
     async with running(settings, progress=lambda m: err.print(f"[dim]· {m}[/dim]")) as core:
-        if settings.role == "worker":
-            err.print(f"worker ready in {time.perf_counter() - started:.1f}s; Ctrl-C stops it")
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
-            return
+        worker = settings.role == "worker"
         config = uvicorn.Config(
-            create_app(core),
+            create_worker_app(core) if worker else create_app(core),
             host=settings.host,
             port=settings.port,
             log_config=None,
@@ -217,7 +214,12 @@ async def _serve(settings: Settings) -> None:
             await task
             raise typer.Exit(1)
         url = f"http://{settings.host}:{settings.port}"
-        _banner(url, core.bootstrap_key, core, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        if worker:
+            print(f"Proveniq Core worker ready in {seconds:.1f}s; metrics at {url}/metrics")
+            print("Ctrl-C stops the worker.", flush=True)
+        else:
+            _banner(url, core.bootstrap_key, core, seconds)
         await task
     err.print("stopped cleanly")
 

@@ -227,7 +227,7 @@ async def test_worker_killed_while_a_step_is_in_flight(
         first.kill9()
         with pytest.raises(httpx.TransportError):
             await request
-        await c.serve("second", "worker")
+        _, heir = await c.serve("second", "worker")
         saga = await the_saga(c)
 
         async def linked() -> bool:
@@ -251,6 +251,11 @@ async def test_worker_killed_while_a_step_is_in_flight(
         device = await settle_and_check(c)
         assert device["received"]["link"] == 2  # sent again after the crash…
         assert device["commands"]["link"] == 1  # …but carried out once
+        async with httpx.AsyncClient(base_url=heir) as probe:  # the worker is scraped too
+            assert (await probe.get("/readyz")).status_code == 200
+            scraped = (await probe.get("/metrics")).text
+        completed = 'core_sagas_total{outcome="completed",saga="asset_registration"} 1.0'
+        assert completed in scraped
 
 
 async def test_worker_killed_between_two_steps(

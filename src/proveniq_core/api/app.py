@@ -26,6 +26,17 @@ from proveniq_core.api import (
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+def create_worker_app(core: Any) -> FastAPI:
+    """What a ``--role worker`` process serves: ``/metrics``, ``/healthz`` and ``/readyz``,
+    so each worker is a scrape target and a probe like any other process."""
+    app = FastAPI(title="Proveniq Core worker", version="0.1.0", openapi_url=None)
+    app.state.core = core
+    envelope.install(app)
+    app.include_router(metrics.router)
+    app.include_router(routes.health)
+    return app
+
+
 def create_app(core: Any) -> FastAPI:
     """Build the app around a running ``Core`` (pool, gateway, saga engine)."""
     app = FastAPI(
@@ -38,6 +49,7 @@ def create_app(core: Any) -> FastAPI:
     metrics.install(app)
     app.include_router(metrics.router)
     app.include_router(routes.router)
+    app.include_router(routes.health)
     app.include_router(evidence.router)
     app.include_router(reviews.router)
     app.include_router(sim.router)

@@ -50,6 +50,8 @@ from proveniq_core.saga import store
 from proveniq_core.saga.store import SagaStatus
 
 router = APIRouter()
+health = APIRouter(tags=["health"])
+"""Liveness and readiness: served by every process, workers included."""
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"description": text, "model": ErrorEnvelope}
@@ -374,15 +376,14 @@ async def list_alerts(
     return AlertPage(items=[alert_view(r) for r in rows], nextCursor=next_cursor)
 
 
-@router.get("/healthz", tags=["health"])
+@health.get("/healthz")
 async def healthz() -> dict[str, str]:
     """The process is alive."""
     return {"status": "ok"}
 
 
-@router.get(
+@health.get(
     "/readyz",
-    tags=["health"],
     response_model=Readiness,
     responses={503: {"model": Readiness, "description": "database down or migrations pending"}},
 )
