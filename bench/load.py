@@ -1,0 +1,707 @@
+"""Open-loop HTTP load on a real ``proveniq serve``, lockers simulated over a real broker.
+
+    python bench/load.py --scenario instant     # (a) latency at 100/s, then max sustained rate
+    python bench/load.py --scenario seed        # (b) seed latency profile + faults, 50/s, 5 min
+    python bench/load.py --scenario all --out bench/load.txt
+    python bench/load.py --scenario seed --seed-duration 120   # (b) shortened
+
+Each scenario starts its own processes on a fresh database (``proveniq_load_<pid>_<name>``
+on ``--database-url``'s server, dropped afterwards) and the broker at ``--mqtt-url``:
+
+- ``proveniq simulate`` with a unique locker prefix and ``--faults-port`` (fault injection
+  over loopback HTTP, not the shared MQTT control topic);
+- ``proveniq serve --database-url … --mqtt-url … --port …``; the lockers are registered
+  through ``POST /api/lockers`` with the simulator's sites.
+
+The generator is open-loop: request *i* is sent at ``t0 + i / rate`` whatever the earlier
+ones are doing, and its latency is counted from that scheduled instant, so a stalled
+server or client shows up in the figures instead of slowing the arrivals down
+(no coordinated omission). CPU of the serve, simulate and generator processes comes from
+psutil over each phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import psycopg
+
+from proveniq_core.embedded import free_port
+from proveniq_core.locker.simulator import fleet_specs
+
+VENV_BIN = Path(sys.executable).parent
+OUT: list[str] = []
+
+
+def say(line: str = "") -> None:
+    print(line, flush=True)
+
+
+def record(line: str = "") -> None:
+    say(line)
+    OUT.append(line)
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+# --- processes -------------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    base: str
+    key: str
+    serve: psutil.Process
+    sim: psutil.Process
+    faults_url: str
+    refs: list[str]
+    db_url: str
+
+
+@contextlib.contextmanager
+def database(server_url: str, name: str) -> Iterator[str]:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    info = psycopg.conninfo.conninfo_to_dict(server_url) | {"dbname": name}
+    try:
+        yield psycopg.conninfo.make_conninfo(**info)
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def stack(
+    args: argparse.Namespace, name: str, lockers: int, profile: str
+) -> AsyncIterator[Stack]:
+    prefix = f"ld{os.getpid()}{name[0]}-"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVENIQ_")}
+    env["PROVENIQ_LOG_LEVEL"] = "warning"
+    with (
+        database(args.database_url, f"proveniq_load_{os.getpid()}_{name}") as db_url,
+        tempfile.TemporaryDirectory() as home,
+    ):
+        faults_port, port = free_port(), free_port()
+        sim = subprocess.Popen(  # noqa: ASYNC220 (start-up, before any load)
+            [
+                str(VENV_BIN / "proveniq"),
+                "simulate",
+                "--mqtt-url",
+                args.mqtt_url,
+                "--lockers",
+                str(lockers),
+                "--prefix",
+                prefix,
+                "--profile",
+                profile,
+                "--seed",
+                "7",
+                "--faults-port",
+                str(faults_port),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        serve = subprocess.Popen(  # noqa: ASYNC220
+            [
+                str(VENV_BIN / "proveniq"),
+                "serve",
+                "--home",
+                home,
+                "--database-url",
+                db_url,
+                "--mqtt-url",
+                args.mqtt_url,
+                "--port",
+                str(port),
+            ],
+            env=env | {k: v for k, v in (s.split("=", 1) for s in args.serve_env)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        try:
+            assert serve.stdout is not None
+            key = ""
+            t0 = time.perf_counter()
+            for line in serve.stdout:
+                if line.startswith("Admin API key:"):
+                    key = line.split()[-1]
+                if line.startswith("Ctrl-C"):
+                    break
+            if not key:
+                raise SystemExit(f"serve exited ({serve.poll()}) before its banner")
+            say(f"[{name}] serve ready in {time.perf_counter() - t0:.1f} s on port {port}")
+            base = f"http://127.0.0.1:{port}"
+            specs = fleet_specs(lockers, prefix)
+            async with httpx.AsyncClient(
+                base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30
+            ) as http:
+                for spec in specs:
+                    r = await http.post(
+                        "/api/lockers",
+                        json={
+                            "lockerRef": spec.ref,
+                            "site": {"lat": spec.lat, "lon": spec.lon},
+                            "geofenceM": 100.0,
+                        },
+                    )
+                    r.raise_for_status()
+                deadline = time.monotonic() + 30
+                while True:
+                    online, cursor = 0, None
+                    while True:
+                        params: dict[str, Any] = {"limit": 200}
+                        if cursor:
+                            params["cursor"] = cursor
+                        page = (await http.get("/api/lockers", params=params)).json()
+                        online += sum(1 for item in page["items"] if item["online"])
+                        cursor = page["nextCursor"]
+                        if not cursor:
+                            break
+                    if online == lockers:
+                        break
+                    if time.monotonic() > deadline:
+                        raise SystemExit(f"only {online}/{lockers} lockers online after 30 s")
+                    await asyncio.sleep(0.5)
+            say(f"[{name}] {lockers} lockers {specs[0].ref}…{specs[-1].ref} online ({profile})")
+            yield Stack(
+                base=base,
+                key=key,
+                serve=psutil.Process(serve.pid),
+                sim=psutil.Process(sim.pid),
+                faults_url=f"http://127.0.0.1:{faults_port}/sim/faults",
+                refs=[s.ref for s in specs],
+                db_url=db_url,
+            )
+        finally:
+            stop(serve)
+            stop(sim)
+            if serve.stdout:
+                serve.stdout.close()
+
+
+# --- the open-loop generator -----------------------------------------------------------
+
+
+@dataclass
+class Phase:
+    label: str
+    rate: float
+    duration: float
+    results: list[tuple[str, float]] = field(default_factory=list)  # (status, ms)
+    lag_ms: list[float] = field(default_factory=list)
+    backlog_at_end: int = 0
+    drain_s: float = 0.0
+    done_in_window: int = 0
+    cpu: dict[str, float] = field(default_factory=dict)
+
+    def ms(self, status: str | None = None) -> list[float]:
+        return [m for s, m in self.results if status is None or s == status]
+
+    @property
+    def statuses(self) -> Counter[str]:
+        return Counter(s for s, _ in self.results)
+
+    @property
+    def ok(self) -> int:
+        return sum(n for s, n in self.statuses.items() if s in ("201", "202"))
+
+
+class CpuMeter:
+    def __init__(self, procs: dict[str, psutil.Process], backends: str) -> None:
+        """``backends``: also count the PostgreSQL backends connected to this database."""
+        self.procs = procs
+        pg = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if f" {backends} " in " ".join(p.info["cmdline"] or []) + " "
+        ]
+        self.pg = {p: self._cpu(p) for p in pg}
+        self.t0 = time.monotonic()
+        self.c0 = {k: self._cpu(p) for k, p in procs.items()}
+        self.m0 = psutil.cpu_times()
+
+    @staticmethod
+    def _cpu(p: psutil.Process) -> float:
+        try:
+            t = p.cpu_times()
+            return t.user + t.system
+        except psutil.Error:
+            return float("nan")
+
+    def read(self) -> dict[str, float]:
+        wall = time.monotonic() - self.t0
+        out = {k: (self._cpu(p) - self.c0[k]) / wall * 100 for k, p in self.procs.items()}
+        out["postgres"] = sum(self._cpu(p) - c for p, c in self.pg.items() if p.is_running())
+        out["postgres"] *= 100 / wall
+        m1 = psutil.cpu_times()
+        busy = sum(
+            getattr(m1, f) - getattr(self.m0, f)
+            for f in ("user", "system", "nice", "irq", "softirq", "steal")
+        )
+        out["machine"] = busy / wall * 100  # of (cores x 100)
+        out["load1"] = os.getloadavg()[0]
+        return out
+
+
+async def run_phase(
+    http: httpx.AsyncClient, st: Stack, label: str, rate: float, duration: float
+) -> Phase:
+    phase = Phase(label, rate, duration)
+    loop = asyncio.get_running_loop()
+    n = max(1, round(rate * duration))
+    inflight: set[asyncio.Task[None]] = set()
+    meter = CpuMeter(
+        {"serve": st.serve, "simulate": st.sim, "generator": psutil.Process()},
+        backends=st.db_url.split("dbname=")[1].split()[0],
+    )
+
+    async def one(i: int, at: float) -> None:
+        body = {
+            "name": f"load {label} {i}",
+            "category": "bench",
+            "lockerRef": st.refs[i % len(st.refs)],
+        }
+        try:
+            r = await http.post("/api/assets", json=body)
+            status = str(r.status_code)
+        except httpx.HTTPError as exc:
+            status = type(exc).__name__
+        phase.results.append((status, (loop.time() - at) * 1000))
+
+    async def progress() -> None:
+        seen = 0
+        while True:
+            await asyncio.sleep(5)
+            recent = phase.results[seen:]
+            seen = len(phase.results)
+            lat = [m for _, m in recent]
+            codes = dict(Counter(s for s, _ in recent))
+            say(
+                f"  [{label}] t={loop.time() - t0:5.1f}s sent {sent:6d}"
+                f" done {len(phase.results):6d}"
+                f" in-flight {len(inflight):5d} | last 5 s: p50 {pct(lat, 50):7.1f} ms"
+                f" p99 {pct(lat, 99):7.1f} ms {codes}"
+            )
+
+    t0 = loop.time() + 0.05
+    sent = 0
+    reporter = asyncio.create_task(progress())
+    try:
+        for i in range(n):
+            at = t0 + i / rate
+            delay = at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            phase.lag_ms.append(max(0.0, (loop.time() - at) * 1000))
+            task = asyncio.create_task(one(i, at))
+            inflight.add(task)
+            task.add_done_callback(inflight.discard)
+            sent += 1
+        # The arrival window ends one interval after the last send.
+        end = t0 + n / rate
+        if end > loop.time():
+            await asyncio.sleep(end - loop.time())
+        phase.backlog_at_end = len(inflight)
+        phase.done_in_window = len(phase.results)
+        phase.cpu = meter.read()
+        t_end = loop.time()
+        if inflight:
+            await asyncio.wait(set(inflight), timeout=120)
+        phase.drain_s = loop.time() - t_end
+    finally:
+        reporter.cancel()
+    return phase
+
+
+def phase_row(p: Phase) -> str:
+    lat = p.ms()
+    codes = ", ".join(f"{k}×{v}" for k, v in sorted(p.statuses.items()))
+    cpu = (
+        " / ".join(
+            f"{p.cpu.get(k, float('nan')):.0f}"
+            for k in ("serve", "postgres", "simulate", "generator", "machine")
+        )
+        + f" | {p.cpu.get('load1', float('nan')):.1f}"
+    )
+    return (
+        f"| {p.rate:.0f} | {p.duration:.0f} | {len(p.results)}"
+        f" | {p.done_in_window / p.duration:.0f}"
+        f" | {pct(lat, 50):.1f} | {pct(lat, 95):.1f} | {pct(lat, 99):.1f} | {max(lat):.1f}"
+        f" | {pct(p.lag_ms, 99):.1f} | {p.backlog_at_end} | {codes} | {cpu} |"
+    )
+
+
+PHASE_HEADER = (
+    "| rate/s | s | requests | done/s in window | p50 ms | p95 ms | p99 ms | max ms"
+    " | send lag p99 ms | in flight at end | statuses"
+    " | CPU % serve / pg / sim / gen / machine (of 200) | load avg |\n"
+    "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: |"
+)
+
+
+# --- the ledger ------------------------------------------------------------------------
+
+
+def ledger_state(db_url: str) -> dict[str, Any]:
+    with psycopg.connect(db_url) as conn:
+        by_status = dict(
+            conn.execute("SELECT status::text, count(*) FROM assets GROUP BY 1").fetchall()
+        )
+        pl_with_entry = conn.execute(
+            """SELECT count(*) FROM assets a WHERE a.status = 'pending_link' AND EXISTS (
+                 SELECT 1 FROM retry_queue q WHERE q.asset_id = a.id
+                 AND q.status IN ('pending', 'retrying', 'exhausted'))"""
+        ).fetchone()[0]
+        sagas = dict(
+            conn.execute(
+                "SELECT name || ':' || status, count(*) FROM sagas GROUP BY 1 ORDER BY 1"
+            ).fetchall()
+        )
+        retry = dict(conn.execute("SELECT status, count(*) FROM retry_queue GROUP BY 1").fetchall())
+        alerts = dict(conn.execute("SELECT code, count(*) FROM ops_alerts GROUP BY 1").fetchall())
+        commits = conn.execute(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()[0]
+    return {
+        "assets": by_status,
+        "total": sum(by_status.values()),
+        "pending_link_with_entry": pl_with_entry,
+        "sagas": sagas,
+        "retry_queue": retry,
+        "alerts": alerts,
+        "commits": commits,
+    }
+
+
+async def drain(db_url: str, timeout: float, label: str) -> tuple[dict[str, Any], float]:
+    """Wait until no asset is mid-flight (pending, or linked awaiting verification)."""
+    t0 = time.monotonic()
+    while True:
+        state = await asyncio.to_thread(ledger_state, db_url)
+        a = state["assets"]
+        busy = a.get("pending", 0) + a.get("linked", 0)
+        busy += a.get("pending_link", 0) - state["pending_link_with_entry"]
+        elapsed = time.monotonic() - t0
+        if busy == 0 or elapsed > timeout:
+            return state, elapsed
+        say(f"  [{label}] drain t={elapsed:5.1f}s assets {a} (busy {busy})")
+        await asyncio.sleep(5)
+
+
+def record_ledger(state: dict[str, Any], answered_2xx: int, other: Counter[str]) -> bool:
+    a = state["assets"]
+    record(
+        f"Ledger: {state['total']} assets: " + ", ".join(f"{k} {v}" for k, v in sorted(a.items()))
+    )
+    record(
+        f"  pending_link with an open retry-queue entry: {state['pending_link_with_entry']}"
+        f" of {a.get('pending_link', 0)}; retry_queue {state['retry_queue']}"
+    )
+    record(f"  sagas {state['sagas']}")
+    if state["total"]:
+        record(
+            f"  PostgreSQL commits in the database (whole run, all sources):"
+            f" {state['commits']} = {state['commits'] / state['total']:.1f} per asset"
+        )
+    if state["alerts"]:
+        record(f"  ops alerts {state['alerts']}")
+    settled = {"verified", "linked", "manual_review", "rejected", "link_failed"}
+    unsettled = sum(v for k, v in a.items() if k not in settled and k != "pending_link")
+    unsettled += a.get("pending_link", 0) - state["pending_link_with_entry"]
+    lost = answered_2xx != state["total"]
+    record(
+        f"  2xx answers {answered_2xx} vs assets in the ledger {state['total']}"
+        f" ({'MISMATCH' if lost else 'none lost'}); non-2xx answers {dict(other) or 0};"
+        f" assets neither settled nor escalated: {unsettled}"
+    )
+    return not lost and unsettled == 0
+
+
+# --- scenarios -------------------------------------------------------------------------
+
+
+def client(st: Stack) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=st.base,
+        headers={"Authorization": f"Bearer {st.key}"},
+        timeout=60,
+        # keep-alive under uvicorn's 5 s, so an idle connection is not reused as it closes
+        limits=httpx.Limits(
+            max_connections=4000, max_keepalive_connections=4000, keepalive_expiry=3
+        ),
+    )
+
+
+async def scenario_instant(args: argparse.Namespace) -> None:
+    async with stack(args, "instant", args.lockers, "instant") as st, client(st) as http:
+        record("## (a) instant lockers")
+        record()
+        record(
+            f"{args.lockers} simulated lockers, profile instant; serve, simulate and generator"
+            " share"
+            " the 2 cores with PostgreSQL and Mosquitto."
+        )
+        warm = await run_phase(http, st, "warmup", 50, 3)
+        say(f"[instant] latency phase: {args.rate}/s for {args.duration} s")
+        lat = await run_phase(http, st, "latency", args.rate, args.duration)
+        record()
+        record(f"### Latency at {args.rate:.0f}/s for {args.duration:.0f} s")
+        record()
+        record(PHASE_HEADER)
+        record(phase_row(lat))
+        p99 = pct(lat.ms(), 99)
+        record()
+        record(
+            f"Core-added p99 {p99:.1f} ms (p50 {pct(lat.ms(), 50):.1f} ms) vs target p99 <= 20 ms:"
+            f" {'MET' if p99 <= 20 else 'NOT MET'} (instant lockers: the figure includes the broker"
+            " round trip and the simulator, both on the same machine)"
+        )
+        record()
+        record(f"### Maximum sustained rate ({args.step_duration:.0f} s per step)")
+        record()
+        record(
+            "A step is sustained when every answer is 2xx, p99 <= "
+            f"{args.max_p99:.0f} ms, and the in-flight backlog at the end of the arrival"
+            " window is under one second of arrivals."
+        )
+        record()
+        record(PHASE_HEADER)
+        best = 0.0
+        steps = []
+        for rate in args.steps:
+            say(f"[instant] step {rate}/s for {args.step_duration} s")
+            p = await run_phase(http, st, f"step{rate:.0f}", rate, args.step_duration)
+            steps.append(p)
+            record(phase_row(p))
+            errors = len(p.results) - p.ok
+            good = errors == 0 and pct(p.ms(), 99) <= args.max_p99 and p.backlog_at_end < rate
+            if not good:
+                say(f"[instant] {rate}/s not sustained; stopping the ramp")
+                break
+            best = rate
+            await asyncio.sleep(2)
+        record()
+        record(
+            f"Highest sustained rate: {best:.0f} registrations/s vs target >= 300/s:"
+            f" {'MET' if best >= 300 else 'NOT MET'}"
+        )
+        record()
+        state, waited = await drain(st.db_url, args.drain_timeout, "instant")
+        record(f"After the ramp (drained in {waited:.0f} s):")
+        phases = [warm, lat, *steps]
+        answered = sum(p.ok for p in phases)
+        other = Counter(s for p in phases for s, _ in p.results if s not in ("201", "202"))
+        record_ledger(state, answered, other)
+        record()
+
+
+async def scenario_seed(args: argparse.Namespace) -> None:
+    n = args.seed_lockers
+    offline = max(1, round(n * args.offline_pct / 100))
+    async with stack(args, "seed", n, "seed") as st, client(st) as http:
+        # Offline devices: the first command each receives is lost and it drops off the
+        # broker for the whole run; timeouts: a flaky rule drops a share of all commands.
+        rules = [
+            {"lockerRef": ref, "fault": "offline", "seconds": args.seed_duration + 3600}
+            for ref in st.refs[:: max(1, n // offline)][:offline]
+        ]
+        rules.append({"lockerRef": "*", "fault": "flaky", "probability": args.timeout_pct / 100})
+        for rule in rules:
+            r = await http.post(st.faults_url, json=rule)
+            r.raise_for_status()
+        record(
+            f"## (b) seed latency profile, {args.seed_rate:.0f}/s for {args.seed_duration:.0f} s"
+        )
+        record()
+        record(
+            f"{n} simulated lockers, profile seed (lognormal, p50 500 ms, p99 5 s); faults via"
+            f" the simulator's /sim/faults: {offline} locker(s) offline for the run"
+            f" ({offline / n * 100:.1f} % of devices), and a flaky rule on '*' dropping"
+            f" {args.timeout_pct:g} % of all commands (link and collect_evidence), which Core sees"
+            " as a command timeout. Sync link budget 2 s, command timeout 30 s (defaults)."
+        )
+        record()
+        p = await run_phase(http, st, "seed", args.seed_rate, args.seed_duration)
+        faults = (await http.get(st.faults_url)).json()["items"]
+        record(PHASE_HEADER)
+        record(phase_row(p))
+        record()
+        record("| answers | count | P50 ms | P95 ms | P99 ms | max ms |")
+        record("| --- | ---: | ---: | ---: | ---: | ---: |")
+        groups = [("all", None), *((s, s) for s in sorted(p.statuses))]
+        for name, status in groups:
+            ms = p.ms(status)
+            record(
+                f"| {name} | {len(ms)} | {pct(ms, 50):.0f} | {pct(ms, 95):.0f} | {pct(ms, 99):.0f}"
+                f" | {max(ms):.0f} |"
+            )
+        record()
+        ms = p.ms()
+        checks = [("P50", 50, 500), ("P95", 95, 1500), ("P99", 99, 3000)]
+        record(
+            "SLO (all answers): "
+            + "; ".join(
+                f"{k} {pct(ms, q):.0f} ms < {lim} ms {'MET' if pct(ms, q) < lim else 'NOT MET'}"
+                for k, q, lim in checks
+            )
+        )
+        record(
+            "Faults hit (rule: commands seen): "
+            + ", ".join(f"{f['fault']} {f['lockerRef']}: seen {f['seen']}" for f in faults)
+        )
+        record()
+        state, waited = await drain(st.db_url, args.drain_timeout, "seed")
+        record(f"After the run ({waited:.0f} s of drain, limit {args.drain_timeout:.0f} s):")
+        other = Counter(s for s, _ in p.results if s not in ("201", "202"))
+        ok = record_ledger(state, p.ok, other)
+        record(f"  every asset settled or escalated, none lost: {'YES' if ok else 'NO'}")
+        record()
+
+
+def header(args: argparse.Namespace) -> None:
+    def ver(pkg: str) -> str:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return "?"
+
+    with psycopg.connect(args.database_url) as conn:
+        pg = conn.execute("SHOW server_version").fetchone()[0]
+    mosq = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True).stdout.split("\n")[0]
+    record(f"# bench/load.py — {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC")
+    record()
+    record(
+        f"Machine: {platform.node()}, {os.cpu_count()} cores, {platform.platform()};"
+        f" load average at start {os.getloadavg()[0]:.2f}"
+    )
+    record(
+        f"Python {platform.python_version()}; proveniq-core {ver('proveniq-core')}, httpx"
+        f" {ver('httpx')}, uvicorn {ver('uvicorn')}, psycopg {ver('psycopg')}, aiomqtt"
+        f" {ver('aiomqtt')}; PostgreSQL {pg}; {mosq.strip() or 'mosquitto'}"
+    )
+    record(f"Command: python bench/load.py {' '.join(sys.argv[1:])}")
+    record()
+
+
+@contextlib.contextmanager
+def private_broker() -> Iterator[str]:
+    """A Mosquitto of our own on a free port, with ``set_tcp_nodelay true``."""
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = Path(tmp) / "mosquitto.conf"
+        conf.write_text(
+            f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
+            "persistence false\n"
+        )
+        proc = subprocess.Popen(
+            ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            time.sleep(0.5)
+            yield f"mqtt://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+async def amain(args: argparse.Namespace) -> None:
+    header(args)
+    if args.mqtt_url is None:
+        with private_broker() as url:
+            args.mqtt_url = url
+            record(f"Broker: a private Mosquitto with set_tcp_nodelay true at {url}")
+            record()
+            await scenarios(args)
+    else:
+        record(f"Broker: {args.mqtt_url} (as configured there)")
+        record()
+        await scenarios(args)
+
+
+async def scenarios(args: argparse.Namespace) -> None:
+    if args.scenario in ("instant", "all"):
+        await scenario_instant(args)
+    if args.scenario in ("seed", "all"):
+        await scenario_seed(args)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scenario", choices=["instant", "seed", "all"], default="all")
+    ap.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    ap.add_argument(
+        "--mqtt-url",
+        help="broker to use; unset: start a private Mosquitto with set_tcp_nodelay true",
+    )
+    ap.add_argument("--lockers", type=int, default=50, help="(a) fleet size")
+    ap.add_argument("--rate", type=float, default=100, help="(a) latency phase rate/s")
+    ap.add_argument("--duration", type=float, default=30, help="(a) latency phase seconds")
+    ap.add_argument(
+        "--steps",
+        type=lambda s: [float(x) for x in s.split(",")],
+        default=[25, 50, 75, 100, 125, 150, 200, 300, 400],
+        help="(a) ramp rates/s, comma-separated",
+    )
+    ap.add_argument("--step-duration", type=float, default=15)
+    ap.add_argument("--max-p99", type=float, default=1000, help="(a) p99 limit of a sustained step")
+    ap.add_argument("--seed-lockers", type=int, default=200, help="(b) fleet size")
+    ap.add_argument("--seed-rate", type=float, default=50)
+    ap.add_argument("--seed-duration", type=float, default=300)
+    ap.add_argument("--timeout-pct", type=float, default=1.0, help="(b) commands dropped, %%")
+    ap.add_argument("--offline-pct", type=float, default=0.5, help="(b) devices offline, %%")
+    ap.add_argument("--drain-timeout", type=float, default=150)
+    ap.add_argument(
+        "--serve-env",
+        action="append",
+        default=[],
+        metavar="PROVENIQ_X=V",
+        help="extra environment for serve (repeatable)",
+    )
+    ap.add_argument("--out", type=Path, help="write the results here (markdown)")
+    args = ap.parse_args()
+    try:
+        asyncio.run(amain(args))
+    finally:
+        if args.out and OUT:
+            args.out.write_text("\n".join(OUT) + "\n")
+
+
+if __name__ == "__main__":
+    main()
