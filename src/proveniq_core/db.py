@@ -332,7 +332,8 @@ class Waker:
     async def wait(self, topic: str, timeout: float) -> None:
         event = self._event(topic)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: 3.11's can drop a cancel
+                await event.wait()
         event.clear()
 
 

@@ -18,7 +18,7 @@ from proveniq_core.config import Settings
 from proveniq_core.embedded import EmbeddedBroker, EmbeddedPostgres
 from proveniq_core.errors import CoreError
 from proveniq_core.ledger import assets, audit, keys
-from proveniq_core.locker.gateway import LockerGateway
+from proveniq_core.locker.gateway import LockerGateway, cancel_and_wait
 from proveniq_core.locker.simulator import LatencyProfile, LockerFleet, fleet_specs
 from proveniq_core.resilience.breaker import BreakerRegistry, State
 from proveniq_core.saga.engine import SagaDefinition, SagaEngine
@@ -260,9 +260,7 @@ async def running(
             ]
 
         async def _cancel_tasks() -> None:
-            for task in core.tasks:
-                task.cancel()
-            await asyncio.gather(*core.tasks, return_exceptions=True)
+            await asyncio.gather(*(cancel_and_wait(task) for task in core.tasks))
 
         stack.push_async_callback(_cancel_tasks)
         yield core

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import re
-import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-import structlog
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 
 from proveniq_core.api import (
     circuits,
@@ -22,8 +18,6 @@ from proveniq_core.api import (
     slo,
     webhooks,
 )
-
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def create_worker_app(core: Any) -> FastAPI:
@@ -46,7 +40,7 @@ def create_app(core: Any) -> FastAPI:
     )
     app.state.core = core
     envelope.install(app)
-    metrics.install(app)
+    app.add_middleware(metrics.RequestContext)
     app.include_router(metrics.router)
     app.include_router(routes.router)
     app.include_router(routes.health)
@@ -57,17 +51,5 @@ def create_app(core: Any) -> FastAPI:
     app.include_router(circuits.router)
     app.include_router(slo.router)
     app.include_router(webhooks.router)
-
-    @app.middleware("http")
-    async def request_ids(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        given = request.headers.get("x-request-id", "")
-        rid = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
-        request.state.request_id = rid
-        with structlog.contextvars.bound_contextvars(request_id=rid):
-            response = await call_next(request)
-        response.headers["X-Request-ID"] = rid
-        return response
 
     return app

@@ -9,13 +9,15 @@ route template, status, duration_ms; request_id comes from the bound context).
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Awaitable, Callable
+import uuid
 
 import structlog
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proveniq_core.observability import metrics
 from proveniq_core.observability.gauges import ScrapeGauges
@@ -24,6 +26,7 @@ log = structlog.get_logger(__name__)
 
 router = APIRouter(tags=["health"])
 
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
@@ -42,35 +45,54 @@ async def prometheus_metrics(request: Request) -> Response:
     return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
-def operation(request: Request) -> str:
+def operation(scope: Scope) -> str:
     """``"<METHOD> <route template>"``, or ``"unmatched"`` when no route took the request."""
-    path = getattr(request.scope.get("route"), "path", None)
+    path = getattr(scope.get("route"), "path", None)
     if not isinstance(path, str):
         return "unmatched"
-    return f"{request.method if request.method in _METHODS else 'OTHER'} {path}"
+    method = scope["method"]
+    return f"{method if method in _METHODS else 'OTHER'} {path}"
 
 
-def install(app: FastAPI) -> None:
-    """Observe every request's latency and status code, and log it."""
+class RequestContext:
+    """Plain ASGI middleware, outermost: the request id (a safe ``X-Request-ID`` from the
+    client, else a new one; bound to every log line and echoed), then one metrics sample and
+    one ``http_request`` log line per request. Plain ASGI rather than ``@app.middleware``:
+    no task group per request (this ran at 17 % of a loaded process's time)."""
 
-    @app.middleware("http")
-    async def observe_requests(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
+        rid = given.decode("latin-1")
+        if not _REQUEST_ID.match(rid):
+            rid = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        status = 500  # what the client gets if an exception escapes the app
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid.encode())]
+            await send(message)
+
         started = time.perf_counter()
-        status = "500"  # what the client gets if an exception escapes the app
-        try:
-            response = await call_next(request)
-            status = str(response.status_code)
-            return response
-        finally:
-            seconds = time.perf_counter() - started
-            metrics.observe("api", operation(request), status, seconds)
-            route = getattr(request.scope.get("route"), "path", None)
-            log.info(
-                "http_request",
-                method=request.method,
-                route=route if isinstance(route, str) else "unmatched",
-                status=int(status),
-                duration_ms=round(seconds * 1000, 1),
-            )
+        with structlog.contextvars.bound_contextvars(request_id=rid):
+            try:
+                await self.app(scope, receive, send_with_id)
+            finally:
+                seconds = time.perf_counter() - started
+                op = operation(scope)
+                metrics.observe("api", op, str(status), seconds)
+                log.info(
+                    "http_request",
+                    method=scope["method"],
+                    route=op.partition(" ")[2] or op,
+                    status=status,
+                    duration_ms=round(seconds * 1000, 1),
+                )
