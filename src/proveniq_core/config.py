@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     verify_timestamp_skew: float = Field(300.0, gt=0, description="evidence clock tolerance")
     verify_collect_timeout: float = Field(30.0, gt=0)
     verify_max_attempts: int = Field(8, ge=1, description="collections before escalating")
+    verify_concurrency: int = Field(
+        64, ge=1, description="evidence collections one worker waits on at once"
+    )
     verify_retry_base: float = Field(
         30.0, gt=0, description="first retry of a failed collection, doubling (8 tries: ~1 h)"
     )

@@ -235,7 +235,9 @@ async def running(
         core.tasks.append(asyncio.create_task(engine.keepalive(), name="saga-keepalive"))
         if settings.role in ("worker", "all"):
             waker = db.Waker(conninfo)
-            worker = VerifyWorker(pool, gateway, core.evidence, settings)
+            worker = VerifyWorker(
+                pool, gateway, core.evidence, settings, concurrency=settings.verify_concurrency
+            )
             webhook_worker = DeliveryWorker(
                 pool,
                 timeout=settings.webhook_timeout,
