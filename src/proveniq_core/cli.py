@@ -699,10 +699,10 @@ def demo(
 ) -> None:
     """Register a few assets against a running service and print their timelines.
 
-    The failure paths need a service that simulates its lockers (the embedded default
-    does); the database outage needs the service's database (--database-url, or the
-    embedded server under --home), which the demo closes to new connections for a few
-    seconds.
+    The failure paths run only against a service that simulates its lockers (the
+    embedded default does), never against real ones; the database outage also needs the
+    service's database (--database-url, or the embedded server under --home), which the
+    demo closes to new connections for a few seconds.
     """
     from proveniq_core.demo import run_demo, run_failures
 

@@ -194,11 +194,13 @@ def run_failures(
     failures = 0
     with httpx.Client(base_url=url, headers=headers, timeout=40.0) as http:
         if http.get("/sim/faults").status_code == 404:
-            console.print("[yellow]no simulated fleet in the service: locker faults skipped[/]")
-        else:
-            ref = http.get("/api/lockers", params={"limit": 1}).json()["items"][0]["lockerRef"]
-            failures += _timeout_path(http, ref, wait, console)
-            failures += _hardware_path(http, ref, wait, console)
+            # Not a demo deployment: never inject faults into it, least of all take its
+            # database down.
+            console.print("[yellow]the service simulates no lockers: failure paths skipped[/]")
+            return 0
+        ref = http.get("/api/lockers", params={"limit": 1}).json()["items"][0]["lockerRef"]
+        failures += _timeout_path(http, ref, wait, console)
+        failures += _hardware_path(http, ref, wait, console)
         if database_url is None:
             console.print("[yellow]no database to take down: ledger outage skipped[/]")
         else:
