@@ -275,6 +275,7 @@ async def test_a_hardware_fault_answers_502_and_holds_the_asset_for_an_operator(
     view = (await http.get(f"/api/ops/sagas/{saga['sagaId']}")).json()
     assert view["runAt"] is None
     assert view["steps"][-1]["status"] == "deferred"
+    assert await core.engine.next_due_in() is None  # held: due never, and no error either
 
 
 # -- E_LEDGER_CONSTRAINT ---------------------------------------------------------------------

@@ -126,7 +126,7 @@ async def _asset_outcome(request: Request, asset_id: str, tenant_id: str) -> Ass
     core = request.app.state.core
     async with db.connection(core.pool) as conn:
         asset = await assets.get(conn, tenant_id, asset_id)
-        saga = await db.fetch_one(conn, "get_saga_status", {"id": asset["saga_id"]})
+        saga = await db.fetch_one(conn, "get_saga", {"id": asset["saga_id"]})
     entry = await core.retry_queue.for_asset(asset_id)
     held = asset["status"] in operator.HELD
     return AssetOutcome(

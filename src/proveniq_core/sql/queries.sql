@@ -151,15 +151,12 @@ WHERE s.id = held.id AND s.epoch = held.epoch AND s.lease_until IS NOT NULL
 RETURNING s.id
 
 -- next_saga_due --
+-- Held sagas (run_at 'infinity') are due never; subtracting it would raise.
 SELECT EXTRACT(EPOCH FROM min(run_at) - now()) AS seconds FROM sagas
-WHERE status IN ('running', 'compensating') AND lease_until IS NULL
+WHERE status IN ('running', 'compensating') AND lease_until IS NULL AND run_at < 'infinity'
 
 -- get_saga --
 SELECT * FROM sagas WHERE id = %(id)s
-
--- get_saga_status --
--- Only the status: a held saga's run_at is 'infinity', which Python cannot load.
-SELECT status FROM sagas WHERE id = %(id)s
 
 -- get_saga_steps --
 SELECT * FROM saga_steps WHERE saga_id = %(saga_id)s ORDER BY started_at, step_index, attempt
