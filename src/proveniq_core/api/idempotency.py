@@ -34,7 +34,7 @@ import json
 import random
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Final, LiteralString
+from typing import Annotated, Any, Final
 
 import structlog
 from fastapi import Header, Request, Response
@@ -73,71 +73,6 @@ REPLAYED_HEADERS: Final = frozenset({"content-type", "location", "retry-after", 
 PURGE_PROBABILITY: Final = 0.01  # a stored response purges a batch of expired rows this often
 PURGE_BATCH: Final = 500
 
-# Claim the key: insert it, or take over a row that is 24 h old, or one in flight whose lease
-# lapsed (same route and body only). Returns a row only when this request now owns the key.
-_CLAIM: Final = """
-INSERT INTO idempotency_keys AS k (tenant_id, key, route, request_hash, token, locked_until)
-VALUES (%(tenant_id)s, %(key)s, %(route)s, %(request_hash)s, %(token)s,
-        now() + make_interval(secs => %(lease)s))
-ON CONFLICT (tenant_id, key) DO UPDATE SET
-    route = EXCLUDED.route,
-    request_hash = EXCLUDED.request_hash,
-    token = EXCLUDED.token,
-    status = 'in_flight',
-    locked_until = EXCLUDED.locked_until,
-    response_status = NULL,
-    response_headers = NULL,
-    response_body = NULL,
-    created_at = now(),
-    completed_at = NULL
-WHERE k.created_at <= now() - make_interval(secs => %(ttl)s)
-   OR (k.status = 'in_flight' AND k.locked_until <= now()
-       AND k.route = EXCLUDED.route AND k.request_hash = EXCLUDED.request_hash)
-RETURNING k.token
-"""
-
-_LOOKUP: Final = """
-SELECT route, request_hash, status, response_status, response_headers, response_body,
-       created_at <= now() - make_interval(secs => %(ttl)s) AS expired,
-       status = 'in_flight' AND locked_until <= now() AS lease_lapsed
-FROM idempotency_keys
-WHERE tenant_id = %(tenant_id)s AND key = %(key)s
-"""
-
-_COMPLETE: Final = """
-UPDATE idempotency_keys SET
-    status = 'completed',
-    locked_until = NULL,
-    response_status = %(status)s,
-    response_headers = %(headers)s,
-    response_body = %(body)s,
-    completed_at = now()
-WHERE tenant_id = %(tenant_id)s AND key = %(key)s AND token = %(token)s
-  AND status = 'in_flight'
-"""
-
-_RENEW: Final = """
-UPDATE idempotency_keys SET locked_until = now() + make_interval(secs => %(lease)s)
-WHERE tenant_id = %(tenant_id)s AND key = %(key)s AND token = %(token)s
-  AND status = 'in_flight'
-"""
-
-_RELEASE: Final = """
-DELETE FROM idempotency_keys
-WHERE tenant_id = %(tenant_id)s AND key = %(key)s AND token = %(token)s
-  AND status = 'in_flight'
-"""
-
-_PURGE: Final = """
-DELETE FROM idempotency_keys
-WHERE (tenant_id, key) IN (
-    SELECT tenant_id, key FROM idempotency_keys
-    WHERE created_at <= now() - make_interval(secs => %(ttl)s)
-    ORDER BY created_at
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-)
-"""
 
 _CLAIM_ATTEMPTS: Final = 3
 
@@ -203,10 +138,10 @@ async def run_idempotent(
     }
     for _ in range(_CLAIM_ATTEMPTS):
         async with db.connection(pool) as conn:
-            claimed = await (await conn.execute(_CLAIM, params)).fetchone()
+            claimed = await db.fetch_one(conn, "idempotency_claim", params)
             if claimed is not None:
                 break
-            row = await (await conn.execute(_LOOKUP, params)).fetchone()
+            row = await db.fetch_one(conn, "idempotency_lookup", params)
         if row is None or row["expired"]:
             continue  # released or aged out since the claim: claim again
         if row["route"] != route or bytes(row["request_hash"]) != params["request_hash"]:
@@ -238,14 +173,14 @@ async def run_idempotent(
 
     content = getattr(response, "body", None)
     if 400 <= response.status_code < 500 or not isinstance(content, bytes):
-        await _settle(pool, _RELEASE, params)
+        await _settle(pool, "idempotency_release", params)
         if not isinstance(content, bytes):
             raise TypeError(f"{HEADER}: the handler must return a response with a body in memory")
         return response
     headers = {k: v for k, v in response.headers.items() if k in REPLAYED_HEADERS}
     stored = await _settle(
         pool,
-        _COMPLETE,
+        "idempotency_complete",
         params | {"status": response.status_code, "headers": db.jsonb(headers), "body": content},
     )
     if stored and random.random() < PURGE_PROBABILITY:
@@ -274,14 +209,14 @@ async def idempotent_model(
     )
 
 
-async def _settle(pool: db.Pool, sql: LiteralString, params: dict[str, Any]) -> bool:
+async def _settle(pool: db.Pool, query: str, params: dict[str, Any]) -> bool:
     """Complete or release the claimed row; ``False`` if it was taken over or the store failed.
 
     Either way the handler's response still goes to the client: it is what happened.
     """
     try:
         async with db.connection(pool) as conn:
-            done = (await conn.execute(sql, params)).rowcount == 1
+            done = await db.execute(conn, query, params) == 1
     except CoreError as exc:
         log.warning("idempotency_store_failed", key=params["key"], error=exc.code)
         return False
@@ -296,7 +231,7 @@ async def _keep_leased(pool: db.Pool, params: dict[str, Any]) -> None:
         await asyncio.sleep(params["lease"] / 3)
         try:
             async with db.connection(pool) as conn:
-                if (await conn.execute(_RENEW, params)).rowcount == 0:
+                if await db.execute(conn, "idempotency_renew", params) == 0:
                     return  # taken over (the lease lapsed anyway) or purged
         except CoreError as exc:
             log.warning("idempotency_renew_failed", key=params["key"], error=exc.code)
@@ -305,8 +240,7 @@ async def _keep_leased(pool: db.Pool, params: dict[str, Any]) -> None:
 async def purge_expired(pool: db.Pool, *, limit: int = PURGE_BATCH) -> int:
     """Delete up to ``limit`` keys older than 24 h (they already count as absent)."""
     async with db.connection(pool) as conn:
-        cur = await conn.execute(_PURGE, {"ttl": TTL_SECONDS, "limit": limit})
-        return cur.rowcount
+        return await db.execute(conn, "idempotency_purge", {"ttl": TTL_SECONDS, "limit": limit})
 
 
 __all__ = [

@@ -532,3 +532,64 @@ SELECT * FROM webhook_attempts WHERE delivery_id = ANY (%(ids)s) ORDER BY delive
 INSERT INTO webhook_deliveries (id, event_id, endpoint_id, redelivery_of)
 SELECT %(id)s, event_id, endpoint_id, id FROM webhook_deliveries WHERE id = %(of)s
 RETURNING id
+
+-- Idempotency-Key (api/idempotency.py). The claim inserts the key, or takes over a row
+-- that is 24 h old or in flight with a lapsed lease (same route and body only); it returns
+-- a row only when this request now owns the key.
+-- idempotency_claim --
+INSERT INTO idempotency_keys AS k (tenant_id, key, route, request_hash, token, locked_until)
+VALUES (%(tenant_id)s, %(key)s, %(route)s, %(request_hash)s, %(token)s,
+        now() + make_interval(secs => %(lease)s))
+ON CONFLICT (tenant_id, key) DO UPDATE SET
+    route = EXCLUDED.route,
+    request_hash = EXCLUDED.request_hash,
+    token = EXCLUDED.token,
+    status = 'in_flight',
+    locked_until = EXCLUDED.locked_until,
+    response_status = NULL,
+    response_headers = NULL,
+    response_body = NULL,
+    created_at = now(),
+    completed_at = NULL
+WHERE k.created_at <= now() - make_interval(secs => %(ttl)s)
+   OR (k.status = 'in_flight' AND k.locked_until <= now()
+       AND k.route = EXCLUDED.route AND k.request_hash = EXCLUDED.request_hash)
+RETURNING k.token
+
+-- idempotency_lookup --
+SELECT route, request_hash, status, response_status, response_headers, response_body,
+       created_at <= now() - make_interval(secs => %(ttl)s) AS expired,
+       status = 'in_flight' AND locked_until <= now() AS lease_lapsed
+FROM idempotency_keys
+WHERE tenant_id = %(tenant_id)s AND key = %(key)s
+
+-- idempotency_complete --
+UPDATE idempotency_keys SET
+    status = 'completed',
+    locked_until = NULL,
+    response_status = %(status)s,
+    response_headers = %(headers)s,
+    response_body = %(body)s,
+    completed_at = now()
+WHERE tenant_id = %(tenant_id)s AND key = %(key)s AND token = %(token)s
+  AND status = 'in_flight'
+
+-- idempotency_renew --
+UPDATE idempotency_keys SET locked_until = now() + make_interval(secs => %(lease)s)
+WHERE tenant_id = %(tenant_id)s AND key = %(key)s AND token = %(token)s
+  AND status = 'in_flight'
+
+-- idempotency_release --
+DELETE FROM idempotency_keys
+WHERE tenant_id = %(tenant_id)s AND key = %(key)s AND token = %(token)s
+  AND status = 'in_flight'
+
+-- idempotency_purge --
+DELETE FROM idempotency_keys
+WHERE (tenant_id, key) IN (
+    SELECT tenant_id, key FROM idempotency_keys
+    WHERE created_at <= now() - make_interval(secs => %(ttl)s)
+    ORDER BY created_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
