@@ -105,8 +105,12 @@ async def _database(settings: Settings) -> AsyncIterator[db.Pool]:
             pg.stop()
 
 
-def _run(coro: Any) -> Any:
+def _run(coro: Any, *, loop: str = "asyncio") -> Any:
     try:
+        if loop == "uvloop":
+            import uvloop
+
+            return uvloop.run(coro)
         return asyncio.run(coro)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
@@ -149,6 +153,13 @@ def serve(
             help="json (one JSON line per event on stderr) or console.",
         ),
     ] = "json",
+    event_loop: Annotated[
+        str,
+        typer.Option(
+            envvar="PROVENIQ_EVENT_LOOP",
+            help="uvloop (libuv-based, the default) or asyncio (the standard library's).",
+        ),
+    ] = "uvloop",
 ) -> None:
     """Run the HTTP API and the workers.
 
@@ -159,6 +170,8 @@ def serve(
         raise typer.BadParameter("must be api, worker or all", param_hint="--role")
     if log_format not in ("json", "console"):
         raise typer.BadParameter("must be json or console", param_hint="--log-format")
+    if event_loop not in ("uvloop", "asyncio"):
+        raise typer.BadParameter("must be uvloop or asyncio", param_hint="--event-loop")
     settings = _settings(
         home=home,
         database_url=database_url,
@@ -172,7 +185,7 @@ def serve(
         log_json=log_format == "json",
     )
     logs.configure(settings.log_level, json=settings.log_json)
-    _run(_serve(settings))
+    _run(_serve(settings), loop=event_loop)
 
 
 class _Server(uvicorn.Server):

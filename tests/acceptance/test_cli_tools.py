@@ -184,3 +184,9 @@ def test_sagas_show_unknown_id_exits_1(database_url: str) -> None:
         assert missing.returncode == 1, saga_id
         assert f"no saga '{saga_id}'" in missing.stderr
         assert missing.stdout == ""
+
+
+def test_serve_refuses_an_unknown_event_loop(database_url: str) -> None:
+    out = proveniq("serve", "--event-loop", "trio", database_url=database_url)
+    assert out.returncode == 2
+    assert "must be uvloop or asyncio" in out.stderr
