@@ -263,14 +263,25 @@ async def _through_circuit(pool: Pool) -> AsyncIterator[None]:
 
 
 @asynccontextmanager
-async def transaction(pool: Pool) -> AsyncIterator[Conn]:
+async def transaction(pool: Pool, *, pipeline: bool = False) -> AsyncIterator[Conn]:
     """One connection in one transaction, with database errors translated; observed as the
-    ledger's ``transaction`` operation (time to commit or roll back, and which)."""
+    ledger's ``transaction`` operation (time to commit or roll back, and which).
+
+    ``pipeline``: in libpq's pipeline mode. Statements whose results nobody reads (BEGIN,
+    writes, COMMIT) go out together and the server's answers are read at the next sync: a
+    fetch, a savepoint's end, or the commit. An error then surfaces there, not at the
+    statement that caused it, and ``rowcount`` is unknown until that sync.
+    """
     with metrics.timed("ledger", "transaction", metrics.ledger_status):
         async with _through_circuit(pool):
             with translate_errors():
-                async with pool.connection() as conn, conn.transaction():
-                    yield conn
+                async with pool.connection() as conn:
+                    if pipeline:
+                        async with conn.pipeline(), conn.transaction():
+                            yield conn
+                    else:
+                        async with conn.transaction():
+                            yield conn
 
 
 @asynccontextmanager
@@ -282,6 +293,14 @@ async def connection(pool: Pool) -> AsyncIterator[Conn]:
             with translate_errors():
                 async with pool.connection() as conn:
                     yield conn
+
+
+async def sync(conn: Conn) -> None:
+    """In pipeline mode, read the server's answers to everything sent so far: an error of any
+    of those statements is raised here. Outside pipeline mode, nothing to do."""
+    pipeline = conn._pipeline  # psycopg's active pipeline, if any
+    if isinstance(pipeline, psycopg.AsyncPipeline):
+        await pipeline.sync()
 
 
 async def fetch_one(conn: Conn, name: str, params: dict[str, Any] | None = None) -> Row | None:

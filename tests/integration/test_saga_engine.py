@@ -397,6 +397,49 @@ async def test_a_stale_owner_cannot_overwrite_the_new_owners_result(
     ]
 
 
+async def test_a_stale_transactional_step_is_rolled_back_whole_at_its_fence(
+    pool: db.Pool, database_url: str
+) -> None:
+    """A transactional step checkpoints after its writes, in one pipelined commit: when its
+    owner lost the saga meanwhile, the commit is refused and none of its writes remain."""
+    async with db.connection(pool) as conn:
+        await conn.execute("CREATE TABLE marks (saga_id uuid, by text)")
+    release = asyncio.Event()
+    calls: list[str] = []
+
+    async def mark(ctx: StepContext) -> dict[str, Any]:
+        by = "heir" if calls else "stale"
+        calls.append(by)
+        await ctx.tx.execute("INSERT INTO marks VALUES (%s, %s)", (ctx.saga_id, by))
+        if by == "stale":
+            await release.wait()  # paused, transaction open, past the lease
+        return {"by": by}
+
+    async def begin(ctx: StepContext) -> dict[str, Any]:
+        return {}
+
+    saga = SagaDefinition(
+        "t", (Step("begin", begin), Step("mark", mark, timeout=30, transactional=True))
+    )
+    stale = SagaEngine(pool, owner="stale", lease=0.2)
+    task = asyncio.create_task(stale.run(saga, {}))
+    await asyncio.sleep(0.4)
+    async with second_pool(database_url) as other:
+        (result,) = await SagaEngine(other, owner="heir", definitions=[saga]).run_due()
+    assert result.ok and result.data["by"] == "heir"
+    release.set()
+    with pytest.raises(LeaseLostError):
+        await task
+    async with db.connection(pool) as conn:
+        cur = await conn.execute("SELECT by FROM marks WHERE saga_id = %s", (result.saga_id,))
+        assert [r["by"] for r in await cur.fetchall()] == ["heir"]
+    assert (await saga_row(pool, result.saga_id))["data"]["by"] == "heir"
+    assert await log_of(pool, result.saga_id) == [
+        (0, "execute", 1, "completed"),
+        (1, "execute", 1, "completed"),
+    ]
+
+
 async def test_keepalive_keeps_a_long_step_from_being_claimed(pool: db.Pool) -> None:
     """A step longer than the lease is not stolen while its owner renews the lease."""
 

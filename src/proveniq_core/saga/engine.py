@@ -215,6 +215,10 @@ async def _call(step: Step, ctx: StepContext) -> dict[str, Any]:
     try:
         async with asyncio.timeout(step.timeout):  # no extra task, unlike wait_for
             result = await step.execute(ctx)
+            if ctx.conn is not None:
+                # A transactional step's statements are pipelined: their errors are raised
+                # at this sync, as the step's own failure, not at the checkpoint's commit.
+                await db.sync(ctx.conn)
     except Defer:
         raise
     except psycopg.Error as exc:
@@ -352,12 +356,21 @@ class SagaEngine:
     # -- checkpoints ------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _tx(self, run: _Run) -> AsyncIterator[db.Conn]:
-        """A transaction; if it rolls back, the saga row still has to be created."""
+    async def _tx(self, run: _Run, *, pipeline: bool = False) -> AsyncIterator[db.Conn]:
+        """A transaction; if it rolls back, the saga row still has to be created.
+
+        ``pipeline``: see ``db.transaction``; a stale fence then fails at the commit."""
         pending = run.create
         try:
-            async with db.transaction(self.pool) as conn:
+            async with db.transaction(self.pool, pipeline=pipeline) as conn:
                 yield conn
+        except psycopg.Error as exc:
+            run.create = pending
+            if exc.sqlstate == LEASE_LOST:
+                raise LeaseLostError(
+                    f"saga {run.saga_id}: lease lost (epoch {run.epoch})"
+                ) from None
+            raise
         except BaseException:
             run.create = pending
             raise
@@ -372,6 +385,13 @@ class SagaEngine:
         else:
             async with self._tx(run) as conn:
                 yield conn
+
+    @staticmethod
+    async def _create(conn: db.Conn, run: _Run) -> None:
+        """Insert the saga row, if this run's first commit has not done so yet."""
+        if run.create is not None:
+            create, run.create = run.create, None
+            await db.execute(conn, "insert_saga", create)
 
     async def _checkpoint(
         self,
@@ -389,9 +409,7 @@ class SagaEngine:
         rounds: int | None = None,
     ) -> None:
         """One fenced checkpoint statement (see ``saga_checkpoint()`` in the migrations)."""
-        if run.create is not None:
-            create, run.create = run.create, None
-            await db.execute(conn, "insert_saga", create)
+        await self._create(conn, run)
         params = {
             "saga": run.saga_id,
             "epoch": run.epoch,
@@ -442,13 +460,17 @@ class SagaEngine:
             row = _attempt_row(index, phase, attempt, step.name)
             try:
                 if step.transactional:
-                    async with self._tx(run) as conn:
+                    # The attempt is begun and finished in the step's own transaction: one
+                    # checkpoint after the step's writes fences them all (a stale owner's
+                    # commit fails and takes the writes with it).
+                    async with self._tx(run, pipeline=True) as conn:
                         ctx.conn = conn
-                        await self._checkpoint(conn, run, begin=row)
+                        await self._create(conn, run)
                         out = await _call(step, ctx)
                         await self._checkpoint(
                             conn,
                             run,
+                            begin=row,
                             end=_end_row(row, "completed", out),
                             data=out if execute else None,
                             **then,
