@@ -28,6 +28,7 @@ import contextlib
 import datetime as dt
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,6 +41,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import psutil
 import psycopg
@@ -49,6 +51,7 @@ from proveniq_core.locker.simulator import fleet_specs
 
 VENV_BIN = Path(sys.executable).parent
 OUT: list[str] = []
+CONNECTIONS = [256]  # --connections: the load's connection pool
 
 
 def say(line: str = "") -> None:
@@ -76,6 +79,8 @@ class Stack:
     key: str
     serve: psutil.Process
     sim: psutil.Process
+    workers: list[psutil.Process]
+    worker_targets: list[str]  # host:port of each worker's /metrics
     faults_url: str
     refs: list[str]
     db_url: str
@@ -150,11 +155,15 @@ async def stack(
                 "--port",
                 str(port),
             ],
-            env=env | {k: v for k, v in (s.split("=", 1) for s in args.serve_env)},
+            env=env
+            | ({"PROVENIQ_ROLE": "api"} if args.workers else {})
+            | {k: v for k, v in (s.split("=", 1) for s in args.serve_env)},
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
         )
+        workers: list[subprocess.Popen[bytes]] = []
+        worker_ports: list[int] = []
         try:
             assert serve.stdout is not None
             key = ""
@@ -167,6 +176,20 @@ async def stack(
             if not key:
                 raise SystemExit(f"serve exited ({serve.poll()}) before its banner")
             say(f"[{name}] serve ready in {time.perf_counter() - t0:.1f} s on port {port}")
+            for _ in range(args.workers):  # verification, webhooks, timers: other processes
+                worker_ports.append(free_port())
+                workers.append(
+                    subprocess.Popen(  # noqa: ASYNC220
+                        [
+                            *(str(VENV_BIN / "proveniq"), "serve", "--role", "worker"),
+                            *("--home", home, "--database-url", db_url),
+                            *("--mqtt-url", args.mqtt_url, "--port", str(worker_ports[-1])),
+                        ],
+                        env=env | {k: v for k, v in (s.split("=", 1) for s in args.serve_env)},
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
             base = f"http://127.0.0.1:{port}"
             specs = fleet_specs(lockers, prefix)
             async with httpx.AsyncClient(
@@ -205,15 +228,120 @@ async def stack(
                 key=key,
                 serve=psutil.Process(serve.pid),
                 sim=psutil.Process(sim.pid),
+                workers=[psutil.Process(w.pid) for w in workers],
+                worker_targets=[f"127.0.0.1:{p}" for p in worker_ports],
                 faults_url=f"http://127.0.0.1:{faults_port}/sim/faults",
                 refs=[s.ref for s in specs],
                 db_url=db_url,
             )
         finally:
+            for worker in workers:
+                stop(worker)
             stop(serve)
             stop(sim)
             if serve.stdout:
                 serve.stdout.close()
+
+
+# --- a real Prometheus scraping serve --------------------------------------------------
+
+RULES = Path(__file__).resolve().parent.parent / "deploy" / "prometheus" / "alerts.yml"
+
+
+@contextlib.contextmanager
+def prometheus(targets: list[str], interval: int) -> Iterator[str | None]:
+    """Debian's ``prometheus`` scraping ``targets`` (host:port) every ``interval`` seconds and
+    evaluating ``deploy/prometheus/alerts.yml``; yields its URL, or None when not installed."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        yield None
+        return
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = Path(tmp) / "prometheus.yml"
+        conf.write_text(
+            f"global:\n  scrape_interval: {interval}s\n  evaluation_interval: {interval}s\n"
+            f"rule_files: ['{RULES}']\n"
+            "scrape_configs:\n  - job_name: proveniq-core\n"
+            f"    static_configs: [{{targets: {targets!r}}}]\n"
+        )
+        proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={conf}",
+                f"--storage.tsdb.path={tmp}/data",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("prometheus did not become ready in 30 s")
+                time.sleep(0.2)
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+async def prom_query(url: str, query: str) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient(timeout=10) as http:
+        r = await http.get(f"{url}/api/v1/query", params={"query": query})
+        r.raise_for_status()
+        result: list[dict[str, Any]] = r.json()["data"]["result"]
+        return result
+
+
+async def prometheus_report(url: str, seconds: float) -> list[str]:
+    """What Prometheus saw over the last ``seconds``: the SLO percentiles from the histogram,
+    and every alert rule's state, with those that were pending or firing at any evaluation."""
+    lines: list[str] = []
+    window = f"{max(30, round(seconds))}s"
+    sel = 'subsystem="api", operation="POST /api/assets"'
+    lines.append(f"Prometheus (scraping serve's /metrics, evaluating {RULES.name}):")
+    up = await prom_query(url, 'sum(up{job="proveniq-core"})')
+    samples = await prom_query(url, f"sum(count_over_time(up[{window}]))")
+    lines.append(
+        f"  targets up: {up[0]['value'][1] if up else '?'};"
+        f" scrapes in the window: {samples[0]['value'][1] if samples else 0}"
+    )
+    quantiles = []
+    for q in (0.5, 0.95, 0.99):
+        res = await prom_query(
+            url,
+            f"histogram_quantile({q}, sum by (le) "
+            f"(rate(core_orchestration_latency_seconds_bucket{{{sel}}}[{window}])))",
+        )
+        value = float(res[0]["value"][1]) * 1000 if res else float("nan")
+        quantiles.append(f"P{round(q * 100)} {value:.0f} ms")
+    lines.append(
+        f"  POST /api/assets over {window}, interpolated within the seed's buckets: "
+        + ", ".join(quantiles)
+    )
+    async with httpx.AsyncClient(timeout=10) as http:
+        groups = (await http.get(f"{url}/api/v1/rules", params={"type": "alert"})).json()
+    rules = [r for g in groups["data"]["groups"] for r in g["rules"]]
+    seen = await prom_query(
+        url, f"max by (alertname, alertstate) (max_over_time(ALERTS[{window}]))"
+    )
+    during = {(s["metric"]["alertname"], s["metric"]["alertstate"]) for s in seen}
+    lines.append(
+        "  alert rules (state at the end; pending/firing at any evaluation in the window):"
+    )
+    for rule in rules:
+        name = rule["name"]
+        states = [st for st in ("pending", "firing") if (name, st) in during]
+        lines.append(f"    {name}: {rule['state']}; during the run: {', '.join(states) or 'never'}")
+    return lines
 
 
 # --- the open-loop generator -----------------------------------------------------------
@@ -244,7 +372,7 @@ class Phase:
 
 
 class CpuMeter:
-    def __init__(self, procs: dict[str, psutil.Process], backends: str) -> None:
+    def __init__(self, procs: dict[str, list[psutil.Process]], backends: str) -> None:
         """``backends``: also count the PostgreSQL backends connected to this database."""
         self.procs = procs
         pg = [
@@ -254,7 +382,7 @@ class CpuMeter:
         ]
         self.pg = {p: self._cpu(p) for p in pg}
         self.t0 = time.monotonic()
-        self.c0 = {k: self._cpu(p) for k, p in procs.items()}
+        self.c0 = {k: sum(map(self._cpu, ps)) for k, ps in procs.items()}
         self.m0 = psutil.cpu_times()
 
     @staticmethod
@@ -267,7 +395,9 @@ class CpuMeter:
 
     def read(self) -> dict[str, float]:
         wall = time.monotonic() - self.t0
-        out = {k: (self._cpu(p) - self.c0[k]) / wall * 100 for k, p in self.procs.items()}
+        out = {
+            k: (sum(map(self._cpu, ps)) - self.c0[k]) / wall * 100 for k, ps in self.procs.items()
+        }
         out["postgres"] = sum(self._cpu(p) - c for p, c in self.pg.items() if p.is_running())
         out["postgres"] *= 100 / wall
         m1 = psutil.cpu_times()
@@ -280,15 +410,13 @@ class CpuMeter:
         return out
 
 
-async def run_phase(
-    http: httpx.AsyncClient, st: Stack, label: str, rate: float, duration: float
-) -> Phase:
+async def run_phase(st: Stack, label: str, rate: float, duration: float) -> Phase:
     phase = Phase(label, rate, duration)
     loop = asyncio.get_running_loop()
     n = max(1, round(rate * duration))
     inflight: set[asyncio.Task[None]] = set()
     meter = CpuMeter(
-        {"serve": st.serve, "simulate": st.sim, "generator": psutil.Process()},
+        {"serve": [st.serve, *st.workers], "simulate": [st.sim], "generator": [psutil.Process()]},
         backends=st.db_url.split("dbname=")[1].split()[0],
     )
 
@@ -299,9 +427,10 @@ async def run_phase(
             "lockerRef": st.refs[i % len(st.refs)],
         }
         try:
-            r = await http.post("/api/assets", json=body)
-            status = str(r.status_code)
-        except httpx.HTTPError as exc:
+            async with session.post("/api/assets", json=body) as r:
+                await r.read()
+                status = str(r.status)
+        except (aiohttp.ClientError, TimeoutError) as exc:
             status = type(exc).__name__
         phase.results.append((status, (loop.time() - at) * 1000))
 
@@ -320,6 +449,16 @@ async def run_phase(
                 f" p99 {pct(lat, 99):7.1f} ms {codes}"
             )
 
+    # aiohttp for the load itself: on 2 cores httpx spent as much CPU as the server did.
+    # At most --connections at once, like a real client's pool; a request waiting for one
+    # still counts the wait (latency runs from its scheduled instant).
+    session = aiohttp.ClientSession(
+        base_url=st.base,
+        headers={"Authorization": f"Bearer {st.key}"},
+        timeout=aiohttp.ClientTimeout(total=None, sock_read=60),
+        # keep-alive under uvicorn's 5 s, so an idle connection is not reused as it closes
+        connector=aiohttp.TCPConnector(limit=CONNECTIONS[0], keepalive_timeout=3),
+    )
     t0 = loop.time() + 0.05
     sent = 0
     reporter = asyncio.create_task(progress())
@@ -347,6 +486,7 @@ async def run_phase(
         phase.drain_s = loop.time() - t_end
     finally:
         reporter.cancel()
+        await session.close()
     return phase
 
 
@@ -373,6 +513,9 @@ PHASE_HEADER = (
     " | send lag p99 ms | in flight at end | statuses"
     " | CPU % serve / pg / sim / gen / machine (of 200) | load avg |\n"
     "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: |"
+)
+STEP_HEADER = (
+    PHASE_HEADER.replace(" | load avg |\n", " | load avg | verified after, s |\n") + " ---: |"
 )
 
 
@@ -458,19 +601,14 @@ def record_ledger(state: dict[str, Any], answered_2xx: int, other: Counter[str])
 
 
 def client(st: Stack) -> httpx.AsyncClient:
+    """For the control calls (fault rules, the fleet); the load itself uses aiohttp."""
     return httpx.AsyncClient(
-        base_url=st.base,
-        headers={"Authorization": f"Bearer {st.key}"},
-        timeout=60,
-        # keep-alive under uvicorn's 5 s, so an idle connection is not reused as it closes
-        limits=httpx.Limits(
-            max_connections=4000, max_keepalive_connections=4000, keepalive_expiry=3
-        ),
+        base_url=st.base, headers={"Authorization": f"Bearer {st.key}"}, timeout=60
     )
 
 
 async def scenario_instant(args: argparse.Namespace) -> None:
-    async with stack(args, "instant", args.lockers, "instant") as st, client(st) as http:
+    async with stack(args, "instant", args.lockers, "instant") as st:
         record("## (a) instant lockers")
         record()
         record(
@@ -478,9 +616,11 @@ async def scenario_instant(args: argparse.Namespace) -> None:
             " share"
             " the 2 cores with PostgreSQL and Mosquitto."
         )
-        warm = await run_phase(http, st, "warmup", 50, 3)
+        warm = await run_phase(st, "warmup", 50, 3)
+        await drain(st.db_url, args.drain_timeout, "instant")
         say(f"[instant] latency phase: {args.rate}/s for {args.duration} s")
-        lat = await run_phase(http, st, "latency", args.rate, args.duration)
+        lat = await run_phase(st, "latency", args.rate, args.duration)
+        _, lat_drain = await drain(st.db_url, args.drain_timeout, "instant")
         record()
         record(f"### Latency at {args.rate:.0f}/s for {args.duration:.0f} s")
         record()
@@ -493,30 +633,32 @@ async def scenario_instant(args: argparse.Namespace) -> None:
             f" {'MET' if p99 <= 20 else 'NOT MET'} (instant lockers: the figure includes the broker"
             " round trip and the simulator, both on the same machine)"
         )
+        record(f"Verification caught up {lat_drain:.0f} s after the phase's last answer.")
         record()
         record(f"### Maximum sustained rate ({args.step_duration:.0f} s per step)")
         record()
         record(
             "A step is sustained when every answer is 2xx, p99 <= "
             f"{args.max_p99:.0f} ms, and the in-flight backlog at the end of the arrival"
-            " window is under one second of arrivals."
+            " window is under one second of arrivals. Each step starts once the previous"
+            " one's verifications are done (the last column: seconds that took)."
         )
         record()
-        record(PHASE_HEADER)
+        record(STEP_HEADER)
         best = 0.0
         steps = []
         for rate in args.steps:
             say(f"[instant] step {rate}/s for {args.step_duration} s")
-            p = await run_phase(http, st, f"step{rate:.0f}", rate, args.step_duration)
+            p = await run_phase(st, f"step{rate:.0f}", rate, args.step_duration)
             steps.append(p)
-            record(phase_row(p))
+            _, caught_up = await drain(st.db_url, args.drain_timeout, "instant")
+            record(f"{phase_row(p)} {caught_up:.0f} |")
             errors = len(p.results) - p.ok
             good = errors == 0 and pct(p.ms(), 99) <= args.max_p99 and p.backlog_at_end < rate
             if not good:
                 say(f"[instant] {rate}/s not sustained; stopping the ramp")
                 break
             best = rate
-            await asyncio.sleep(2)
         record()
         record(
             f"Highest sustained rate: {best:.0f} registrations/s vs target >= 300/s:"
@@ -555,10 +697,19 @@ async def scenario_seed(args: argparse.Namespace) -> None:
             f" the simulator's /sim/faults: {offline} locker(s) offline for the run"
             f" ({offline / n * 100:.1f} % of devices), and a flaky rule on '*' dropping"
             f" {args.timeout_pct:g} % of all commands (link and collect_evidence), which Core sees"
-            " as a command timeout. Sync link budget 2 s, command timeout 30 s (defaults)."
+            " as a command timeout. Sync link budget 2 s, command timeout 30 s (defaults)"
+            + (f"; serve environment: {', '.join(args.serve_env)}." if args.serve_env else ".")
         )
         record()
-        p = await run_phase(http, st, "seed", args.seed_rate, args.seed_duration)
+        targets = [st.base.removeprefix("http://"), *st.worker_targets]
+        with prometheus(targets, args.scrape_interval) as prom:
+            if prom is None:
+                say("[seed] prometheus is not installed: no scraping (apt-get install prometheus)")
+            p = await run_phase(st, "seed", args.seed_rate, args.seed_duration)
+            prom_lines = []
+            if prom is not None:
+                await asyncio.sleep(args.scrape_interval * 2)  # the last scrape and evaluation
+                prom_lines = await prometheus_report(prom, args.seed_duration)
         faults = (await http.get(st.faults_url)).json()["items"]
         record(PHASE_HEADER)
         record(phase_row(p))
@@ -582,6 +733,8 @@ async def scenario_seed(args: argparse.Namespace) -> None:
                 for k, q, lim in checks
             )
         )
+        for line in prom_lines:
+            record(line)
         record(
             "Faults hit (rule: commands seen): "
             + ", ".join(f"{f['fault']} {f['lockerRef']}: seen {f['seen']}" for f in faults)
@@ -617,6 +770,11 @@ def header(args: argparse.Namespace) -> None:
         f" {ver('aiomqtt')}; PostgreSQL {pg}; {mosq.strip() or 'mosquitto'}"
     )
     record(f"Command: python bench/load.py {' '.join(sys.argv[1:])}")
+    record(
+        f"serve: one `--role api` process and {args.workers} `--role worker` process(es)"
+        if args.workers
+        else "serve: one process (`--role all`: the API and every worker)"
+    )
     record()
 
 
@@ -688,14 +846,28 @@ def main() -> None:
     ap.add_argument("--offline-pct", type=float, default=0.5, help="(b) devices offline, %%")
     ap.add_argument("--drain-timeout", type=float, default=150)
     ap.add_argument(
+        "--scrape-interval", type=int, default=5, help="(b) Prometheus scrape/evaluation, s"
+    )
+    ap.add_argument(
         "--serve-env",
         action="append",
         default=[],
         metavar="PROVENIQ_X=V",
         help="extra environment for serve (repeatable)",
     )
+    ap.add_argument(
+        "--connections", type=int, default=256, help="the generator's connection pool size"
+    )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="0: one serve process does everything; N: serve --role api plus N serve --role"
+        " worker processes (CPU 'serve' is their sum)",
+    )
     ap.add_argument("--out", type=Path, help="write the results here (markdown)")
     args = ap.parse_args()
+    CONNECTIONS[0] = args.connections
     try:
         asyncio.run(amain(args))
     finally:
