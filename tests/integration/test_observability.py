@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import structlog
 
-from proveniq_core import logs
+from proveniq_core import db, logs
 from proveniq_core.api.app import create_app
 from proveniq_core.config import Settings
 from proveniq_core.errors import LedgerDownError
@@ -149,6 +149,30 @@ async def test_readyz_is_ready_then_unready_while_the_ledger_circuit_is_open(cor
         "openCircuits": ["ledger"],
     }
     assert (alive.status_code, alive.json()) == (200, {"status": "ok"})
+    assert (back.status_code, back.json()["status"]) == (200, "ready")
+
+
+async def test_readyz_is_unready_while_a_migration_is_pending(core: Core) -> None:
+    """A database behind the code (its latest migration not applied) makes /readyz 503,
+    naming the pending version; applied again, ready."""
+    latest = db.migrations()[-1]
+    async with db.connection(core.pool) as conn:
+        await conn.execute("DELETE FROM schema_migrations WHERE version = %s", (latest.version,))
+    try:
+        async with plain(core) as http:
+            behind = await http.get("/readyz")
+    finally:
+        async with db.connection(core.pool) as conn:
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                (latest.version, latest.name),
+            )
+    async with plain(core) as http:
+        back = await http.get("/readyz")
+    assert behind.status_code == 503
+    assert behind.json()["status"] == "unready"
+    assert behind.json()["checks"]["migrations"] == f"pending: [{latest.version}]"
+    assert behind.json()["checks"]["database"] == "ok"
     assert (back.status_code, back.json()["status"]) == (200, "ready")
 
 
