@@ -51,7 +51,6 @@ from proveniq_core.locker.simulator import fleet_specs
 
 VENV_BIN = Path(sys.executable).parent
 OUT: list[str] = []
-CONNECTIONS = [256]  # --connections: the load's connection pool
 
 
 def say(line: str = "") -> None:
@@ -116,6 +115,7 @@ async def stack(
     prefix = f"ld{os.getpid()}{name[0]}-"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROVENIQ_")}
     env["PROVENIQ_LOG_LEVEL"] = "warning"
+    serve_env = dict(item.split("=", 1) for item in args.serve_env)
     with (
         database(args.database_url, f"proveniq_load_{os.getpid()}_{name}") as db_url,
         tempfile.TemporaryDirectory() as home,
@@ -155,9 +155,7 @@ async def stack(
                 "--port",
                 str(port),
             ],
-            env=env
-            | ({"PROVENIQ_ROLE": "api"} if args.workers else {})
-            | {k: v for k, v in (s.split("=", 1) for s in args.serve_env)},
+            env=env | ({"PROVENIQ_ROLE": "api"} if args.workers else {}) | serve_env,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -185,7 +183,7 @@ async def stack(
                             *("--home", home, "--database-url", db_url),
                             *("--mqtt-url", args.mqtt_url, "--port", str(worker_ports[-1])),
                         ],
-                        env=env | {k: v for k, v in (s.split("=", 1) for s in args.serve_env)},
+                        env=env | serve_env,
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL,
                     )
@@ -293,23 +291,23 @@ def prometheus(targets: list[str], interval: int) -> Iterator[str | None]:
             proc.wait(10)
 
 
-async def prom_query(url: str, query: str) -> list[dict[str, Any]]:
-    async with httpx.AsyncClient(timeout=10) as http:
-        r = await http.get(f"{url}/api/v1/query", params={"query": query})
-        r.raise_for_status()
-        result: list[dict[str, Any]] = r.json()["data"]["result"]
-        return result
+async def prom_query(http: httpx.AsyncClient, query: str) -> list[dict[str, Any]]:
+    r = await http.get("/api/v1/query", params={"query": query})
+    r.raise_for_status()
+    result: list[dict[str, Any]] = r.json()["data"]["result"]
+    return result
 
 
-async def prometheus_report(url: str, seconds: float) -> list[str]:
-    """What Prometheus saw over the last ``seconds``: the SLO percentiles from the histogram,
-    and every alert rule's state, with those that were pending or firing at any evaluation."""
+async def prometheus_report(http: httpx.AsyncClient, seconds: float) -> list[str]:
+    """What Prometheus (``http``'s base URL) saw over the last ``seconds``: the SLO percentiles
+    from the histogram, and every alert rule's state, with those that were pending or firing
+    at any evaluation."""
     lines: list[str] = []
     window = f"{max(30, round(seconds))}s"
     sel = 'subsystem="api", operation="POST /api/assets"'
     lines.append(f"Prometheus (scraping serve's /metrics, evaluating {RULES.name}):")
-    up = await prom_query(url, 'sum(up{job="proveniq-core"})')
-    samples = await prom_query(url, f"sum(count_over_time(up[{window}]))")
+    up = await prom_query(http, 'sum(up{job="proveniq-core"})')
+    samples = await prom_query(http, f"sum(count_over_time(up[{window}]))")
     lines.append(
         f"  targets up: {up[0]['value'][1] if up else '?'};"
         f" scrapes in the window: {samples[0]['value'][1] if samples else 0}"
@@ -317,7 +315,7 @@ async def prometheus_report(url: str, seconds: float) -> list[str]:
     quantiles = []
     for q in (0.5, 0.95, 0.99):
         res = await prom_query(
-            url,
+            http,
             f"histogram_quantile({q}, sum by (le) "
             f"(rate(core_orchestration_latency_seconds_bucket{{{sel}}}[{window}])))",
         )
@@ -327,11 +325,10 @@ async def prometheus_report(url: str, seconds: float) -> list[str]:
         f"  POST /api/assets over {window}, interpolated within the seed's buckets: "
         + ", ".join(quantiles)
     )
-    async with httpx.AsyncClient(timeout=10) as http:
-        groups = (await http.get(f"{url}/api/v1/rules", params={"type": "alert"})).json()
+    groups = (await http.get("/api/v1/rules", params={"type": "alert"})).json()
     rules = [r for g in groups["data"]["groups"] for r in g["rules"]]
     seen = await prom_query(
-        url, f"max by (alertname, alertstate) (max_over_time(ALERTS[{window}]))"
+        http, f"max by (alertname, alertstate) (max_over_time(ALERTS[{window}]))"
     )
     during = {(s["metric"]["alertname"], s["metric"]["alertstate"]) for s in seen}
     lines.append(
@@ -410,7 +407,9 @@ class CpuMeter:
         return out
 
 
-async def run_phase(st: Stack, label: str, rate: float, duration: float) -> Phase:
+async def run_phase(
+    st: Stack, label: str, rate: float, duration: float, *, connections: int
+) -> Phase:
     phase = Phase(label, rate, duration)
     loop = asyncio.get_running_loop()
     n = max(1, round(rate * duration))
@@ -450,14 +449,14 @@ async def run_phase(st: Stack, label: str, rate: float, duration: float) -> Phas
             )
 
     # aiohttp for the load itself: on 2 cores httpx spent as much CPU as the server did.
-    # At most --connections at once, like a real client's pool; a request waiting for one
+    # At most ``connections`` at once, like a real client's pool; a request waiting for one
     # still counts the wait (latency runs from its scheduled instant).
     session = aiohttp.ClientSession(
         base_url=st.base,
         headers={"Authorization": f"Bearer {st.key}"},
         timeout=aiohttp.ClientTimeout(total=None, sock_read=60),
         # keep-alive under uvicorn's 5 s, so an idle connection is not reused as it closes
-        connector=aiohttp.TCPConnector(limit=CONNECTIONS[0], keepalive_timeout=3),
+        connector=aiohttp.TCPConnector(limit=connections, keepalive_timeout=3),
     )
     t0 = loop.time() + 0.05
     sent = 0
@@ -616,10 +615,10 @@ async def scenario_instant(args: argparse.Namespace) -> None:
             " share"
             " the 2 cores with PostgreSQL and Mosquitto."
         )
-        warm = await run_phase(st, "warmup", 50, 3)
+        warm = await run_phase(st, "warmup", 50, 3, connections=args.connections)
         await drain(st.db_url, args.drain_timeout, "instant")
         say(f"[instant] latency phase: {args.rate}/s for {args.duration} s")
-        lat = await run_phase(st, "latency", args.rate, args.duration)
+        lat = await run_phase(st, "latency", args.rate, args.duration, connections=args.connections)
         _, lat_drain = await drain(st.db_url, args.drain_timeout, "instant")
         record()
         record(f"### Latency at {args.rate:.0f}/s for {args.duration:.0f} s")
@@ -649,7 +648,9 @@ async def scenario_instant(args: argparse.Namespace) -> None:
         steps = []
         for rate in args.steps:
             say(f"[instant] step {rate}/s for {args.step_duration} s")
-            p = await run_phase(st, f"step{rate:.0f}", rate, args.step_duration)
+            p = await run_phase(
+                st, f"step{rate:.0f}", rate, args.step_duration, connections=args.connections
+            )
             steps.append(p)
             _, caught_up = await drain(st.db_url, args.drain_timeout, "instant")
             record(f"{phase_row(p)} {caught_up:.0f} |")
@@ -705,11 +706,14 @@ async def scenario_seed(args: argparse.Namespace) -> None:
         with prometheus(targets, args.scrape_interval) as prom:
             if prom is None:
                 say("[seed] prometheus is not installed: no scraping (apt-get install prometheus)")
-            p = await run_phase(st, "seed", args.seed_rate, args.seed_duration)
+            p = await run_phase(
+                st, "seed", args.seed_rate, args.seed_duration, connections=args.connections
+            )
             prom_lines = []
             if prom is not None:
                 await asyncio.sleep(args.scrape_interval * 2)  # the last scrape and evaluation
-                prom_lines = await prometheus_report(prom, args.seed_duration)
+                async with httpx.AsyncClient(base_url=prom, timeout=10) as prom_http:
+                    prom_lines = await prometheus_report(prom_http, args.seed_duration)
         faults = (await http.get(st.faults_url)).json()["items"]
         record(PHASE_HEADER)
         record(phase_row(p))
@@ -867,7 +871,6 @@ def main() -> None:
     )
     ap.add_argument("--out", type=Path, help="write the results here (markdown)")
     args = ap.parse_args()
-    CONNECTIONS[0] = args.connections
     try:
         asyncio.run(amain(args))
     finally:

@@ -18,6 +18,7 @@ from proveniq_core.saga.engine import (
     LeaseLostError,
     SagaDefinition,
     SagaEngine,
+    SagaResult,
     Step,
     StepContext,
 )
@@ -366,6 +367,24 @@ async def test_a_crashed_owner_is_resumed_without_repeating_completed_steps(
     ]
 
 
+async def outlived_by_an_heir(
+    pool: db.Pool, database_url: str, saga: SagaDefinition, release: asyncio.Event, pause: float
+) -> SagaResult:
+    """Start ``saga`` under a 0.2 s lease that is never renewed; ``pause`` s later another
+    process's engine claims and finishes it; then ``release`` the stale owner, whose run must
+    end in ``LeaseLostError``. Returns the heir's result."""
+    stale = SagaEngine(pool, owner="stale", lease=0.2)
+    task = asyncio.create_task(stale.run(saga, {}))
+    await asyncio.sleep(pause)
+    async with second_pool(database_url) as other:
+        (result,) = await SagaEngine(other, owner="heir", definitions=[saga]).run_due()
+    assert result.ok and result.data["by"] == "heir"
+    release.set()
+    with pytest.raises(LeaseLostError):
+        await task
+    return result
+
+
 async def test_a_stale_owner_cannot_overwrite_the_new_owners_result(
     pool: db.Pool, database_url: str
 ) -> None:
@@ -380,15 +399,7 @@ async def test_a_stale_owner_cannot_overwrite_the_new_owners_result(
         return {"by": "heir"}
 
     saga = SagaDefinition("t", (Step("s", slow_first, timeout=30),))
-    stale = SagaEngine(pool, owner="stale", lease=0.2)
-    task = asyncio.create_task(stale.run(saga, {}))
-    await asyncio.sleep(0.3)
-    async with second_pool(database_url) as other:
-        (result,) = await SagaEngine(other, owner="heir", definitions=[saga]).run_due()
-    assert result.ok and result.data["by"] == "heir"
-    release.set()
-    with pytest.raises(LeaseLostError):
-        await task
+    result = await outlived_by_an_heir(pool, database_url, saga, release, pause=0.3)
     saga_state = await saga_row(pool, result.saga_id)
     assert saga_state["status"] == "completed" and saga_state["data"]["by"] == "heir"
     assert await log_of(pool, result.saga_id) == [
@@ -421,15 +432,7 @@ async def test_a_stale_transactional_step_is_rolled_back_whole_at_its_fence(
     saga = SagaDefinition(
         "t", (Step("begin", begin), Step("mark", mark, timeout=30, transactional=True))
     )
-    stale = SagaEngine(pool, owner="stale", lease=0.2)
-    task = asyncio.create_task(stale.run(saga, {}))
-    await asyncio.sleep(0.4)
-    async with second_pool(database_url) as other:
-        (result,) = await SagaEngine(other, owner="heir", definitions=[saga]).run_due()
-    assert result.ok and result.data["by"] == "heir"
-    release.set()
-    with pytest.raises(LeaseLostError):
-        await task
+    result = await outlived_by_an_heir(pool, database_url, saga, release, pause=0.4)
     async with db.connection(pool) as conn:
         cur = await conn.execute("SELECT by FROM marks WHERE saga_id = %s", (result.saga_id,))
         assert [r["by"] for r in await cur.fetchall()] == ["heir"]

@@ -27,7 +27,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -228,6 +228,18 @@ async def _call(step: Step, ctx: StepContext) -> dict[str, Any]:
     return result or {}
 
 
+@contextlib.contextmanager
+def _fenced(run: _Run) -> Iterator[None]:
+    """A refused fence (SQLSTATE PVL01) as ``LeaseLostError``, wherever it surfaces: at the
+    checkpoint, or at the commit of a pipelined transaction."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        if exc.sqlstate == LEASE_LOST:
+            raise LeaseLostError(f"saga {run.saga_id}: lease lost (epoch {run.epoch})") from None
+        raise
+
+
 def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
@@ -362,15 +374,9 @@ class SagaEngine:
         ``pipeline``: see ``db.transaction``; a stale fence then fails at the commit."""
         pending = run.create
         try:
-            async with db.transaction(self.pool, pipeline=pipeline) as conn:
-                yield conn
-        except psycopg.Error as exc:
-            run.create = pending
-            if exc.sqlstate == LEASE_LOST:
-                raise LeaseLostError(
-                    f"saga {run.saga_id}: lease lost (epoch {run.epoch})"
-                ) from None
-            raise
+            with _fenced(run):
+                async with db.transaction(self.pool, pipeline=pipeline) as conn:
+                    yield conn
         except BaseException:
             run.create = pending
             raise
@@ -423,14 +429,8 @@ class SagaEngine:
             "defer": defer,
             "rounds": rounds,
         }
-        try:
+        with _fenced(run):
             await db.execute(conn, "saga_checkpoint", params)
-        except psycopg.Error as exc:
-            if exc.sqlstate == LEASE_LOST:
-                raise LeaseLostError(
-                    f"saga {run.saga_id}: lease lost (epoch {run.epoch})"
-                ) from None
-            raise
 
     # -- driving ----------------------------------------------------------------------------
 
