@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -29,13 +30,14 @@ from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
 from psycopg.types.datetime import TimestamptzLoader
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from proveniq_core.errors import (
     CoreError,
     LedgerConflictError,
     LedgerConstraintError,
     LedgerDownError,
+    LedgerSaturatedError,
 )
 from proveniq_core.observability import metrics
 from proveniq_core.resilience.breaker import LEDGER, CircuitBreaker, CircuitOpenError, State
@@ -200,11 +202,13 @@ def is_ledger_down(exc: BaseException) -> bool:
     Judged by the root of the ``raise ... from`` chain, so a translated or wrapped error counts
     as what caused it: a psycopg error without SQLSTATE (refused, closed, pool timeout) or of
     class 08, a server shutdown, too many connections; or a ``LedgerDownError`` raised as such.
-    A constraint, a conflict, a lock or statement timeout, a refusal by the open circuit never
-    counts.
+    A constraint, a conflict, a lock or statement timeout, a refusal by the open circuit, a
+    saturated pool (``LedgerSaturatedError``) never counts.
     """
     root = exc
     for _ in range(10):  # a chain that long (or a cycle) is not one we made
+        if isinstance(root, LedgerSaturatedError):
+            return False
         if root.__cause__ is None:
             break
         root = root.__cause__
@@ -220,6 +224,8 @@ LEDGER_BREAKER: Final = LEDGER.with_filter(is_ledger_down)
 """The ledger circuit's config: the seed's thresholds, counting only ``is_ledger_down``."""
 
 _circuits: weakref.WeakKeyDictionary[Pool, CircuitBreaker] = weakref.WeakKeyDictionary()
+# When each pool last handed out a connection (time.monotonic()).
+_handed_out: weakref.WeakKeyDictionary[Pool, float] = weakref.WeakKeyDictionary()
 # The task holding a ledger permit in this context: its nested connections ride on that permit.
 _permit_holder: ContextVar[asyncio.Task[Any] | None] = ContextVar("ledger_permit", default=None)
 
@@ -263,6 +269,24 @@ async def _through_circuit(pool: Pool) -> AsyncIterator[None]:
 
 
 @asynccontextmanager
+async def _checkout(pool: Pool) -> AsyncIterator[Conn]:
+    """A connection from ``pool``. A wait that times out while the pool kept handing
+    connections to others is overload: ``LedgerSaturatedError``, which the circuit ignores.
+    One during which nobody got a connection is the pool's ``PoolTimeout``: the server is
+    unreachable or hung, and the circuit counts it."""
+    started, got = time.monotonic(), False
+    try:
+        async with pool.connection() as conn:
+            got = True
+            _handed_out[pool] = time.monotonic()
+            yield conn
+    except PoolTimeout:
+        if got or _handed_out.get(pool, started) <= started:
+            raise
+        raise LedgerSaturatedError(time.monotonic() - started) from None
+
+
+@asynccontextmanager
 async def transaction(pool: Pool, *, pipeline: bool = False) -> AsyncIterator[Conn]:
     """One connection in one transaction, with database errors translated; observed as the
     ledger's ``transaction`` operation (time to commit or roll back, and which).
@@ -275,7 +299,7 @@ async def transaction(pool: Pool, *, pipeline: bool = False) -> AsyncIterator[Co
     with metrics.timed("ledger", "transaction", metrics.ledger_status):
         async with _through_circuit(pool):
             with translate_errors():
-                async with pool.connection() as conn:
+                async with _checkout(pool) as conn:
                     if pipeline:
                         async with conn.pipeline(), conn.transaction():
                             yield conn
@@ -291,7 +315,7 @@ async def connection(pool: Pool) -> AsyncIterator[Conn]:
     with metrics.timed("ledger", "connection", metrics.ledger_status):
         async with _through_circuit(pool):
             with translate_errors():
-                async with pool.connection() as conn:
+                async with _checkout(pool) as conn:
                     yield conn
 
 

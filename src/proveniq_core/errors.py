@@ -14,6 +14,7 @@ Every error a client can see carries one code from ``TAXONOMY``. The HTTP layer 
     │   ├── LedgerConstraintError   E_LEDGER_CONSTRAINT
     │   ├── LedgerConflictError     E_LEDGER_CONFLICT
     │   └── LedgerDownError         E_LEDGER_DOWN (also the ledger circuit open)
+    │       └── LedgerSaturatedError    every connection busy (overload, not an outage)
     ├── PartialCommitError          E_PARTIAL_COMMIT
     └── RequestError                (the client's request itself)
         ├── ValidationFailedError   E_VALIDATION
@@ -265,6 +266,20 @@ class LedgerDownError(LedgerError):
     """The database is unreachable."""
 
     code = "E_LEDGER_DOWN"
+
+
+class LedgerSaturatedError(LedgerDownError):
+    """No pooled connection came free in time while the pool kept serving others: the
+    service is overloaded, the database is not down. Answered like ``E_LEDGER_DOWN`` (503,
+    retryable) but never counted by the ledger circuit."""
+
+    def __init__(self, waited: float) -> None:
+        super().__init__(
+            f"The ledger is saturated: no database connection came free within {waited:g} s. "
+            "Retry shortly.",
+            details={"reason": "saturated"},
+            retry_after=1.0,
+        )
 
 
 class PartialCommitError(CoreError):

@@ -13,7 +13,7 @@ import pytest_asyncio
 
 from proveniq_core import db
 from proveniq_core.api.app import create_app
-from proveniq_core.errors import LedgerDownError
+from proveniq_core.errors import LedgerDownError, LedgerSaturatedError
 from proveniq_core.ledger import keys
 from proveniq_core.resilience.breaker import LEDGER, LOCKER, CircuitBreaker, State
 from proveniq_core.service import Core
@@ -214,3 +214,52 @@ async def test_the_ledger_circuit_refuses_without_the_pool_and_probes_once(pool:
     async with db.connection(pool) as conn:
         await conn.execute("SELECT 1")
     assert breaker.state is State.CLOSED
+
+
+async def test_a_saturated_pool_sheds_load_without_opening_the_ledger_circuit(
+    database_url: str,
+) -> None:
+    """One connection, 0.3 s to wait for it: callers that time out while others are served
+    get ``LedgerSaturatedError`` (503, retry in 1 s) and the circuit stays closed. Callers
+    that time out while nobody is served (a hung server) are counted, and open it."""
+    small = await db.open_pool(database_url, min_size=1, max_size=1, timeout=0.3)
+    await small.wait(timeout=10)
+    breaker = CircuitBreaker("ledger", db.LEDGER_BREAKER)
+    db.guard(small, breaker)
+    try:
+
+        async def busy_caller() -> None:
+            async with db.connection(small) as conn:
+                await conn.execute("SELECT pg_sleep(0.1)")
+
+        outcomes = await asyncio.gather(*(busy_caller() for _ in range(12)), return_exceptions=True)
+        shed = [o for o in outcomes if isinstance(o, LedgerSaturatedError)]
+        assert shed, outcomes
+        assert all(o is None or isinstance(o, LedgerSaturatedError) for o in outcomes), outcomes
+        assert 0 < outcomes.count(None) < len(outcomes)
+        assert shed[0].code == "E_LEDGER_DOWN" and shed[0].retry_after == 1.0
+        assert shed[0].details == {"reason": "saturated"}
+        assert breaker.state is State.CLOSED
+        assert breaker.snapshot()["failures"] == 0
+
+        release = asyncio.Event()
+
+        async def hung() -> None:  # holds the only connection, as a stuck query would
+            async with db.connection(small):
+                await release.wait()
+
+        holder = asyncio.create_task(hung())
+        await asyncio.sleep(0.05)
+        waits = 0
+        while breaker.state is State.CLOSED and waits < 2 * LEDGER.volume_threshold:
+            with pytest.raises(LedgerDownError) as down:
+                async with db.connection(small):
+                    pass
+            assert not isinstance(down.value, LedgerSaturatedError)
+            waits += 1
+        assert breaker.state is State.OPEN
+        assert waits >= LEDGER.failure_threshold
+        release.set()
+        await holder
+    finally:
+        await small.close()

@@ -13,6 +13,7 @@ from proveniq_core.errors import (
     LedgerConflictError,
     LedgerConstraintError,
     LedgerDownError,
+    LedgerSaturatedError,
     LockerHardwareError,
     LockerOfflineError,
     LockerTimeoutError,
@@ -48,6 +49,8 @@ def caused(exc: Exception, cause: BaseException) -> Exception:
         (caused(LedgerDownError(), pg_errors.LockNotAvailable()), False),
         (caused(LedgerDownError(), pg_errors.QueryCanceled()), False),
         (caused(LedgerDownError(), CircuitOpenError("ledger", 3.0)), False),
+        (LedgerSaturatedError(5.0), False),
+        (caused(RuntimeError("step"), LedgerSaturatedError(5.0)), False),
         (ValidationFailedError(), False),
     ],
 )

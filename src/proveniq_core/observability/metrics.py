@@ -35,6 +35,7 @@ from proveniq_core.errors import (
     LedgerConflictError,
     LedgerConstraintError,
     LedgerDownError,
+    LedgerSaturatedError,
     LockerHardwareError,
     LockerTimeoutError,
     LockerUnreachableError,
@@ -194,7 +195,10 @@ def locker_status(exc: Exception) -> str:
 
 
 def ledger_status(exc: Exception) -> str:
-    """down, conflict, constraint; aborted when the caller's own block raised (rolled back)."""
+    """saturated, down, conflict, constraint; aborted when the caller's own block raised
+    (rolled back)."""
+    if isinstance(exc, LedgerSaturatedError):
+        return "saturated"
     if isinstance(exc, LedgerDownError):
         return "down"
     if isinstance(exc, LedgerConflictError):
