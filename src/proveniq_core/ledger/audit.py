@@ -86,16 +86,16 @@ async def seal(pool: db.Pool) -> int:
             last = await db.fetch_one(conn, "audit_last_sealed")
             seq, prev = (last["seq"], last["hash"]) if last else (0, GENESIS)
             rows = await db.fetch_all(conn, "audit_unsealed", {"limit": _SEAL_BATCH})
+            batch: dict[str, list[Any]] = {"ids": [], "seqs": [], "prev_hashes": [], "hashes": []}
             for row in rows:
                 seq += 1
                 row["seq"] = seq
                 digest = chain_hash(prev, row)
-                await db.execute(
-                    conn,
-                    "audit_seal",
-                    {"id": row["id"], "seq": seq, "prev_hash": prev, "hash": digest},
-                )
+                for key, value in zip(batch, (row["id"], seq, prev, digest), strict=True):
+                    batch[key].append(value)
                 prev = digest
+            if rows:
+                await db.execute(conn, "audit_seal", batch)
         total += len(rows)
         if len(rows) < _SEAL_BATCH:
             return total

@@ -76,8 +76,11 @@ SELECT seq, hash FROM audit_log WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT 1
 SELECT * FROM audit_log WHERE seq IS NULL ORDER BY id LIMIT %(limit)s
 
 -- audit_seal --
-UPDATE audit_log SET seq = %(seq)s, prev_hash = %(prev_hash)s, hash = %(hash)s
-WHERE id = %(id)s AND seq IS NULL
+-- A batch of rows sealed in one statement: the i-th id gets the i-th seq, prev_hash, hash.
+UPDATE audit_log AS a SET seq = s.seq, prev_hash = s.prev_hash, hash = s.hash
+FROM unnest(%(ids)s::bigint[], %(seqs)s::bigint[], %(prev_hashes)s::text[],
+            %(hashes)s::text[]) AS s(id, seq, prev_hash, hash)
+WHERE a.id = s.id AND a.seq IS NULL
 
 -- audit_chain --
 SELECT * FROM audit_log WHERE seq > %(after)s ORDER BY seq LIMIT %(limit)s
