@@ -350,6 +350,8 @@ class Phase:
     rate: float
     duration: float
     results: list[tuple[str, float]] = field(default_factory=list)  # (status, ms)
+    # per answer: its latency less the locker wait its Server-Timing header reported
+    core_ms: list[float] = field(default_factory=list)
     lag_ms: list[float] = field(default_factory=list)
     backlog_at_end: int = 0
     drain_s: float = 0.0
@@ -425,13 +427,18 @@ async def run_phase(
             "category": "bench",
             "lockerRef": st.refs[i % len(st.refs)],
         }
+        locker_ms = None
         try:
             async with session.post("/api/assets", json=body) as r:
                 await r.read()
                 status = str(r.status)
+                locker_ms = locker_wait(r.headers.get("Server-Timing", ""))
         except (aiohttp.ClientError, TimeoutError) as exc:
             status = type(exc).__name__
-        phase.results.append((status, (loop.time() - at) * 1000))
+        ms = (loop.time() - at) * 1000
+        phase.results.append((status, ms))
+        if locker_ms is not None:
+            phase.core_ms.append(ms - locker_ms)
 
     async def progress() -> None:
         seen = 0
@@ -489,6 +496,15 @@ async def run_phase(
     return phase
 
 
+def locker_wait(server_timing: str) -> float:
+    """The ``locker;dur=…`` of a ``Server-Timing`` header in ms (0 when Core did not wait)."""
+    for part in server_timing.split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        if name == "locker":
+            return float(dur)
+    return 0.0
+
+
 def phase_row(p: Phase) -> str:
     lat = p.ms()
     codes = ", ".join(f"{k}×{v}" for k, v in sorted(p.statuses.items()))
@@ -503,15 +519,16 @@ def phase_row(p: Phase) -> str:
         f"| {p.rate:.0f} | {p.duration:.0f} | {len(p.results)}"
         f" | {p.done_in_window / p.duration:.0f}"
         f" | {pct(lat, 50):.1f} | {pct(lat, 95):.1f} | {pct(lat, 99):.1f} | {max(lat):.1f}"
+        f" | {pct(p.core_ms, 50):.1f} / {pct(p.core_ms, 99):.1f}"
         f" | {pct(p.lag_ms, 99):.1f} | {p.backlog_at_end} | {codes} | {cpu} |"
     )
 
 
 PHASE_HEADER = (
     "| rate/s | s | requests | done/s in window | p50 ms | p95 ms | p99 ms | max ms"
-    " | send lag p99 ms | in flight at end | statuses"
+    " | Core-added p50 / p99 ms | send lag p99 ms | in flight at end | statuses"
     " | CPU % serve / pg / sim / gen / machine (of 200) | load avg |\n"
-    "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: |"
+    "|" + " ---: |" * 11 + " --- | --- | ---: |"
 )
 STEP_HEADER = (
     PHASE_HEADER.replace(" | load avg |\n", " | load avg | verified after, s |\n") + " ---: |"
@@ -625,12 +642,14 @@ async def scenario_instant(args: argparse.Namespace) -> None:
         record()
         record(PHASE_HEADER)
         record(phase_row(lat))
-        p99 = pct(lat.ms(), 99)
+        p99 = pct(lat.core_ms, 99)
         record()
         record(
-            f"Core-added p99 {p99:.1f} ms (p50 {pct(lat.ms(), 50):.1f} ms) vs target p99 <= 20 ms:"
-            f" {'MET' if p99 <= 20 else 'NOT MET'} (instant lockers: the figure includes the broker"
-            " round trip and the simulator, both on the same machine)"
+            f"Core-added p99 {p99:.1f} ms (p50 {pct(lat.core_ms, 50):.1f} ms) vs target p99 <= 20"
+            f" ms: {'MET' if p99 <= 20 else 'NOT MET'}. Core-added is each answer's latency, as"
+            " the generator saw it, less the locker wait (broker round trip and simulator) that"
+            " its Server-Timing header reported; end to end p50"
+            f" {pct(lat.ms(), 50):.1f} ms, p99 {pct(lat.ms(), 99):.1f} ms."
         )
         record(f"Verification caught up {lat_drain:.0f} s after the phase's last answer.")
         record()

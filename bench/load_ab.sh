@@ -31,9 +31,9 @@ run() {  # run NAME DIR N VENV
     # this tree's load.py drives the `proveniq` of the venv that runs it
     (cd "$2" && "$4/bin/python" "$here/bench/load.py" --scenario instant --rate "$rate" \
         --duration 30 --steps "$rate" --step-duration 5 --out "$out" >/dev/null 2>&1)
-    # the latency phase's row: | rate | s | requests | done/s | p50 | p95 | p99 | … | CPU … |
+    # the latency phase's row: | rate | s | requests | done/s | p50 | p95 | p99 | max | Core-added | lag | in flight | statuses | CPU … |
     grep -A4 '^### Latency' "$out" | tail -1 | awk -F'|' -v name="$1" -v rate="$rate" '{
-        split($13, cpu, "/"); gsub(/ /, "", cpu[1]);
+        split($14, cpu, "/"); gsub(/ /, "", cpu[1]);
         printf "%s\t%.1f\t%.1f\t%.1f\n", name, cpu[1] * 10 / rate, $6, $8 }'
 }
 

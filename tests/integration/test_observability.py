@@ -18,6 +18,7 @@ from proveniq_core.api.app import create_app
 from proveniq_core.config import Settings
 from proveniq_core.errors import LedgerDownError
 from proveniq_core.ledger import keys
+from proveniq_core.locker.faults import parse_rule
 from proveniq_core.resilience.breaker import LEDGER, State
 from proveniq_core.service import Core, running
 from tests.integration.conftest import TENANT, api_client, first_ref
@@ -113,6 +114,32 @@ async def test_a_request_id_is_generated_unless_a_safe_one_is_given(
     assert all(len(rid) == 32 and int(rid, 16) >= 0 for rid in ids)
     assert ids[0] != ids[1]
     assert [line["request_id"] for line in lines if line["event"] == "http_request"] == ids
+
+
+def server_timing(resp: httpx.Response) -> dict[str, float]:
+    """``Server-Timing: locker;dur=312.0, core;dur=20.5`` as ``{"locker": 312.0, ...}``."""
+    metrics = (part.strip().split(";dur=") for part in resp.headers["Server-Timing"].split(","))
+    return {name: float(ms) for name, ms in metrics}
+
+
+async def test_server_timing_tells_the_locker_wait_from_cores_own_time(
+    core: Core, client: httpx.AsyncClient
+) -> None:
+    """A link the locker holds 400 ms shows as ``locker`` >= 400 ms; ``core`` is the rest of
+    the request. A request that waits on nothing has ``core`` alone."""
+    assert core.fleet is not None
+    ref = first_ref(core)
+    core.fleet.faults.add(parse_rule({"lockerRef": ref, "fault": "delay", "delayMs": 400}))
+    slow = await client.post("/api/assets", json=asset(ref))
+    assert slow.status_code == 201, slow.text
+    timings = server_timing(slow)
+    assert list(timings) == ["locker", "core"]
+    assert timings["locker"] >= 400
+    assert 0 < timings["core"] < timings["locker"]
+
+    listed = await client.get("/api/assets")
+    assert listed.status_code == 200
+    assert list(server_timing(listed)) == ["core"]
 
 
 async def test_readyz_is_ready_then_unready_while_the_ledger_circuit_is_open(core: Core) -> None:

@@ -31,6 +31,7 @@ from proveniq_core.errors import (
 )
 from proveniq_core.ledger import assets
 from proveniq_core.locker.gateway import LockerGateway
+from proveniq_core.observability import timing
 from proveniq_core.ops import alerts
 from proveniq_core.saga.engine import HOLD, Defer, SagaDefinition, Step, StepContext
 from proveniq_core.saga.retry_queue import Deferred, RetryPolicy, close_entries, park_link
@@ -198,8 +199,9 @@ def registration_saga(
         task = inflight.start(command, send, keep=policy.command_timeout * 2)
         budget = policy.sync_budget if in_request else None
         try:
-            async with asyncio.timeout(budget):
-                result = await asyncio.shield(task)
+            with timing.waiting("locker"):
+                async with asyncio.timeout(budget):
+                    result = await asyncio.shield(task)
         except TimeoutError:  # the budget is spent, the command is still in flight
             inflight.wake_on_success(command, ctx.saga_id)
             cause = LockerTimeoutError(
