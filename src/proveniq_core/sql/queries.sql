@@ -213,18 +213,24 @@ WHERE asset_id = %(asset_id)s AND status IN ('queued', 'collecting')
 RETURNING id
 
 -- claim_verification --
-UPDATE verifications SET status = 'collecting', attempts = attempts + 1,
-                         lease_until = now() + make_interval(secs => %(lease)s),
-                         updated_at = now()
-WHERE id = (
-    SELECT v.id FROM verifications v JOIN assets a ON a.id = v.asset_id
-    WHERE (v.status = 'queued' AND v.run_at <= now())
-       OR (v.status = 'collecting' AND v.lease_until < now())
-    ORDER BY v.run_at
-    LIMIT 1
-    FOR UPDATE OF v SKIP LOCKED
+-- The most overdue due verification (or one whose collector's lease ran out), claimed, with
+-- what collecting it needs: its asset's locker and saga, and the locker's site.
+WITH job AS (
+    UPDATE verifications SET status = 'collecting', attempts = attempts + 1,
+                             lease_until = now() + make_interval(secs => %(lease)s),
+                             updated_at = now()
+    WHERE id = (
+        SELECT v.id FROM verifications v
+        WHERE (v.status = 'queued' AND v.run_at <= now())
+           OR (v.status = 'collecting' AND v.lease_until < now())
+        ORDER BY v.run_at
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING *
 )
-RETURNING *
+SELECT job.*, a.locker_ref, a.saga_id, l.site_lat, l.site_lon, l.geofence_m
+FROM job JOIN assets a ON a.id = job.asset_id JOIN lockers l ON l.locker_ref = a.locker_ref
 
 -- get_verification_for_update --
 SELECT v.*, a.status AS asset_status, a.locker_ref

@@ -44,12 +44,12 @@ ACTOR = "system:verify"
 FAILED_ALERT = "E_VERIFY_FAILED"
 
 
-def _log_context(job: db.Row, asset: db.Row, locker: db.Row) -> AbstractContextManager[None]:
+def _log_context(job: db.Row) -> AbstractContextManager[None]:
     """Bind the ids a verification's log lines carry (its asset's saga, asset and locker)."""
-    context = {"verification_id": str(job["id"]), "asset_id": str(asset["id"])}
-    if asset.get("saga_id") is not None:
-        context["saga_id"] = str(asset["saga_id"])
-    return structlog.contextvars.bound_contextvars(**context, locker_ref=locker["locker_ref"])
+    context = {"verification_id": str(job["id"]), "asset_id": str(job["asset_id"])}
+    if job.get("saga_id") is not None:
+        context["saga_id"] = str(job["saga_id"])
+    return structlog.contextvars.bound_contextvars(**context, locker_ref=job["locker_ref"])
 
 
 def limits(settings: Settings) -> Limits:
@@ -98,45 +98,40 @@ class VerifyWorker:
 
     async def process_next(self) -> bool:
         """Claim one due verification and carry it to its next state; False if none was due."""
-        claimed = await self._claim()
-        if claimed is None:
+        job = await self._claim()
+        if job is None:
             return False
-        with _log_context(*claimed):
-            await self._handle(*claimed)
+        with _log_context(job):
+            await self._handle(job)
         return True
 
-    async def _claim(self) -> tuple[db.Row, db.Row, db.Row] | None:
-        async with db.transaction(self.pool) as conn:
-            job = await db.fetch_one(
+    async def _claim(self) -> db.Row | None:
+        """One due verification, claimed under a lease, with its locker's ref and site."""
+        async with db.connection(self.pool) as conn:
+            return await db.fetch_one(
                 conn, "claim_verification", {"lease": self.settings.verify_collect_timeout + 30}
             )
-            if job is None:
-                return None
-            asset = await db.fetch_one(conn, "get_asset_for_update", {"id": job["asset_id"]})
-            assert asset is not None
-            locker = await assets.get_locker(conn, asset["tenant_id"], asset["locker_ref"])
-        return job, asset, locker
 
-    async def _handle(self, job: db.Row, asset: db.Row, locker: db.Row) -> None:
+    async def _handle(self, job: db.Row) -> None:
         log.info("verification_collecting", verification_id=str(job["id"]), attempt=job["attempts"])
         try:
             result = await self.gateway.send(
-                asset["locker_ref"],
+                job["locker_ref"],
                 "collect_evidence",
                 command_id=str(uuid.uuid5(_COMMANDS, f"{job['id']}:{job['attempts']}")),
-                asset_id=str(asset["id"]),
+                asset_id=str(job["asset_id"]),
                 timeout=self.settings.verify_collect_timeout,
             )
             evidence = parse_evidence(result)
         except (LockerError, MalformedEvidenceError) as exc:
-            await self._retry_or_escalate(job, asset, exc)
+            await self._retry_or_escalate(job, exc)
             return
         # Decoding and hashing photos is CPU-bound: off the event loop, like the disk writes.
         facts = [await asyncio.to_thread(inspect_photo, p.data) for p in evidence.photos]
         for photo in evidence.photos:
             await asyncio.to_thread(self.store.put, photo.data)
         nearest = await self._nearest(job, facts)
-        site = Site(locker["site_lat"], locker["site_lon"], locker["geofence_m"])
+        site = Site(job["site_lat"], job["site_lon"], job["geofence_m"])
         outcome = analyze(
             evidence,
             site,
@@ -241,7 +236,7 @@ class VerifyWorker:
         metrics.verification_outcome(status)
         log.info("verification_completed", verification_id=str(job["id"]), status=status)
 
-    async def _retry_or_escalate(self, job: db.Row, asset: db.Row, exc: Exception) -> None:
+    async def _retry_or_escalate(self, job: db.Row, exc: Exception) -> None:
         """Retry on a doubling schedule; after the last attempt, fail with an ops alert."""
         code = exc.code if isinstance(exc, CoreError) else "E_EVIDENCE_MALFORMED"
         error = f"{code}: {exc}"
@@ -274,7 +269,7 @@ class VerifyWorker:
                     severity="critical",
                     message=(
                         f"evidence for asset {job['asset_id']} could not be collected from "
-                        f"locker {asset['locker_ref']} in {job['attempts']} attempts ({code}); "
+                        f"locker {job['locker_ref']} in {job['attempts']} attempts ({code}); "
                         "the asset stays linked, unverified"
                     ),
                     dedup_key=f"verification:{job['id']}:failed",
@@ -282,7 +277,7 @@ class VerifyWorker:
                     subject={
                         "assetId": str(job["asset_id"]),
                         "verificationId": str(job["id"]),
-                        "lockerRef": asset["locker_ref"],
+                        "lockerRef": job["locker_ref"],
                         "attempts": job["attempts"],
                         "error": code,
                     },
@@ -302,10 +297,9 @@ class VerifyWorker:
     async def run(self, waker: db.Waker) -> None:
         """Process due work until cancelled, up to ``concurrency`` at once."""
 
-        async def handle(claimed: tuple[db.Row, db.Row, db.Row]) -> None:
-            job, asset, locker = claimed
-            with _log_context(job, asset, locker):
-                await self._handle(job, asset, locker)
+        async def handle(job: db.Row) -> None:
+            with _log_context(job):
+                await self._handle(job)
 
         await db.work_loop(
             self._claim,
