@@ -49,6 +49,18 @@ async def test_register_asset_returns_201_and_reaches_verified(
         )
         hashes = [r["sha256"] for r in await ev.fetchall()]
     assert [r["action"] for r in photos] == ["asset.created", "asset.linked", "asset.verified"]
+    created, linked, verified = photos
+    pending = {"status": "pending", "version": 1, "lockerRef": ref, "lockerId": None}
+    assert (created["before"], created["after"]) == (
+        None,
+        pending | {"name": "Rolex 16610", "category": "watch"},
+    )
+    now_linked = {"status": "linked", "version": 2, "lockerRef": ref, "lockerId": body["lockerId"]}
+    assert (linked["before"], linked["after"]) == (pending, now_linked)
+    assert verified["before"] == now_linked
+    assert verified["after"] == now_linked | {"status": "verified", "version": 3}
+    assert [r["actor"] for r in photos] == [created["actor"]] * 2 + ["system:verify"]
+    assert created["saga_id"] == linked["saga_id"] is not None
     assert len(hashes) == 1
     assert core.evidence.path(hashes[0]).exists()
 

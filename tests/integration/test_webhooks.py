@@ -218,15 +218,26 @@ async def test_registration_delivers_asset_created_and_linked_signed(
     payloads = asset_events()
     assert sorted(p["type"] for p in payloads) == ["asset.created", "asset.linked"]
     by_type = {p["type"]: p for p in payloads}
-    assert by_type["asset.created"]["data"]["assetId"] == created["assetId"]
-    assert by_type["asset.created"]["data"]["status"] == "pending"
-    linked = by_type["asset.linked"]["data"]
-    assert (linked["assetId"], linked["status"], linked["previousStatus"]) == (
-        created["assetId"],
-        "linked",
-        "pending",
-    )
-    assert linked["lockerId"] == created["lockerId"]
+    saga_id = (await client.get(f"/api/assets/{created['assetId']}")).json()["sagaId"]
+    pending = {
+        "assetId": created["assetId"],
+        "name": "Leica M6",
+        "category": "camera",
+        "lockerRef": first_ref(core),
+        "lockerId": None,
+        "status": "pending",
+        "previousStatus": None,
+        "version": 1,
+        "sagaId": saga_id,
+        "reason": None,
+    }
+    assert by_type["asset.created"]["data"] == pending
+    assert by_type["asset.linked"]["data"] == pending | {
+        "lockerId": created["lockerId"],
+        "status": "linked",
+        "previousStatus": "pending",
+        "version": 2,
+    }
     assert by_type["asset.created"]["webhookId"] != by_type["asset.linked"]["webhookId"]
 
     async def asset_deliveries() -> list[dict[str, Any]]:

@@ -4,40 +4,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
 
 from proveniq_core import db
 from proveniq_core.errors import ConflictError, LedgerConstraintError, NotFoundError
 from proveniq_core.ledger import audit
 from proveniq_core.webhooks import outbox
-
-
-def snapshot(row: db.Row) -> dict[str, Any]:
-    """The audited view of an asset row."""
-    return {
-        "status": row["status"],
-        "version": row["version"],
-        "lockerRef": row["locker_ref"],
-        "lockerId": row["locker_id"],
-    }
-
-
-def event_data(
-    row: db.Row, previous: str | None = None, reason: str | None = None
-) -> dict[str, Any]:
-    """What an ``asset.*`` webhook event says about the asset."""
-    return {
-        "assetId": str(row["id"]),
-        "name": row["name"],
-        "category": row["category"],
-        "lockerRef": row["locker_ref"],
-        "lockerId": row["locker_id"],
-        "status": row["status"],
-        "previousStatus": previous,
-        "version": row["version"],
-        "sagaId": str(row["saga_id"]) if row["saga_id"] else None,
-        "reason": reason,
-    }
 
 
 async def create(
@@ -52,10 +23,11 @@ async def create(
     actor: str,
     request_id: str | None = None,
 ) -> db.Row:
-    """Insert the asset ``pending``; a repeat with the same id returns the existing row."""
+    """Insert the asset ``pending`` with its audit row and ``asset.created`` event; a repeat
+    with the same id returns the existing row and writes nothing."""
     row = await db.fetch_one(
         conn,
-        "insert_asset",
+        "create_asset",
         {
             "id": asset_id,
             "tenant_id": tenant_id,
@@ -63,24 +35,11 @@ async def create(
             "category": category,
             "locker_ref": locker_ref,
             "saga_id": saga_id,
+            "actor": actor,
+            "request_id": request_id,
         },
     )
-    if row is None:
-        existing = await db.fetch_one(conn, "get_asset_for_update", {"id": asset_id})
-        assert existing is not None
-        return existing
-    await audit.record(
-        conn,
-        actor=actor,
-        action="asset.created",
-        entity_type="asset",
-        entity_id=asset_id,
-        tenant_id=tenant_id,
-        after={**snapshot(row), "name": name, "category": category},
-        request_id=request_id,
-        saga_id=saga_id,
-    )
-    await outbox.emit(conn, tenant_id, "asset.created", event_data(row))
+    assert row is not None
     return row
 
 
@@ -95,32 +54,24 @@ async def transition(
     saga_id: str | None = None,
     reason: str | None = None,
 ) -> db.Row:
-    """Move the asset to ``to`` (no-op if already there); the database refuses illegal moves."""
-    before = await db.fetch_one(conn, "get_asset_for_update", {"id": asset_id})
-    if before is None:
-        raise NotFoundError(f"asset {asset_id} not found")
-    if before["status"] == to and (locker_id is None or locker_id == before["locker_id"]):
-        return before
+    """Move the asset to ``to`` (no-op if already there), with its audit row and, for the
+    statuses that have one, its webhook event; the database refuses illegal moves."""
     after = await db.fetch_one(
-        conn, "set_asset_status", {"id": asset_id, "status": to, "locker_id": locker_id}
-    )
-    assert after is not None
-    await audit.record(
         conn,
-        actor=actor,
-        action=f"asset.{to}",
-        entity_type="asset",
-        entity_id=asset_id,
-        tenant_id=before["tenant_id"],
-        before=snapshot(before),
-        after={**snapshot(after), **({"reason": reason} if reason else {})},
-        request_id=request_id,
-        saga_id=saga_id,
+        "transition_asset",
+        {
+            "id": asset_id,
+            "status": to,
+            "locker_id": locker_id,
+            "actor": actor,
+            "request_id": request_id,
+            "saga_id": saga_id,
+            "reason": reason,
+            "event": outbox.ASSET_STATUS_EVENTS.get(to),
+        },
     )
-    event = outbox.ASSET_STATUS_EVENTS.get(to)
-    if event is not None and before["status"] != to:
-        data = event_data(after, before["status"], reason)
-        await outbox.emit(conn, before["tenant_id"], event, data)
+    if after is None or after["id"] is None:
+        raise NotFoundError(f"asset {asset_id} not found")
     return after
 
 

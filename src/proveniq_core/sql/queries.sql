@@ -32,11 +32,10 @@ SELECT * FROM lockers
 WHERE tenant_id = %(tenant_id)s AND locker_ref > %(after)s
 ORDER BY locker_ref LIMIT %(limit)s
 
--- insert_asset --
-INSERT INTO assets (id, tenant_id, name, category, locker_ref, saga_id)
-VALUES (%(id)s, %(tenant_id)s, %(name)s, %(category)s, %(locker_ref)s, %(saga_id)s)
-ON CONFLICT (id) DO NOTHING
-RETURNING *
+-- create_asset --
+-- asset_create(): the asset pending, its audit row and asset.created event (migration 0008).
+SELECT * FROM asset_create(%(id)s, %(tenant_id)s, %(name)s, %(category)s, %(locker_ref)s,
+                           %(saga_id)s, %(actor)s, %(request_id)s)
 
 -- get_asset --
 SELECT a.*, v.id AS verification_id, v.status AS verification_status,
@@ -57,11 +56,11 @@ WHERE a.tenant_id = %(tenant_id)s
 ORDER BY a.created_at DESC, a.id DESC
 LIMIT %(limit)s
 
--- set_asset_status --
-UPDATE assets SET status = %(status)s::asset_status,
-                  locker_id = COALESCE(%(locker_id)s, locker_id)
-WHERE id = %(id)s
-RETURNING *
+-- transition_asset --
+-- asset_transition(): the move, its audit row and event (migration 0008); all NULL when the
+-- asset is unknown.
+SELECT * FROM asset_transition(%(id)s, %(status)s, %(locker_id)s, %(actor)s, %(request_id)s,
+                               %(saga_id)s, %(reason)s, %(event)s)
 
 -- insert_audit --
 INSERT INTO audit_log (tenant_id, actor, action, entity_type, entity_id, before, after,
@@ -425,25 +424,8 @@ UPDATE ops_alerts SET resolved_at = now()
 WHERE dedup_key = ANY(%(dedup_keys)s) AND resolved_at IS NULL
 
 -- emit_webhook_event --
--- The outbox write, in the caller's transaction: the event and one delivery per active
--- endpoint of the tenant subscribed to its type; nothing at all when none is. KEY SHARE: an
--- endpoint deleted meanwhile is skipped rather than failing the caller's change. Workers
--- are woken at commit.
-WITH endpoints AS (
-    SELECT id FROM webhook_endpoints
-    WHERE tenant_id = %(tenant_id)s AND status = 'active' AND %(type)s = ANY (events)
-    FOR KEY SHARE
-), event AS (
-    INSERT INTO webhook_events (id, tenant_id, type, data)
-    SELECT %(id)s, %(tenant_id)s, %(type)s, %(data)s
-    WHERE EXISTS (SELECT FROM endpoints)
-    RETURNING id
-), deliveries AS (
-    INSERT INTO webhook_deliveries (id, event_id, endpoint_id)
-    SELECT gen_random_uuid(), event.id, endpoints.id FROM event, endpoints
-    RETURNING id
-)
-SELECT pg_notify('proveniq_work', 'webhooks') FROM (SELECT FROM deliveries LIMIT 1) AS woken
+-- The outbox write, in the caller's transaction: outbox_emit() (migration 0008).
+SELECT outbox_emit(%(id)s, %(tenant_id)s, %(type)s, %(data)s)
 
 -- notify_webhooks --
 SELECT pg_notify('proveniq_work', 'webhooks')
