@@ -110,14 +110,18 @@ def stop(proc: subprocess.Popen[Any]) -> None:
 
 @contextlib.asynccontextmanager
 async def stack(
-    args: argparse.Namespace, name: str, lockers: int, profile: str
+    args: argparse.Namespace,
+    name: str,
+    lockers: int,
+    profile: str,
+    db_prefix: str = "proveniq_load",
 ) -> AsyncIterator[Stack]:
     prefix = f"ld{os.getpid()}{name[0]}-"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROVENIQ_")}
     env["PROVENIQ_LOG_LEVEL"] = "warning"
     serve_env = dict(item.split("=", 1) for item in args.serve_env)
     with (
-        database(args.database_url, f"proveniq_load_{os.getpid()}_{name}") as db_url,
+        database(args.database_url, f"{db_prefix}_{os.getpid()}_{name}") as db_url,
         tempfile.TemporaryDirectory() as home,
     ):
         faults_port, port = free_port(), free_port()
@@ -781,7 +785,8 @@ def header(args: argparse.Namespace) -> None:
     with psycopg.connect(args.database_url) as conn:
         pg = conn.execute("SHOW server_version").fetchone()[0]
     mosq = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True).stdout.split("\n")[0]
-    record(f"# bench/load.py — {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC")
+    script = f"bench/{Path(sys.argv[0]).name}"
+    record(f"# {script} — {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC")
     record()
     record(
         f"Machine: {platform.node()}, {os.cpu_count()} cores, {platform.platform()};"
@@ -792,7 +797,7 @@ def header(args: argparse.Namespace) -> None:
         f" {ver('httpx')}, uvicorn {ver('uvicorn')}, psycopg {ver('psycopg')}, aiomqtt"
         f" {ver('aiomqtt')}; PostgreSQL {pg}; {mosq.strip() or 'mosquitto'}"
     )
-    record(f"Command: python bench/load.py {' '.join(sys.argv[1:])}")
+    record(f"Command: python {script} {' '.join(sys.argv[1:])}")
     record(
         f"serve: one `--role api` process and {args.workers} `--role worker` process(es)"
         if args.workers
@@ -801,33 +806,55 @@ def header(args: argparse.Namespace) -> None:
     record()
 
 
-@contextlib.contextmanager
-def private_broker() -> Iterator[str]:
-    """A Mosquitto of our own on a free port, with ``set_tcp_nodelay true``."""
-    port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        conf = Path(tmp) / "mosquitto.conf"
-        conf.write_text(
-            f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
+class Mosquitto:
+    """A Mosquitto of our own on a free port, with ``set_tcp_nodelay true``; ``stop()`` and
+    ``start()`` again on the same port (an outage: nothing retained survives it)."""
+
+    def __init__(self, conf_dir: str) -> None:
+        self.port = free_port()
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.conf = Path(conf_dir) / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
             "persistence false\n"
         )
-        proc = subprocess.Popen(
-            ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["mosquitto", "-c", str(self.conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
+        time.sleep(0.5)
+        if self.proc.poll() is not None:
+            raise SystemExit(f"mosquitto exited ({self.proc.returncode}); port {self.port} taken?")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@contextlib.contextmanager
+def private_broker() -> Iterator[Mosquitto]:
+    """A running ``Mosquitto``, terminated on the way out."""
+    with tempfile.TemporaryDirectory() as tmp:
+        broker = Mosquitto(tmp)
+        broker.start()
         try:
-            time.sleep(0.5)
-            yield f"mqtt://127.0.0.1:{port}"
+            yield broker
         finally:
-            proc.terminate()
-            proc.wait(10)
+            broker.stop()
 
 
 async def amain(args: argparse.Namespace) -> None:
     header(args)
     if args.mqtt_url is None:
-        with private_broker() as url:
-            args.mqtt_url = url
-            record(f"Broker: a private Mosquitto with set_tcp_nodelay true at {url}")
+        with private_broker() as broker:
+            args.mqtt_url = broker.url
+            record(f"Broker: a private Mosquitto with set_tcp_nodelay true at {broker.url}")
             record()
             await scenarios(args)
     else:
