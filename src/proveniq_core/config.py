@@ -32,6 +32,9 @@ class Settings(BaseSettings):
 
     link_sync_budget_ms: int = Field(2000, ge=1, description="how long a request waits to link")
     locker_command_timeout: float = Field(30.0, gt=0, description="how long a command may take")
+    mqtt_keepalive: int = Field(
+        10, ge=2, description="MQTT keepalive, s: a silent broker is noticed within about 1.5x"
+    )
     ledger_timeout: float = Field(
         5.0, gt=0, description="how long a request waits for a database connection"
     )

@@ -187,7 +187,10 @@ async def running(
         await pool.wait(timeout=10)
 
         gateway = LockerGateway(
-            mqtt_url, client_id=f"proveniq-core-{os.getpid()}", breakers=breakers
+            mqtt_url,
+            client_id=f"proveniq-core-{os.getpid()}",
+            keepalive=settings.mqtt_keepalive,
+            breakers=breakers,
         )
         await gateway.start()
         stack.push_async_callback(gateway.stop)

@@ -306,3 +306,67 @@ async def test_broker_loss_fails_pending_and_reconnects() -> None:
     finally:
         await gateway.stop()
         await broker.shutdown()
+
+
+class FreezableProxy:
+    """A TCP proxy to the broker that can go silent: it keeps the connections open and
+    drops every byte, as a network partition does (no FIN, no RST)."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.frozen = False
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        self._writers += [writer, up_writer]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(65536):
+                if not self.frozen:
+                    dst.write(data)
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def close(self) -> None:
+        for writer in self._writers:
+            writer.close()
+        if self._server is not None:
+            self._server.close()
+
+
+async def test_a_silent_broker_is_noticed_within_the_keepalive() -> None:
+    """A partition that leaves the TCP connection open (no FIN) is noticed when the broker's
+    ping answer is missing, about 1.5 keepalives, and in-flight sends fail as unreachable
+    rather than waiting out their own timeout."""
+    proxy = FreezableProxy(("127.0.0.1", 1883))
+    await proxy.start()
+    events: list[str] = []
+    gateway = LockerGateway(
+        f"mqtt://127.0.0.1:{proxy.port}",
+        keepalive=2,
+        on_event=lambda event, info: events.append(event),
+    )
+    await gateway.start()
+    try:
+        await eventually(lambda: gateway.connected)
+        pending = asyncio.create_task(
+            gateway.send("nobody-home", "ping", command_id=new_id(), timeout=60)
+        )
+        await eventually(lambda: "command_sent" in events)
+        proxy.frozen = True
+        frozen_at = time.monotonic()
+        await eventually(lambda: not gateway.connected, within=10)
+        noticed = time.monotonic() - frozen_at
+        assert noticed < 2 * 2 + 1  # within two keepalives, not aiomqtt's default 60 s
+        with pytest.raises(LockerUnreachableError):
+            await asyncio.wait_for(pending, 5)
+    finally:
+        await gateway.stop()
+        await proxy.close()

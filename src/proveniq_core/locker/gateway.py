@@ -115,6 +115,7 @@ class LockerGateway:
         *,
         client_id: str | None = None,
         connect_timeout: float = 5.0,
+        keepalive: int = 10,
         on_event: EventHook | None = None,
         breakers: BreakerRegistry | None = None,
     ) -> None:
@@ -122,6 +123,10 @@ class LockerGateway:
         self.breakers = breakers if breakers is not None else BreakerRegistry()
         self._client_id = client_id or f"proveniq-core-{uuid.uuid4().hex[:12]}"
         self._connect_timeout = connect_timeout
+        # A broker that goes silent (a partition, no FIN) is noticed when its PINGRESP is
+        # missing: about 1.5 keepalives. aiomqtt's default of 60 s left Core sending into a
+        # dead connection for up to two minutes.
+        self._keepalive = keepalive
         self._hooks: list[EventHook] = [on_event] if on_event else []
         self._client: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
@@ -282,6 +287,7 @@ class LockerGateway:
                 self._port,
                 identifier=self._client_id,
                 timeout=self._connect_timeout,
+                keepalive=self._keepalive,
                 socket_options=SOCKET_OPTIONS,
             )
             try:
