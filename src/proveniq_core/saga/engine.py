@@ -843,9 +843,10 @@ class SagaEngine:
             try:
                 if free > 0:
                     claimed = await self.claim(free)
-                    due = await self.next_due_in()
-                    if due is not None:
-                        wait = min(poll, max(due, 0.0) + 0.005)
+                    if len(claimed) < free:  # about to sleep: no longer than the next timer
+                        due = await self.next_due_in()
+                        if due is not None:
+                            wait = min(poll, max(due, 0.0) + 0.005)
             except CoreError as exc:
                 log.warning("saga_claim_failed", error=str(exc))
             for row in claimed:
