@@ -59,6 +59,7 @@ from load import (  # bench/ is not a package
     OUT,
     CpuMeter,
     Stack,
+    add_serve_options,
     drain,
     header,
     ledger_state,
@@ -358,21 +359,7 @@ def main() -> None:
         "--timeout", type=float, default=300, help="seconds from the restart to give up (300)"
     )
     ap.add_argument("--settle", action="store_true", help="then wait for the verifications")
-    ap.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    ap.add_argument(
-        "--workers",
-        type=int,
-        default=0,
-        help="0: one serve process does everything; N: serve --role api plus N serve --role"
-        " worker processes (CPU 'serve' is their sum)",
-    )
-    ap.add_argument(
-        "--serve-env",
-        action="append",
-        default=[],
-        metavar="PROVENIQ_X=V",
-        help="extra environment for serve (repeatable)",
-    )
+    add_serve_options(ap)
     ap.add_argument(
         "--out", type=Path, default=Path(__file__).with_suffix(".txt"), help="the report (markdown)"
     )

@@ -870,10 +870,28 @@ async def scenarios(args: argparse.Namespace) -> None:
         await scenario_seed(args)
 
 
+def add_serve_options(ap: argparse.ArgumentParser) -> None:
+    """The options of the serve processes a bench starts (shared with drain.py)."""
+    ap.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="0: one serve process does everything; N: serve --role api plus N serve --role"
+        " worker processes (CPU 'serve' is their sum)",
+    )
+    ap.add_argument(
+        "--serve-env",
+        action="append",
+        default=[],
+        metavar="PROVENIQ_X=V",
+        help="extra environment for serve (repeatable)",
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenario", choices=["instant", "seed", "all"], default="all")
-    ap.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     ap.add_argument(
         "--mqtt-url",
         help="broker to use; unset: start a private Mosquitto with set_tcp_nodelay true",
@@ -899,22 +917,9 @@ def main() -> None:
         "--scrape-interval", type=int, default=5, help="(b) Prometheus scrape/evaluation, s"
     )
     ap.add_argument(
-        "--serve-env",
-        action="append",
-        default=[],
-        metavar="PROVENIQ_X=V",
-        help="extra environment for serve (repeatable)",
-    )
-    ap.add_argument(
         "--connections", type=int, default=256, help="the generator's connection pool size"
     )
-    ap.add_argument(
-        "--workers",
-        type=int,
-        default=0,
-        help="0: one serve process does everything; N: serve --role api plus N serve --role"
-        " worker processes (CPU 'serve' is their sum)",
-    )
+    add_serve_options(ap)
     ap.add_argument("--out", type=Path, help="write the results here (markdown)")
     args = ap.parse_args()
     try:
