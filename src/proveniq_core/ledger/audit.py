@@ -86,16 +86,17 @@ async def seal(pool: db.Pool) -> int:
             last = await db.fetch_one(conn, "audit_last_sealed")
             seq, prev = (last["seq"], last["hash"]) if last else (0, GENESIS)
             rows = await db.fetch_all(conn, "audit_unsealed", {"limit": _SEAL_BATCH})
-            batch: dict[str, list[Any]] = {"ids": [], "seqs": [], "prev_hashes": [], "hashes": []}
+            sealed = []  # (id, seq, prev_hash, hash) per row
             for row in rows:
                 seq += 1
                 row["seq"] = seq
                 digest = chain_hash(prev, row)
-                for key, value in zip(batch, (row["id"], seq, prev, digest), strict=True):
-                    batch[key].append(value)
+                sealed.append((row["id"], seq, prev, digest))
                 prev = digest
-            if rows:
-                await db.execute(conn, "audit_seal", batch)
+            if sealed:
+                ids, seqs, prev_hashes, hashes = (list(col) for col in zip(*sealed, strict=True))
+                params = {"ids": ids, "seqs": seqs, "prev_hashes": prev_hashes, "hashes": hashes}
+                await db.execute(conn, "audit_seal", params)
         total += len(rows)
         if len(rows) < _SEAL_BATCH:
             return total

@@ -101,9 +101,12 @@ class VerifyWorker:
         job = await self._claim()
         if job is None:
             return False
+        await self._process(job)
+        return True
+
+    async def _process(self, job: db.Row) -> None:
         with _log_context(job):
             await self._handle(job)
-        return True
 
     async def _claim(self) -> db.Row | None:
         """One due verification, claimed under a lease, with its locker's ref and site."""
@@ -296,14 +299,9 @@ class VerifyWorker:
 
     async def run(self, waker: db.Waker) -> None:
         """Process due work until cancelled, up to ``concurrency`` at once."""
-
-        async def handle(job: db.Row) -> None:
-            with _log_context(job):
-                await self._handle(job)
-
         await db.work_loop(
             self._claim,
-            handle,
+            self._process,
             concurrency=self.concurrency,
             waker=waker,
             topic="verifications",
