@@ -71,6 +71,7 @@ __all__ = [
     "STEP_BUCKETS",
     "STEP_DURATION",
     "VERIFICATIONS",
+    "VERIFICATION_OUTCOMES",
     "WEBHOOK_DELIVERIES",
     "WEBHOOK_ENDPOINTS",
     "declare_saga",
@@ -170,6 +171,10 @@ VERIFICATIONS: Final = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+VERIFICATION_OUTCOMES: Final = ("verified", "rejected", "manual_review", "failed")
+for _outcome in VERIFICATION_OUTCOMES:
+    # At zero from the start: the first failure is then an increase an alert can see.
+    VERIFICATIONS.labels(_outcome)
 
 
 # Read at scrape time (observability/gauges.py). Per process: the broker connection and the
