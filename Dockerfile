@@ -10,15 +10,14 @@
 
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/proveniq
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
-# Every dependency ships manylinux wheels: nothing is compiled here.
-RUN /opt/proveniq/bin/pip install . \
-    && find /opt/proveniq -name '__pycache__' -prune -exec rm -rf {} +
+# Every dependency ships manylinux wheels: nothing is compiled here. pip writes the bytecode
+# now, so that processes on a read-only root file system do not compile at every start.
+RUN /opt/proveniq/bin/pip install .
 
 FROM python:3.11-slim AS runtime
 LABEL org.opencontainers.image.title="proveniq-core" \
