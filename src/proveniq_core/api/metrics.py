@@ -37,11 +37,12 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
     responses={200: {"description": "Prometheus text exposition format"}},
 )
 async def prometheus_metrics(request: Request) -> Response:
-    """This process's metrics, with circuit states and the retry-queue depth read now."""
+    """This process's metrics, with circuits, broker, pool and database backlogs read now."""
     state = request.app.state
     if state.core is not None:
         if not hasattr(state, "scrape_gauges"):
-            state.scrape_gauges = ScrapeGauges(state.core.breakers, state.core.pool)
+            core = state.core
+            state.scrape_gauges = ScrapeGauges(core.breakers, core.pool, gateway=core.gateway)
         await state.scrape_gauges.refresh()
     return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 

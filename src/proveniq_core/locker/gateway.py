@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 import structlog
@@ -93,6 +93,15 @@ def parse_mqtt_url(url: str) -> tuple[str, int]:
     return parts.hostname, parts.port or 1883
 
 
+def mqtt_credentials(url: str) -> tuple[str | None, str | None]:
+    """Username and password from ``mqtt://user:password@host`` (percent-encoded); None for
+    an anonymous broker."""
+    parts = urlsplit(url)
+    if parts.username is None:
+        return None, None
+    return unquote(parts.username), unquote(parts.password or "")
+
+
 async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
     """Cancel ``task`` and wait until it has finished.
 
@@ -120,6 +129,7 @@ class LockerGateway:
         breakers: BreakerRegistry | None = None,
     ) -> None:
         self._host, self._port = parse_mqtt_url(mqtt_url)
+        self._username, self._password = mqtt_credentials(mqtt_url)
         self.breakers = breakers if breakers is not None else BreakerRegistry()
         self._client_id = client_id or f"proveniq-core-{uuid.uuid4().hex[:12]}"
         self._connect_timeout = connect_timeout
@@ -289,6 +299,8 @@ class LockerGateway:
                 timeout=self._connect_timeout,
                 keepalive=self._keepalive,
                 socket_options=SOCKET_OPTIONS,
+                username=self._username,
+                password=self._password,
             )
             try:
                 async with client:
@@ -416,5 +428,6 @@ __all__ = [
     "EventHook",
     "LockerGateway",
     "device_circuit",
+    "mqtt_credentials",
     "parse_mqtt_url",
 ]

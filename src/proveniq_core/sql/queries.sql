@@ -359,6 +359,37 @@ SELECT status, count(*)::integer AS n FROM retry_queue
 WHERE status IN ('pending', 'retrying', 'exhausted')
 GROUP BY status
 
+-- scrape_backlog --
+-- The backlogs an operator is paged on, every tenant, for the scrape-time gauges: sagas due
+-- and unclaimed (the claim's own predicate, claim_sagas) and how long the oldest has been
+-- claimable, pending reviews and the oldest one's age, unsealed audit rows and the oldest
+-- one's age, webhook endpoints by status. Ages are seconds, 0 when there is none.
+SELECT
+    (SELECT count(*) FROM sagas
+     WHERE status IN ('running', 'compensating') AND run_at <= now()
+       AND (lease_until IS NULL OR lease_until < now()))::integer AS sagas_due,
+    (SELECT COALESCE(extract(epoch FROM now() - min(GREATEST(run_at, lease_until))), 0)
+     FROM sagas
+     WHERE status IN ('running', 'compensating') AND run_at <= now()
+       AND (lease_until IS NULL OR lease_until < now()))::float8 AS oldest_due_s,
+    (SELECT count(*) FROM reviews WHERE status = 'pending')::integer AS reviews_pending,
+    (SELECT COALESCE(extract(epoch FROM now() - min(created_at)), 0)
+     FROM reviews WHERE status = 'pending')::float8 AS oldest_review_s,
+    (SELECT count(*) FROM audit_log WHERE seq IS NULL)::integer AS audit_unsealed,
+    (SELECT COALESCE(extract(epoch FROM now() - min(at)), 0)
+     FROM audit_log WHERE seq IS NULL)::float8 AS oldest_unsealed_s,
+    (SELECT count(*) FROM webhook_endpoints WHERE status = 'active')::integer
+        AS webhooks_active,
+    (SELECT count(*) FROM webhook_endpoints WHERE status = 'disabled')::integer
+        AS webhooks_disabled
+
+-- count_open_alerts --
+-- Open ops alerts by code and severity, every tenant, with when the latest was last raised
+-- (unix seconds), for core_ops_alerts_open.
+SELECT code, severity, count(*)::integer AS n, extract(epoch FROM max(last_at))::float8 AS last_at
+FROM ops_alerts WHERE resolved_at IS NULL
+GROUP BY code, severity
+
 -- due_retry_entries --
 SELECT r.* FROM retry_queue r JOIN sagas s ON s.id = r.saga_id
 WHERE r.status = 'pending' AND r.next_retry_at <= now() AND s.owner IS NULL
