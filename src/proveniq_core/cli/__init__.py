@@ -26,7 +26,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from proveniq_core import cli_ops, db, logs
+from proveniq_core import db, logs
+from proveniq_core.cli import dlq as cli_ops
 from proveniq_core.config import Settings, default_home
 from proveniq_core.embedded import EmbeddedPostgres
 from proveniq_core.saga.store import SAGA_STATUSES
