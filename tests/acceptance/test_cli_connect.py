@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -203,14 +204,34 @@ def test_a_database_command_names_the_server_it_could_not_reach() -> None:
     assert "secret" not in line
 
 
-def test_a_cluster_without_the_proveniq_database_is_not_completed(tmp_path: Path) -> None:
-    """An embedded PostgreSQL whose proveniq database is gone: keys create says so in one
-    line and does not create it (migrate does)."""
+def postgres_in(pgdata: Path) -> list[int]:
+    """Live processes working in ``pgdata``: a PostgreSQL server and its children."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if Path(os.readlink(entry / "cwd")) == pgdata.resolve():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_a_database_command_starts_a_stopped_embedded_server_and_stops_it(tmp_path: Path) -> None:
+    """With no service running, keys create starts the embedded PostgreSQL that exists under
+    --home, writes the key, and stops the server again; once its proveniq database is gone,
+    it says so in one line and does not create it."""
     from proveniq_core.embedded import EmbeddedPostgres
 
     home = tmp_path / "home"
     made = proveniq("migrate", PROVENIQ_HOME=str(home))
     assert made.returncode == 0, made.stderr
+    assert not postgres_in(home / "pg")
+    created = proveniq("keys", "create", "--tenant", "a", PROVENIQ_HOME=str(home))
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.startswith("pk_")
+    assert not postgres_in(home / "pg")
+
     pg = EmbeddedPostgres(home)
     pg.start()
     try:
@@ -225,3 +246,38 @@ def test_a_cluster_without_the_proveniq_database_is_not_completed(tmp_path: Path
         assert found is None
     finally:
         pg.stop()
+
+
+def test_serve_and_migrate_name_the_database_they_could_not_reach(tmp_path: Path) -> None:
+    """serve and migrate with a --database-url nobody answers: one line naming host, port and
+    database (never the password), exit 1, no traceback."""
+    url = f"postgresql://postgres:secret@127.0.0.1:{free_port()}/proveniq"
+    for command in (("migrate",), ("serve", "--port", str(free_port()))):
+        failed = proveniq(*command, PROVENIQ_DATABASE_URL=url, PROVENIQ_HOME=str(tmp_path))
+        assert failed.returncode == 1, failed.stderr
+        assert "Traceback" not in failed.stderr and "secret" not in failed.stderr
+        last = failed.stderr.splitlines()[-1]
+        assert last.startswith(f"error: cannot connect to 127.0.0.1:{url.split(':')[-1]}")
+        assert [x for x in failed.stderr.splitlines() if x.startswith("error:")] == [last]
+
+
+def test_serve_names_a_bad_setting_in_one_line(tmp_path: Path) -> None:
+    """A PROVENIQ_* setting out of range: one line naming the variable, exit 2, nothing started."""
+    failed = proveniq("serve", PROVENIQ_POOL_MAX="0", PROVENIQ_HOME=str(tmp_path / "home"))
+    assert failed.returncode == 2
+    assert failed.stderr.splitlines() == [
+        "error: PROVENIQ_POOL_MAX: Input should be greater than or equal to 1"
+    ]
+    assert not (tmp_path / "home").exists()
+
+
+def test_simulate_names_a_taken_faults_port(tmp_path: Path) -> None:
+    """simulate --faults-port on a taken port: one line naming it, exit 1, before connecting."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        failed = proveniq(
+            "simulate", "--faults-port", str(port), "--mqtt-url", "mqtt://127.0.0.1:1"
+        )
+    line = one_error_line(failed)
+    assert line.startswith(f"error: cannot listen on 127.0.0.1:{port}: ")
