@@ -113,10 +113,13 @@ class EmbeddedPostgres:
                         cause += f" ({after.split('DETAIL:', 1)[1].strip()})"
                     return cause
         if isinstance(exc, subprocess.TimeoutExpired):
-            return f"not ready within {START_TIMEOUT} s"
-        if isinstance(exc, subprocess.CalledProcessError):
-            return f"pg_ctl start exited with status {exc.returncode}"
-        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            cause = f"not ready within {START_TIMEOUT} s"
+        elif isinstance(exc, subprocess.CalledProcessError):
+            cause = f"pg_ctl start exited with status {exc.returncode}"
+        else:
+            cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        said = [line.strip() for line in lines if line.strip()]
+        return f"{cause} (its log's last line: {said[-1]})" if said else f"{cause}, logging nothing"
 
     @property
     def admin_url(self) -> str:
