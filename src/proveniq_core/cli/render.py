@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rich import box
+from rich.cells import cell_len
 from rich.console import Console, RenderableType
 from rich.measure import Measurement
 from rich.table import Table
@@ -176,11 +177,9 @@ def table(
     shown = list(range(len(cols)))
     left_out: list[str] = []
     for name in (*drop, None):
-        grid = _build(cols, rows, shown, title)
-        # Measured unbounded: Measurement.get clamps to the width it is given.
-        need = Measurement.get(console, console.options.update_width(1 << 20), grid).minimum
-        if need <= console.width:
-            console.print(grid)
+        widths = _widths(cols, rows, shown, console)
+        if widths is not None:
+            console.print(_build(cols, rows, shown, widths, title))
             if left_out:
                 note(
                     f"{', '.join(left_out)} left out to fit {console.width} columns;"
@@ -196,10 +195,49 @@ def table(
     _records(cols, rows, console)
 
 
+def _widths(
+    cols: Sequence[Col],
+    rows: Sequence[Sequence[RenderableType]],
+    shown: list[int],
+    console: Console,
+) -> list[int] | None:
+    """Each shown column's width, so that the table fits ``console.width``; None if it
+    cannot: a whole column takes its longest cell, a wrapping one at least its longest
+    word. The widest wrapping columns narrow first.
+
+    Computed here rather than left to rich, which narrows any column to make a table fit,
+    cutting words (and ids) with an ellipsis.
+    """
+    least, most = [], []
+    for i in shown:
+        cells = [cols[i].header, *(_plain(row[i]) for row in rows)]
+        lines = [line for cell in cells for line in cell.splitlines() or [""]]
+        most.append(max(cell_len(line) for line in lines))
+        if cols[i].whole:
+            least.append(most[-1])
+        else:
+            least.append(max(cell_len(word) for line in lines for word in line.split() or [""]))
+    # The box and padding around the columns, measured on the same table at width 1 each.
+    frame = _build(cols, rows, shown, [1] * len(shown), None)
+    wide = console.options.update_width(1 << 20)  # Measurement.get clamps to the width given
+    room = console.width - (Measurement.get(console, wide, frame).maximum - len(shown))
+    if sum(least) > room:
+        return None
+    widths = list(most)
+    excess = sum(widths) - room
+    while excess > 0:
+        slack = [(w, k) for k, w in enumerate(widths) if w > least[k]]
+        _, k = max(slack)
+        widths[k] -= 1
+        excess -= 1
+    return widths
+
+
 def _build(
     cols: Sequence[Col],
     rows: Sequence[Sequence[RenderableType]],
     shown: list[int],
+    widths: list[int],
     title: str | None,
 ) -> Table:
     grid = Table(
@@ -209,16 +247,9 @@ def _build(
         title=title,
         title_justify="left",
     )
-    for i in shown:
+    for i, width in zip(shown, widths, strict=True):
         col = cols[i]
-        if col.whole:
-            cells = [col.header, *(_plain(row[i]) for row in rows)]
-            # A fixed width makes rich narrow only the wrapping columns, never this one.
-            grid.add_column(
-                col.header, no_wrap=True, width=max(len(c) for c in cells), style=col.style
-            )
-        else:
-            grid.add_column(col.header, style=col.style)
+        grid.add_column(col.header, no_wrap=col.whole, width=width, style=col.style)
     for row in rows:
         grid.add_row(*(row[i] for i in shown))
     return grid
