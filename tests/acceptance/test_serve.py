@@ -32,12 +32,12 @@ def clean_env(**extra: str) -> dict[str, str]:
 class Served:
     """A ``proveniq serve`` subprocess and what it printed (stderr goes to ``err_file``)."""
 
-    def __init__(self, home: Path, port: int) -> None:
+    def __init__(self, home: Path, port: int, **env: str) -> None:
         self.err_file = home.parent / f"serve-{port}-{time.monotonic_ns()}.err"
         with self.err_file.open("w") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "proveniq_core", "serve"],
-                env=clean_env(PROVENIQ_HOME=str(home), PROVENIQ_PORT=str(port)),
+                env=clean_env(PROVENIQ_HOME=str(home), PROVENIQ_PORT=str(port), **env),
                 stdout=subprocess.PIPE,
                 stderr=err,
                 text=True,
@@ -166,6 +166,25 @@ def test_newcomer_gets_201_then_verified_and_data_survives_restart(home: Path) -
         assert again.status_code == 200
         assert again.json()["status"] == "verified"
         assert again.json()["verification"]["verificationId"] == created["verificationId"]
+    finally:
+        assert second.stop() == 0
+
+
+def test_a_worker_prints_the_key_it_creates_and_only_then(home: Path) -> None:
+    """serve --role worker on a new data dir creates the admin key and prints it once; the
+    next start prints no key."""
+    first = Served(home, free_port(), PROVENIQ_ROLE="worker")
+    try:
+        key = first.value("Admin API key:")
+        assert key.startswith("pk_")
+        assert (home / "bootstrap-key").read_text().strip() == key
+    finally:
+        assert first.stop() == 0
+    second = Served(home, free_port(), PROVENIQ_ROLE="worker")
+    try:
+        assert second.lines[0].startswith("Proveniq Core worker ready")
+        assert key not in "\n".join(second.lines) + second.stderr
+        assert not any(line.startswith("Admin API key") for line in second.lines)
     finally:
         assert second.stop() == 0
 

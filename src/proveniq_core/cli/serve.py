@@ -104,6 +104,7 @@ def serve(
         typer.Option(
             envvar="PROVENIQ_ROLE",
             metavar=choices(Role),
+            case_sensitive=False,
             help="all: the API and the workers. api: the API only. worker: the workers only,"
             " serving just /metrics, /healthz and /readyz on --port.",
         ),
@@ -131,6 +132,7 @@ def serve(
         typer.Option(
             envvar="PROVENIQ_LOG_LEVEL",
             metavar=choices(LogLevel),
+            case_sensitive=False,
             help="The least severe log lines written.",
         ),
     ] = LogLevel.INFO,
@@ -139,6 +141,7 @@ def serve(
         typer.Option(
             envvar="PROVENIQ_LOG_FORMAT",
             metavar=choices(LogFormat),
+            case_sensitive=False,
             help="json: one JSON line per event on stderr. console: coloured lines for people.",
         ),
     ] = LogFormat.JSON,
@@ -147,6 +150,7 @@ def serve(
         typer.Option(
             envvar="PROVENIQ_EVENT_LOOP",
             metavar=choices(EventLoop),
+            case_sensitive=False,
             help="asyncio: the standard library's. uvloop: libuv-based, a few per cent less"
             " CPU; under it a lost broker connection was sometimes noticed only at the MQTT"
             " keepalive.",
@@ -217,6 +221,9 @@ async def _serve(config: Settings, sock: socket.socket) -> None:
             seconds = time.perf_counter() - started
             if worker:
                 print(f"Proveniq Core worker ready in {seconds:.1f}s; metrics at {url}/metrics")
+                if core.bootstrap is not None and core.bootstrap.created:
+                    print(f"Admin API key: {core.bootstrap.token}")
+                    print(f"  (printed this once; kept in {core.bootstrap.path})")
                 print("Ctrl-C stops the worker.", flush=True)
             else:
                 banner(url, core, seconds)
