@@ -49,26 +49,39 @@ class Core:
     retry_queue: RetryQueue
     evidence: EvidenceStore
     fleet: LockerFleet | None = None
-    bootstrap_key: str | None = None
+    bootstrap: BootstrapKey | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     breakers: BreakerRegistry = field(default_factory=BreakerRegistry)
     """The circuits: ``ledger``, ``locker`` (the broker) and ``locker:<ref>`` per device."""
     key_cache: keys.KeyCache = field(default_factory=keys.KeyCache)
 
 
-async def ensure_bootstrap_key(pool: db.Pool, home: Path) -> str:
+@dataclass(frozen=True)
+class BootstrapKey:
+    """The admin key ``serve`` keeps in ``path``; ``created``: by this start (so shown now)."""
+
+    token: str
+    path: Path
+    created: bool
+
+
+async def ensure_bootstrap_key(pool: db.Pool, home: Path) -> BootstrapKey:
     """Reuse the key in ``<home>/bootstrap-key`` if it still works, else create an admin key."""
     path = home / BOOTSTRAP_FILE
     if path.exists():
         token = path.read_text().strip()
         if await keys.authenticate(pool, token) is not None:
-            return token
+            return BootstrapKey(token, path, created=False)
     token = await keys.create_key(
         pool, BOOTSTRAP_TENANT, keys.SCOPES, name="bootstrap admin", actor="system:bootstrap"
     )
-    path.write_text(token + "\n")
-    path.chmod(0o600)
-    return token
+    # Written aside then renamed: readable by no one else at any moment, never half-written.
+    aside = path.with_name(f".{BOOTSTRAP_FILE}.{os.getpid()}")
+    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    os.replace(aside, path)
+    return BootstrapKey(token, path, created=True)
 
 
 async def register_fleet(pool: db.Pool, fleet: LockerFleet, tenant_id: str) -> None:
@@ -233,7 +246,7 @@ async def running(
             fleet=fleet,
             breakers=breakers,
         )
-        core.bootstrap_key = await ensure_bootstrap_key(pool, settings.home)
+        core.bootstrap = await ensure_bootstrap_key(pool, settings.home)
 
         core.tasks.append(asyncio.create_task(engine.keepalive(), name="saga-keepalive"))
         if settings.role in ("worker", "all"):
