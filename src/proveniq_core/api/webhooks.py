@@ -18,9 +18,10 @@ from proveniq_core.api.auth import require
 from proveniq_core.api.idempotency import IdempotencyKey, idempotent_model
 from proveniq_core.api.models import Strict
 from proveniq_core.api.routes import ERRORS, _keyset_page
+from proveniq_core.ledger import outbox
 from proveniq_core.ledger.keys import Principal
-from proveniq_core.webhooks import endpoints, outbox, signing
-from proveniq_core.webhooks.outbox import EventType
+from proveniq_core.ledger.outbox import EventType
+from proveniq_core.webhooks import endpoints, signing
 
 router = APIRouter(tags=["webhooks"])
 

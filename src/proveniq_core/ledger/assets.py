@@ -7,8 +7,7 @@ from datetime import datetime
 
 from proveniq_core import db
 from proveniq_core.errors import ConflictError, LedgerConstraintError, NotFoundError
-from proveniq_core.ledger import audit
-from proveniq_core.webhooks import outbox
+from proveniq_core.ledger import audit, outbox
 
 
 async def create(

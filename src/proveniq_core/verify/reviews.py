@@ -18,9 +18,7 @@ import structlog
 
 from proveniq_core import db
 from proveniq_core.errors import ConflictError, CoreError, NotFoundError
-from proveniq_core.ledger import assets, audit
-from proveniq_core.ops import alerts
-from proveniq_core.webhooks import outbox
+from proveniq_core.ledger import alerts, assets, audit, outbox
 
 log = structlog.get_logger(__name__)
 

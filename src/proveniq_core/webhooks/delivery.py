@@ -30,8 +30,9 @@ import httpx
 import structlog
 
 from proveniq_core import db
+from proveniq_core.ledger import outbox
 from proveniq_core.observability import metrics
-from proveniq_core.webhooks import endpoints, outbox, signing
+from proveniq_core.webhooks import endpoints, signing
 
 log = structlog.get_logger(__name__)
 

@@ -13,8 +13,7 @@ from typing import Any
 
 from proveniq_core import db
 from proveniq_core.errors import ConflictError, NotFoundError
-from proveniq_core.ledger import audit
-from proveniq_core.ops import alerts
+from proveniq_core.ledger import alerts, audit
 
 ACTOR = "system:webhooks"
 ALERT_CODE = "E_WEBHOOK_FAILING"
