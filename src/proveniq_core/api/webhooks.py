@@ -130,9 +130,9 @@ def delivery_view(row: db.Row, attempts: list[db.Row]) -> DeliveryView:
     return DeliveryView(
         deliveryId=str(row["id"]),
         webhookId=str(row["endpoint_id"]),
-        messageId=outbox.message_id(row["event_id"]),
+        messageId=signing.message_id(row["event_id"]),
         eventType=row["type"],
-        payload=outbox.payload(row["type"], row["event_at"], row["data"]),
+        payload=signing.payload(row["type"], row["event_at"], row["data"]),
         status=row["status"],
         nextAttemptAt=row["next_attempt_at"] if row["status"] == "pending" else None,
         lastStatusCode=row["last_status_code"],
