@@ -21,6 +21,7 @@ from proveniq_core.ledger import assets, audit, keys
 from proveniq_core.locker.gateway import LockerGateway, cancel_and_wait
 from proveniq_core.locker.simulator import LatencyProfile, LockerFleet, fleet_specs
 from proveniq_core.resilience.breaker import BreakerRegistry, State
+from proveniq_core.resilience.circuits import LEDGER_CIRCUIT
 from proveniq_core.saga.engine import SagaDefinition, SagaEngine
 from proveniq_core.saga.registration import InFlight, LinkPolicy, registration_saga
 from proveniq_core.saga.retry_queue import RetryPolicy, RetryQueue
@@ -183,7 +184,7 @@ async def running(
         stack.push_async_callback(pool.close)
         breakers = BreakerRegistry(clock=clock)
         breakers.on_change(_log_circuit_change)
-        db.guard(pool, breakers.get(db.LEDGER_CIRCUIT, db.LEDGER_BREAKER))
+        db.guard(pool, breakers.get(LEDGER_CIRCUIT, db.LEDGER_BREAKER))
         await pool.wait(timeout=10)
 
         gateway = LockerGateway(

@@ -21,7 +21,6 @@ from typing import Final
 import structlog
 
 from proveniq_core import db
-from proveniq_core.locker.gateway import FLEET_CIRCUIT
 from proveniq_core.observability.metrics import (
     CIRCUIT_STATE,
     CIRCUIT_STATES,
@@ -30,6 +29,7 @@ from proveniq_core.observability.metrics import (
     OPEN_DEVICES,
 )
 from proveniq_core.resilience.breaker import BreakerRegistry, State
+from proveniq_core.resilience.circuits import FLEET_CIRCUIT, LEDGER_CIRCUIT, is_device_circuit
 
 log = structlog.get_logger(__name__)
 
@@ -41,11 +41,11 @@ def set_circuits(breakers: BreakerRegistry) -> dict[str, State]:
     """Set ``core_circuit_breaker_state`` for the named circuits (``ledger``, ``locker``, …;
     one not created yet is closed) and count the per-device ones (``locker:<ref>``).
     Returns the named circuits' states."""
-    states = {db.LEDGER_CIRCUIT: State.CLOSED, FLEET_CIRCUIT: State.CLOSED}
+    states = {LEDGER_CIRCUIT: State.CLOSED, FLEET_CIRCUIT: State.CLOSED}
     devices = 0
     for breaker in breakers:
         state = breaker.state
-        if ":" not in breaker.name:
+        if not is_device_circuit(breaker.name):
             states[breaker.name] = state
         elif state is not State.CLOSED:
             devices += 1
@@ -78,7 +78,7 @@ class ScrapeGauges:
     async def refresh(self) -> None:
         circuits = set_circuits(self.breakers)
         now = self._clock()
-        if now < self._due or circuits[db.LEDGER_CIRCUIT] is not State.CLOSED:
+        if now < self._due or circuits[LEDGER_CIRCUIT] is not State.CLOSED:
             return
         self._due = now + self.ttl  # set first: concurrent scrapes do not query again
         try:
