@@ -20,6 +20,7 @@ from proveniq_core.errors import CoreError
 from proveniq_core.ledger import assets, audit, keys
 from proveniq_core.locker.gateway import LockerGateway, cancel_and_wait
 from proveniq_core.locker.simulator import LatencyProfile, LockerFleet, fleet_specs
+from proveniq_core.observability.gauges import RetryDepth
 from proveniq_core.resilience.breaker import BreakerRegistry, State
 from proveniq_core.resilience.circuits import LEDGER_CIRCUIT
 from proveniq_core.saga.engine import SagaDefinition, SagaEngine
@@ -49,6 +50,8 @@ class Core:
     registration: SagaDefinition
     retry_queue: RetryQueue
     evidence: EvidenceStore
+    retry_depth: RetryDepth
+    """What the ``/metrics`` gauges read of the retry queue."""
     fleet: LockerFleet | None = None
     bootstrap_key: str | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
@@ -111,6 +114,18 @@ def link_policy(settings: Settings) -> LinkPolicy:
         ),
         post_commit_timeout=settings.post_commit_timeout,
     )
+
+
+def retry_queue_depth(pool: db.Pool) -> RetryDepth:
+    """The retry queue's open entries by status, counted straight from the pool: a scrape is
+    not a call through the ledger circuit, so observing never opens, probes or closes it."""
+
+    async def read() -> dict[str, int]:
+        async with pool.connection() as conn:
+            rows = await db.fetch_all(conn, "count_open_retry_entries")
+        return {row["status"]: row["n"] for row in rows}
+
+    return read
 
 
 REWAKE_AFTER = 1.0  # seconds
@@ -231,6 +246,7 @@ async def running(
             registration=registration,
             retry_queue=retry_queue,
             evidence=EvidenceStore(settings.evidence_dir),
+            retry_depth=retry_queue_depth(pool),
             fleet=fleet,
             breakers=breakers,
         )

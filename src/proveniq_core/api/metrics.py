@@ -41,7 +41,7 @@ async def prometheus_metrics(request: Request) -> Response:
     state = request.app.state
     if state.core is not None:
         if not hasattr(state, "scrape_gauges"):
-            state.scrape_gauges = ScrapeGauges(state.core.breakers, state.core.pool)
+            state.scrape_gauges = ScrapeGauges(state.core.breakers, state.core.retry_depth)
         await state.scrape_gauges.refresh()
     return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 

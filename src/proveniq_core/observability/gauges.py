@@ -4,23 +4,21 @@ Circuit states are read from the breakers at scrape time rather than pushed on e
 transition: an open breaker turns half-open only when its state is next read, so a pushed
 gauge would say ``open`` long after the breaker stopped refusing calls.
 
-The retry queue's depth comes from the database, at most once per ``ttl`` seconds and within
-``timeout`` seconds, straight from the pool: a scrape is not a call through the ledger
-circuit, so observing never opens, probes or closes it. While that circuit is not closed, or
-when the database does not answer in time, the last values stay and ``/metrics`` still
-answers: the ledger circuit's own gauge says why.
+The retry queue's depth is read through ``RetryDepth``, a reader the composition root
+supplies (``service``), at most once per ``ttl`` seconds and within ``timeout`` seconds. While
+the ledger circuit is not closed, or when the reader does not answer in time, the last values
+stay and ``/metrics`` still answers: the ledger circuit's own gauge says why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
 
 import structlog
 
-from proveniq_core import db
 from proveniq_core.observability.metrics import (
     CIRCUIT_STATE,
     CIRCUIT_STATES,
@@ -35,6 +33,9 @@ log = structlog.get_logger(__name__)
 
 DLQ_QUEUE: Final = "locker_link"
 """The ``queue`` label of the retry queue's entries (deferred locker links)."""
+
+RetryDepth = Callable[[], Awaitable[Mapping[str, int]]]
+"""Counts the retry queue's open entries by status (``{"pending": 2, "exhausted": 1}``)."""
 
 
 def set_circuits(breakers: BreakerRegistry) -> dict[str, State]:
@@ -62,14 +63,14 @@ class ScrapeGauges:
     def __init__(
         self,
         breakers: BreakerRegistry,
-        pool: db.Pool,
+        retry_depth: RetryDepth,
         *,
         ttl: float = 5.0,
         timeout: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.breakers = breakers
-        self.pool = pool
+        self.retry_depth = retry_depth
         self.ttl = ttl
         self.timeout = timeout
         self._clock = clock
@@ -82,11 +83,11 @@ class ScrapeGauges:
             return
         self._due = now + self.ttl  # set first: concurrent scrapes do not query again
         try:
-            async with asyncio.timeout(self.timeout), self.pool.connection() as conn:
-                rows = await db.fetch_all(conn, "count_open_retry_entries")
+            async with asyncio.timeout(self.timeout):
+                depth = await self.retry_depth()
         except Exception as exc:  # a scrape must answer whatever the database does
             log.warning("metrics.dlq_depth_unavailable", error=str(exc) or type(exc).__name__)
             return
-        counts = dict.fromkeys(DLQ_STATUSES, 0) | {row["status"]: row["n"] for row in rows}
+        counts = dict.fromkeys(DLQ_STATUSES, 0) | dict(depth)
         for status, n in counts.items():
             DLQ_DEPTH.labels(DLQ_QUEUE, status).set(n)
