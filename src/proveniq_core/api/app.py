@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import FastAPI
 
 from proveniq_core.api import (
@@ -18,9 +16,10 @@ from proveniq_core.api import (
     slo,
     webhooks,
 )
+from proveniq_core.service import Core
 
 
-def create_worker_app(core: Any) -> FastAPI:
+def create_worker_app(core: Core) -> FastAPI:
     """What a ``--role worker`` process serves: ``/metrics``, ``/healthz`` and ``/readyz``,
     so each worker is a scrape target and a probe like any other process."""
     app = FastAPI(title="Proveniq Core worker", version="0.1.0", openapi_url=None)
@@ -31,8 +30,9 @@ def create_worker_app(core: Any) -> FastAPI:
     return app
 
 
-def create_app(core: Any) -> FastAPI:
-    """Build the app around a running ``Core`` (pool, gateway, saga engine)."""
+def create_app(core: Core | None) -> FastAPI:
+    """Build the app around a running ``Core`` (pool, gateway, saga engine); with ``None``,
+    the routes and models alone, for the OpenAPI document."""
     app = FastAPI(
         title="Proveniq Core",
         version="0.1.0",

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from proveniq_core import db
 from proveniq_core.api.auth import require
+from proveniq_core.api.deps import CoreDep
 from proveniq_core.api.evidence import EvidenceView, evidence_view
 from proveniq_core.api.models import ErrorEnvelope, Strict
 from proveniq_core.api.routes import ERRORS, _decode_position, _encode_cursor
@@ -81,7 +82,7 @@ async def _evidence(conn: db.Conn, rows: list[db.Row]) -> list[db.Row]:
 
 @router.get("/api/reviews", response_model=ReviewPage, responses=ERRORS)
 async def list_reviews(
-    request: Request,
+    core: CoreDep,
     principal: Reviewer,
     status: Annotated[
         ReviewStatus | None, Query(description="default: the undecided (pending and expired)")
@@ -98,7 +99,7 @@ async def list_reviews(
         "after_id": after[1] if after else None,
         "limit": limit + 1,
     }
-    async with db.connection(request.app.state.core.pool) as conn:
+    async with db.connection(core.pool) as conn:
         rows = await db.fetch_all(conn, "list_reviews", params)
         rows, more = rows[:limit], len(rows) > limit
         evidence = await _evidence(conn, rows)
@@ -114,12 +115,11 @@ async def list_reviews(
     responses={**ERRORS, 409: {"description": "already decided", "model": ErrorEnvelope}},
 )
 async def decide_review(
-    review_id: str, body: ReviewDecision, request: Request, principal: Reviewer
+    review_id: str, body: ReviewDecision, request: Request, core: CoreDep, principal: Reviewer
 ) -> ReviewView:
     """Approve (asset ``verified``) or reject (asset ``rejected``); a review is decided once."""
-    pool = request.app.state.core.pool
     row = await reviews.decide(
-        pool,
+        core.pool,
         tenant_id=principal.tenant_id,
         review_id=review_id,
         decision=body.decision,
@@ -127,7 +127,7 @@ async def decide_review(
         actor=f"key:{principal.key_id}",
         request_id=request.state.request_id,
     )
-    async with db.connection(pool) as conn:
+    async with db.connection(core.pool) as conn:
         evidence = await _evidence(conn, [row])
     return review_view(row, evidence)
 

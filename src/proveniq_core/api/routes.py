@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 
 from proveniq_core import db
 from proveniq_core.api.auth import require
+from proveniq_core.api.deps import CoreDep
 from proveniq_core.api.idempotency import IdempotencyKey, idempotent_model, run_idempotent
 from proveniq_core.api.models import (
     AlertPage,
@@ -48,6 +49,7 @@ from proveniq_core.ledger import assets
 from proveniq_core.ledger.keys import Principal
 from proveniq_core.saga import store
 from proveniq_core.saga.store import SagaStatus
+from proveniq_core.service import Core
 
 router = APIRouter()
 health = APIRouter(tags=["health"])
@@ -63,10 +65,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         503: "database unavailable",
     }.items()
 }
-
-
-def _core(request: Request) -> Any:
-    return request.app.state.core
 
 
 def _encode_cursor(*parts: str) -> str:
@@ -94,7 +92,7 @@ def _decode_position(cursor: str) -> tuple[datetime, str]:
 
 
 async def _keyset_page(
-    request: Request,
+    pool: db.Pool,
     query: str,
     filters: dict[str, Any],
     limit: int,
@@ -108,7 +106,7 @@ async def _keyset_page(
         "before_id": before[1] if before else None,
         "limit": limit + 1,
     }
-    async with db.connection(_core(request).pool) as conn:
+    async with db.connection(pool) as conn:
         rows = await db.fetch_all(conn, query, params)
     if len(rows) <= limit:
         return rows, None
@@ -132,11 +130,11 @@ async def _keyset_page(
 async def create_asset(
     body: AssetCreate,
     request: Request,
+    core: CoreDep,
     principal: Annotated[Principal, Depends(require("assets:write"))],
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """With an ``Idempotency-Key`` header, a retry gets the first answer again (DESIGN.md §3)."""
-    core = _core(request)
 
     async def register() -> Response:
         async with db.connection(core.pool) as conn:
@@ -153,7 +151,7 @@ async def create_asset(
 
 
 async def _register(
-    core: Any, body: AssetCreate, principal: Principal, request_id: str
+    core: Core, body: AssetCreate, principal: Principal, request_id: str
 ) -> Response:
     """Run the registration saga and answer what it reached: 201 linked, 202 deferred, or
     the failure's envelope (raised)."""
@@ -213,11 +211,11 @@ async def _register(
 @router.get("/api/assets/{asset_id}", response_model=AssetView, responses=ERRORS)
 async def get_asset(
     asset_id: str,
-    request: Request,
+    core: CoreDep,
     response: Response,
     principal: Annotated[Principal, Depends(require("assets:read"))],
 ) -> AssetView:
-    async with db.connection(_core(request).pool) as conn:
+    async with db.connection(core.pool) as conn:
         row = await assets.get(conn, principal.tenant_id, asset_id)
     response.headers["ETag"] = f'"{row["version"]}"'
     return asset_view(row)
@@ -225,7 +223,7 @@ async def get_asset(
 
 @router.get("/api/assets", response_model=AssetPage, responses=ERRORS)
 async def list_assets(
-    request: Request,
+    core: CoreDep,
     principal: Annotated[Principal, Depends(require("assets:read"))],
     status: Annotated[
         str | None,
@@ -237,7 +235,7 @@ async def list_assets(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> AssetPage:
     before = _decode_position(cursor) if cursor else None
-    async with db.connection(_core(request).pool) as conn:
+    async with db.connection(core.pool) as conn:
         rows = await assets.page(
             conn, principal.tenant_id, status=status, limit=limit + 1, before=before
         )
@@ -268,10 +266,10 @@ def _locker_view(row: dict[str, Any], online: bool | None) -> LockerView:
 async def register_locker(
     body: LockerCreate,
     request: Request,
+    core: CoreDep,
     principal: Annotated[Principal, Depends(require("ops:write"))],
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
-    core = _core(request)
     return await idempotent_model(
         request,
         core.pool,
@@ -283,7 +281,7 @@ async def register_locker(
 
 
 async def _register_locker(
-    core: Any, body: LockerCreate, principal: Principal, request_id: str
+    core: Core, body: LockerCreate, principal: Principal, request_id: str
 ) -> LockerView:
     async with db.transaction(core.pool) as conn:
         row = await assets.register_locker(
@@ -301,12 +299,11 @@ async def _register_locker(
 
 @router.get("/api/lockers", response_model=LockerPage, responses=ERRORS)
 async def list_lockers(
-    request: Request,
+    core: CoreDep,
     principal: Annotated[Principal, Depends(require("assets:read"))],
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> LockerPage:
-    core = _core(request)
     after = _decode_cursor(cursor, 1)[0] if cursor else ""
     async with db.connection(core.pool) as conn:
         rows = await db.fetch_all(
@@ -324,7 +321,7 @@ async def list_lockers(
 
 @router.get("/api/ops/sagas", response_model=SagaPage, responses=ERRORS)
 async def list_sagas(
-    request: Request,
+    core: CoreDep,
     principal: Annotated[Principal, Depends(require("ops:read"))],
     status: Annotated[SagaStatus | None, Query()] = None,
     name: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
@@ -334,7 +331,7 @@ async def list_sagas(
     """Sagas newest first: this tenant's and the system's (no tenant), in pages."""
     filters = {"tenant_id": principal.tenant_id, "status": status, "name": name}
     rows, next_cursor = await _keyset_page(
-        request, "list_sagas", filters, limit, cursor, "created_at"
+        core.pool, "list_sagas", filters, limit, cursor, "created_at"
     )
     return SagaPage(items=[saga_summary(r) for r in rows], nextCursor=next_cursor)
 
@@ -342,14 +339,14 @@ async def list_sagas(
 @router.get("/api/ops/sagas/{saga_id}", response_model=SagaView, responses=ERRORS)
 async def get_saga(
     saga_id: str,
-    request: Request,
+    core: CoreDep,
     principal: Annotated[Principal, Depends(require("ops:read"))],
 ) -> SagaView:
     try:
         uuid.UUID(saga_id)
     except ValueError:
         raise NotFoundError(f"saga {saga_id} not found") from None
-    async with db.connection(_core(request).pool) as conn:
+    async with db.connection(core.pool) as conn:
         found = await store.load(conn, saga_id)
     if found is None or found[0]["tenant_id"] not in (None, principal.tenant_id):
         raise NotFoundError(f"saga {saga_id} not found")
@@ -358,7 +355,7 @@ async def get_saga(
 
 @router.get("/api/ops/alerts", response_model=AlertPage, responses=ERRORS)
 async def list_alerts(
-    request: Request,
+    core: CoreDep,
     principal: Annotated[Principal, Depends(require("ops:read"))],
     open_: Annotated[
         bool | None,
@@ -371,7 +368,7 @@ async def list_alerts(
     """Ops alerts, most recently raised first: this tenant's and the system's (no tenant)."""
     filters = {"tenant_id": principal.tenant_id, "open": open_, "code": code}
     rows, next_cursor = await _keyset_page(
-        request, "list_alerts", filters, limit, cursor, "last_at"
+        core.pool, "list_alerts", filters, limit, cursor, "last_at"
     )
     return AlertPage(items=[alert_view(r) for r in rows], nextCursor=next_cursor)
 
@@ -387,14 +384,13 @@ async def healthz() -> dict[str, str]:
     response_model=Readiness,
     responses={503: {"model": Readiness, "description": "database down or migrations pending"}},
 )
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(core: CoreDep) -> JSONResponse:
     """Ready when the database answers and migrations are current; the broker may be degraded.
 
     200 ``ready``: everything up; 200 ``degraded``: serving, but the broker is down or a
     circuit is not closed (lockers answer later: links are deferred); 503 ``unready``: the
     database is unreachable (or its circuit open) or migrations are pending.
     """
-    core = _core(request)
     checks: dict[str, str] = {}
     try:
         async with db.connection(core.pool) as conn:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, HttpUrl, field_validator
 
 from proveniq_core import db
 from proveniq_core.api.auth import require
+from proveniq_core.api.deps import CoreDep
 from proveniq_core.api.idempotency import IdempotencyKey, idempotent_model
 from proveniq_core.api.models import Strict
 from proveniq_core.api.routes import ERRORS, _keyset_page
@@ -160,17 +161,17 @@ def _actor(principal: Principal) -> str:
 @router.post("/api/webhooks", status_code=201, response_model=WebhookCreated, responses=ERRORS)
 async def create_webhook(
     request: Request,
+    core: CoreDep,
     body: WebhookCreate,
     principal: Manager,
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Subscribe an endpoint to event types. The answer holds the signing secret, once (and
     again to a retry with the same ``Idempotency-Key``)."""
-    pool = request.app.state.core.pool
 
     async def create() -> WebhookCreated:
         secret = body.secret or signing.new_secret()
-        async with db.transaction(pool) as conn:
+        async with db.transaction(core.pool) as conn:
             row = await endpoints.create(
                 conn,
                 tenant_id=principal.tenant_id,
@@ -183,20 +184,20 @@ async def create_webhook(
         return WebhookCreated(**webhook_view(row).model_dump(), secret=secret)
 
     return await idempotent_model(
-        request, pool, tenant_id=principal.tenant_id, body=body, status_code=201, make=create
+        request, core.pool, tenant_id=principal.tenant_id, body=body, status_code=201, make=create
     )
 
 
 @router.get("/api/webhooks", response_model=WebhookPage, responses=ERRORS)
 async def list_webhooks(
-    request: Request,
+    core: CoreDep,
     principal: Manager,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> WebhookPage:
     """The tenant's endpoints, newest first, in pages."""
     rows, next_cursor = await _keyset_page(
-        request,
+        core.pool,
         "list_webhook_endpoints",
         {"tenant_id": principal.tenant_id},
         limit,
@@ -207,15 +208,17 @@ async def list_webhooks(
 
 
 @router.get("/api/webhooks/{webhook_id}", response_model=WebhookView, responses=ERRORS)
-async def get_webhook(request: Request, webhook_id: WebhookId, principal: Manager) -> WebhookView:
-    async with db.connection(request.app.state.core.pool) as conn:
+async def get_webhook(core: CoreDep, webhook_id: WebhookId, principal: Manager) -> WebhookView:
+    async with db.connection(core.pool) as conn:
         return webhook_view(await endpoints.get(conn, principal.tenant_id, webhook_id))
 
 
 @router.delete("/api/webhooks/{webhook_id}", status_code=204, responses=ERRORS)
-async def delete_webhook(request: Request, webhook_id: WebhookId, principal: Manager) -> Response:
+async def delete_webhook(
+    request: Request, core: CoreDep, webhook_id: WebhookId, principal: Manager
+) -> Response:
     """Unsubscribe: the endpoint, its pending deliveries and its delivery log are deleted."""
-    async with db.transaction(request.app.state.core.pool) as conn:
+    async with db.transaction(core.pool) as conn:
         await endpoints.delete(
             conn,
             principal.tenant_id,
@@ -228,10 +231,10 @@ async def delete_webhook(request: Request, webhook_id: WebhookId, principal: Man
 
 @router.post("/api/webhooks/{webhook_id}/enable", response_model=WebhookView, responses=ERRORS)
 async def enable_webhook(
-    request: Request, webhook_id: WebhookId, principal: Manager
+    request: Request, core: CoreDep, webhook_id: WebhookId, principal: Manager
 ) -> WebhookView:
     """Make a disabled endpoint active again: its waiting deliveries resume."""
-    async with db.transaction(request.app.state.core.pool) as conn:
+    async with db.transaction(core.pool) as conn:
         row = await endpoints.enable(
             conn,
             principal.tenant_id,
@@ -244,7 +247,7 @@ async def enable_webhook(
 
 @router.get("/api/webhooks/{webhook_id}/deliveries", response_model=DeliveryPage, responses=ERRORS)
 async def list_deliveries(
-    request: Request,
+    core: CoreDep,
     webhook_id: WebhookId,
     principal: Manager,
     status: Annotated[DeliveryStatus | None, Query()] = None,
@@ -252,18 +255,17 @@ async def list_deliveries(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> DeliveryPage:
     """The endpoint's deliveries, newest first, each with its attempt log."""
-    pool = request.app.state.core.pool
-    async with db.connection(pool) as conn:
+    async with db.connection(core.pool) as conn:
         endpoint = await endpoints.get(conn, principal.tenant_id, webhook_id)
     rows, next_cursor = await _keyset_page(
-        request,
+        core.pool,
         "list_webhook_deliveries",
         {"endpoint_id": endpoint["id"], "status": status},
         limit,
         cursor,
         "created_at",
     )
-    async with db.connection(pool) as conn:
+    async with db.connection(core.pool) as conn:
         attempts = await endpoints.attempts_by_delivery(conn, rows)
     return DeliveryPage(
         items=[delivery_view(r, attempts[r["id"]]) for r in rows], nextCursor=next_cursor
@@ -277,11 +279,15 @@ async def list_deliveries(
     responses={**ERRORS, 409: {"description": "the endpoint is disabled: enable it first"}},
 )
 async def redeliver(
-    request: Request, webhook_id: WebhookId, delivery_id: DeliveryId, principal: Manager
+    request: Request,
+    core: CoreDep,
+    webhook_id: WebhookId,
+    delivery_id: DeliveryId,
+    principal: Manager,
 ) -> DeliveryView:
     """Send the delivery's message again (same webhook-id): a new delivery, due now, with a
     fresh retry schedule. The answer is that new delivery, pending."""
-    async with db.transaction(request.app.state.core.pool) as conn:
+    async with db.transaction(core.pool) as conn:
         row = await endpoints.redeliver(
             conn,
             principal.tenant_id,
