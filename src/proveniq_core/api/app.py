@@ -5,13 +5,13 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from proveniq_core.api import (
+    assets,
     circuits,
     envelope,
     evidence,
     metrics,
     ops,
     reviews,
-    routes,
     sim,
     slo,
     webhooks,
@@ -26,7 +26,7 @@ def create_worker_app(core: Core) -> FastAPI:
     app.state.core = core
     envelope.install(app)
     app.include_router(metrics.router)
-    app.include_router(routes.health)
+    app.include_router(assets.health)
     return app
 
 
@@ -42,8 +42,8 @@ def create_app(core: Core | None) -> FastAPI:
     envelope.install(app)
     app.add_middleware(metrics.RequestContext)
     app.include_router(metrics.router)
-    app.include_router(routes.router)
-    app.include_router(routes.health)
+    app.include_router(assets.router)
+    app.include_router(assets.health)
     app.include_router(evidence.router)
     app.include_router(reviews.router)
     app.include_router(sim.router)

@@ -15,10 +15,10 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import AwareDatetime, BaseModel, Field, field_validator
 
 from proveniq_core import db
+from proveniq_core.api.assets import ERRORS, _keyset_page
 from proveniq_core.api.auth import require
 from proveniq_core.api.deps import CoreDep
 from proveniq_core.api.models import LockerRef, Strict
-from proveniq_core.api.routes import ERRORS, _keyset_page
 from proveniq_core.ledger import assets
 from proveniq_core.ledger.keys import Principal
 from proveniq_core.saga import operator

@@ -13,11 +13,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from proveniq_core import db
+from proveniq_core.api.assets import ERRORS, _decode_position, _encode_cursor
 from proveniq_core.api.auth import require
 from proveniq_core.api.deps import CoreDep
 from proveniq_core.api.evidence import EvidenceView, evidence_view
 from proveniq_core.api.models import ErrorEnvelope, Strict
-from proveniq_core.api.routes import ERRORS, _decode_position, _encode_cursor
 from proveniq_core.ledger.keys import Principal
 from proveniq_core.verify import reviews
 from proveniq_core.verify.reviews import Decision, ReviewStatus

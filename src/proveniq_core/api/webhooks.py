@@ -14,11 +14,11 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, Field, HttpUrl, field_validator
 
 from proveniq_core import db
+from proveniq_core.api.assets import ERRORS, _keyset_page
 from proveniq_core.api.auth import require
 from proveniq_core.api.deps import CoreDep
 from proveniq_core.api.idempotency import IdempotencyKey, idempotent_model
 from proveniq_core.api.models import Strict
-from proveniq_core.api.routes import ERRORS, _keyset_page
 from proveniq_core.ledger import outbox
 from proveniq_core.ledger.keys import Principal
 from proveniq_core.ledger.outbox import EventType
