@@ -5,13 +5,17 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from proveniq_core.api import (
+    alerts,
     assets,
     circuits,
     envelope,
     evidence,
+    health,
+    lockers,
     metrics,
     ops,
     reviews,
+    sagas,
     sim,
     slo,
     webhooks,
@@ -26,7 +30,7 @@ def create_worker_app(core: Core) -> FastAPI:
     app.state.core = core
     envelope.install(app)
     app.include_router(metrics.router)
-    app.include_router(assets.health)
+    app.include_router(health.router)
     return app
 
 
@@ -43,7 +47,10 @@ def create_app(core: Core | None) -> FastAPI:
     app.add_middleware(metrics.RequestContext)
     app.include_router(metrics.router)
     app.include_router(assets.router)
-    app.include_router(assets.health)
+    app.include_router(lockers.router)
+    app.include_router(sagas.router)
+    app.include_router(alerts.router)
+    app.include_router(health.router)
     app.include_router(evidence.router)
     app.include_router(reviews.router)
     app.include_router(sim.router)

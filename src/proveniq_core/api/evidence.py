@@ -14,9 +14,9 @@ from fastapi import APIRouter, Depends, Path, Response
 from pydantic import BaseModel, Field
 
 from proveniq_core import db
-from proveniq_core.api.assets import ERRORS
 from proveniq_core.api.auth import require
 from proveniq_core.api.deps import CoreDep
+from proveniq_core.api.models import ERRORS
 from proveniq_core.errors import CoreError, NotFoundError
 from proveniq_core.ledger import assets
 from proveniq_core.ledger.keys import Principal

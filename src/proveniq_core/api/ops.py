@@ -15,10 +15,10 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import AwareDatetime, BaseModel, Field, field_validator
 
 from proveniq_core import db
-from proveniq_core.api.assets import ERRORS, _keyset_page
 from proveniq_core.api.auth import require
 from proveniq_core.api.deps import CoreDep
-from proveniq_core.api.models import LockerRef, Strict
+from proveniq_core.api.models import ERRORS, LockerRef, Strict
+from proveniq_core.api.paging import keyset_page
 from proveniq_core.ledger import assets
 from proveniq_core.ledger.keys import Principal
 from proveniq_core.saga import operator
@@ -156,7 +156,7 @@ async def list_retry_entries(
         "asset_id": str(asset_id) if asset_id else None,
         "status": status,
     }
-    rows, next_cursor = await _keyset_page(
+    rows, next_cursor = await keyset_page(
         core.pool, "list_retry_entries", filters, limit, cursor, "created_at"
     )
     return RetryEntryPage(items=[entry_view(r) for r in rows], nextCursor=next_cursor)

@@ -13,11 +13,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from proveniq_core import db
-from proveniq_core.api.assets import ERRORS, _decode_position, _encode_cursor
 from proveniq_core.api.auth import require
 from proveniq_core.api.deps import CoreDep
 from proveniq_core.api.evidence import EvidenceView, evidence_view
-from proveniq_core.api.models import ErrorEnvelope, Strict
+from proveniq_core.api.models import ERRORS, ErrorEnvelope, Strict
+from proveniq_core.api.paging import decode_position, encode_cursor
 from proveniq_core.ledger.keys import Principal
 from proveniq_core.verify import reviews
 from proveniq_core.verify.reviews import Decision, ReviewStatus
@@ -91,7 +91,7 @@ async def list_reviews(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> ReviewPage:
     """The review queue, oldest first, each with links to its evidence."""
-    after = _decode_position(cursor) if cursor else None
+    after = decode_position(cursor) if cursor else None
     params = {
         "tenant_id": principal.tenant_id,
         "status": status,
@@ -104,7 +104,7 @@ async def list_reviews(
         rows, more = rows[:limit], len(rows) > limit
         evidence = await _evidence(conn, rows)
     next_cursor = (
-        _encode_cursor(rows[-1]["created_at"].isoformat(), str(rows[-1]["id"])) if more else None
+        encode_cursor(rows[-1]["created_at"].isoformat(), str(rows[-1]["id"])) if more else None
     )
     return ReviewPage(items=[review_view(r, evidence) for r in rows], nextCursor=next_cursor)
 

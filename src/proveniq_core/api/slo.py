@@ -12,8 +12,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
-from proveniq_core.api.assets import ERRORS
 from proveniq_core.api.auth import require
+from proveniq_core.api.models import ERRORS
 from proveniq_core.ledger.keys import Principal
 from proveniq_core.observability import metrics, slo
 from proveniq_core.saga.registration import NAME as REGISTRATION

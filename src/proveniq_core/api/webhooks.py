@@ -14,11 +14,11 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, Field, HttpUrl, field_validator
 
 from proveniq_core import db
-from proveniq_core.api.assets import ERRORS, _keyset_page
 from proveniq_core.api.auth import require
 from proveniq_core.api.deps import CoreDep
 from proveniq_core.api.idempotency import IdempotencyKey, idempotent_model
-from proveniq_core.api.models import Strict
+from proveniq_core.api.models import ERRORS, Strict
+from proveniq_core.api.paging import keyset_page
 from proveniq_core.ledger import outbox
 from proveniq_core.ledger.keys import Principal
 from proveniq_core.ledger.outbox import EventType
@@ -196,7 +196,7 @@ async def list_webhooks(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> WebhookPage:
     """The tenant's endpoints, newest first, in pages."""
-    rows, next_cursor = await _keyset_page(
+    rows, next_cursor = await keyset_page(
         core.pool,
         "list_webhook_endpoints",
         {"tenant_id": principal.tenant_id},
@@ -257,7 +257,7 @@ async def list_deliveries(
     """The endpoint's deliveries, newest first, each with its attempt log."""
     async with db.connection(core.pool) as conn:
         endpoint = await endpoints.get(conn, principal.tenant_id, webhook_id)
-    rows, next_cursor = await _keyset_page(
+    rows, next_cursor = await keyset_page(
         core.pool,
         "list_webhook_deliveries",
         {"endpoint_id": endpoint["id"], "status": status},
