@@ -13,19 +13,20 @@ from proveniq_core.api.idempotency import IdempotencyKey, idempotent_model
 from proveniq_core.api.models import ERRORS, LockerCreate, LockerPage, LockerView, Site
 from proveniq_core.api.paging import decode_cursor, encode_cursor
 from proveniq_core.ledger import assets
+from proveniq_core.ledger.assets import Locker
 from proveniq_core.ledger.keys import Principal
 from proveniq_core.service import Core
 
 router = APIRouter()
 
 
-def _locker_view(row: dict[str, Any], online: bool | None) -> LockerView:
+def _locker_view(locker: Locker, online: bool | None) -> LockerView:
     return LockerView(
-        lockerRef=row["locker_ref"],
-        site=Site(lat=row["site_lat"], lon=row["site_lon"]),
-        geofenceM=row["geofence_m"],
+        lockerRef=locker.locker_ref,
+        site=Site(lat=locker.site_lat, lon=locker.site_lon),
+        geofenceM=locker.geofence_m,
         online=online,
-        createdAt=row["created_at"],
+        createdAt=locker.created_at,
     )
 
 
@@ -56,7 +57,7 @@ async def _register_locker(
     core: Core, body: LockerCreate, principal: Principal, request_id: str
 ) -> LockerView:
     async with db.transaction(core.pool) as conn:
-        row = await assets.register_locker(
+        locker = await assets.register_locker(
             conn,
             tenant_id=principal.tenant_id,
             locker_ref=body.lockerRef,
@@ -66,7 +67,7 @@ async def _register_locker(
             actor=f"key:{principal.key_id}",
             request_id=request_id,
         )
-    return _locker_view(row, core.gateway.presence(body.lockerRef))
+    return _locker_view(locker, core.gateway.presence(body.lockerRef))
 
 
 @router.get("/api/lockers", response_model=LockerPage, responses=ERRORS)
@@ -78,14 +79,10 @@ async def list_lockers(
 ) -> LockerPage:
     after = decode_cursor(cursor, 1)[0] if cursor else ""
     async with db.connection(core.pool) as conn:
-        rows = await db.fetch_all(
-            conn,
-            "list_lockers",
-            {"tenant_id": principal.tenant_id, "after": after, "limit": limit + 1},
-        )
+        lockers = await assets.locker_page(conn, principal.tenant_id, after=after, limit=limit + 1)
     next_cursor = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        next_cursor = encode_cursor(rows[-1]["locker_ref"])
-    items = [_locker_view(r, core.gateway.presence(r["locker_ref"])) for r in rows]
+    if len(lockers) > limit:
+        lockers = lockers[:limit]
+        next_cursor = encode_cursor(lockers[-1].locker_ref)
+    items = [_locker_view(lk, core.gateway.presence(lk.locker_ref)) for lk in lockers]
     return LockerPage(items=items, nextCursor=next_cursor)

@@ -20,7 +20,7 @@ from proveniq_core.api.models import ERRORS, ErrorEnvelope, Strict
 from proveniq_core.api.paging import decode_position, encode_cursor
 from proveniq_core.ledger.keys import Principal
 from proveniq_core.verify import reviews
-from proveniq_core.verify.reviews import Decision, ReviewStatus
+from proveniq_core.verify.reviews import Decision, Review, ReviewStatus
 
 router = APIRouter(tags=["reviews"])
 
@@ -55,28 +55,28 @@ class ReviewDecision(Strict):
     note: Annotated[str, Field(max_length=2000)] | None = None
 
 
-def review_view(row: dict[str, Any], evidence: list[dict[str, Any]]) -> ReviewView:
+def review_view(review: Review, evidence: list[dict[str, Any]]) -> ReviewView:
     return ReviewView(
-        reviewId=str(row["id"]),
-        assetId=str(row["asset_id"]),
-        verificationId=str(row["verification_id"]),
-        status=row["status"],
-        reasons=row["reasons"],
-        checks=row["checks"],
-        createdAt=row["created_at"],
-        dueAt=row["due_at"],
-        expiredAt=row["expired_at"],
-        decidedAt=row["decided_at"],
-        decidedBy=row["decided_by"],
-        note=row["note"],
+        reviewId=str(review.id),
+        assetId=str(review.asset_id),
+        verificationId=str(review.verification_id),
+        status=review.status,
+        reasons=review.reasons,
+        checks=review.checks,
+        createdAt=review.created_at,
+        dueAt=review.due_at,
+        expiredAt=review.expired_at,
+        decidedAt=review.decided_at,
+        decidedBy=review.decided_by,
+        note=review.note,
         evidence=[
-            evidence_view(e) for e in evidence if e["verification_id"] == row["verification_id"]
+            evidence_view(e) for e in evidence if e["verification_id"] == review.verification_id
         ],
     )
 
 
-async def _evidence(conn: db.Conn, rows: list[db.Row]) -> list[db.Row]:
-    ids = [r["verification_id"] for r in rows]
+async def _evidence(conn: db.Conn, found: list[Review]) -> list[db.Row]:
+    ids = [r.verification_id for r in found]
     return await db.fetch_all(conn, "evidence_of_verifications", {"ids": ids}) if ids else []
 
 
@@ -92,21 +92,16 @@ async def list_reviews(
 ) -> ReviewPage:
     """The review queue, oldest first, each with links to its evidence."""
     after = decode_position(cursor) if cursor else None
-    params = {
-        "tenant_id": principal.tenant_id,
-        "status": status,
-        "after_at": after[0] if after else None,
-        "after_id": after[1] if after else None,
-        "limit": limit + 1,
-    }
     async with db.connection(core.pool) as conn:
-        rows = await db.fetch_all(conn, "list_reviews", params)
-        rows, more = rows[:limit], len(rows) > limit
-        evidence = await _evidence(conn, rows)
+        found = await reviews.page(
+            conn, principal.tenant_id, status=status, after=after, limit=limit + 1
+        )
+        found, more = found[:limit], len(found) > limit
+        evidence = await _evidence(conn, found)
     next_cursor = (
-        encode_cursor(rows[-1]["created_at"].isoformat(), str(rows[-1]["id"])) if more else None
+        encode_cursor(found[-1].created_at.isoformat(), str(found[-1].id)) if more else None
     )
-    return ReviewPage(items=[review_view(r, evidence) for r in rows], nextCursor=next_cursor)
+    return ReviewPage(items=[review_view(r, evidence) for r in found], nextCursor=next_cursor)
 
 
 @router.post(
@@ -118,7 +113,7 @@ async def decide_review(
     review_id: str, body: ReviewDecision, request: Request, core: CoreDep, principal: Reviewer
 ) -> ReviewView:
     """Approve (asset ``verified``) or reject (asset ``rejected``); a review is decided once."""
-    row = await reviews.decide(
+    review = await reviews.decide(
         core.pool,
         tenant_id=principal.tenant_id,
         review_id=review_id,
@@ -128,8 +123,8 @@ async def decide_review(
         request_id=request.state.request_id,
     )
     async with db.connection(core.pool) as conn:
-        evidence = await _evidence(conn, [row])
-    return review_view(row, evidence)
+        evidence = await _evidence(conn, [review])
+    return review_view(review, evidence)
 
 
 __all__ = ["ReviewDecision", "ReviewPage", "ReviewView", "router"]

@@ -23,6 +23,7 @@ from proveniq_core.ledger import outbox
 from proveniq_core.ledger.keys import Principal
 from proveniq_core.ledger.outbox import EventType
 from proveniq_core.webhooks import endpoints, signing
+from proveniq_core.webhooks.endpoints import Delivery, DeliveryAttempt, Endpoint
 
 router = APIRouter(tags=["webhooks"])
 
@@ -114,40 +115,40 @@ class DeliveryPage(BaseModel):
     nextCursor: str | None
 
 
-def webhook_view(row: db.Row) -> WebhookView:
+def webhook_view(endpoint: Endpoint) -> WebhookView:
     return WebhookView(
-        webhookId=str(row["id"]),
-        url=row["url"],
-        events=row["events"],
-        status=row["status"],
-        disabledReason=row["disabled_reason"],
-        disabledAt=row["disabled_at"],
-        createdAt=row["created_at"],
-        updatedAt=row["updated_at"],
+        webhookId=str(endpoint.id),
+        url=endpoint.url,
+        events=list(endpoint.events),
+        status=endpoint.status,
+        disabledReason=endpoint.disabled_reason,
+        disabledAt=endpoint.disabled_at,
+        createdAt=endpoint.created_at,
+        updatedAt=endpoint.updated_at,
     )
 
 
-def delivery_view(row: db.Row, attempts: list[db.Row]) -> DeliveryView:
+def delivery_view(delivery: Delivery, attempts: list[DeliveryAttempt]) -> DeliveryView:
     return DeliveryView(
-        deliveryId=str(row["id"]),
-        webhookId=str(row["endpoint_id"]),
-        messageId=signing.message_id(row["event_id"]),
-        eventType=row["type"],
-        payload=signing.payload(row["type"], row["event_at"], row["data"]),
-        status=row["status"],
-        nextAttemptAt=row["next_attempt_at"] if row["status"] == "pending" else None,
-        lastStatusCode=row["last_status_code"],
-        lastError=row["last_error"],
-        redeliveryOf=str(row["redelivery_of"]) if row["redelivery_of"] else None,
-        createdAt=row["created_at"],
-        finishedAt=row["finished_at"],
+        deliveryId=str(delivery.id),
+        webhookId=str(delivery.endpoint_id),
+        messageId=signing.message_id(delivery.event_id),
+        eventType=delivery.event_type,
+        payload=signing.payload(delivery.event_type, delivery.event_at, delivery.data),
+        status=delivery.status,
+        nextAttemptAt=delivery.next_attempt_at if delivery.status == "pending" else None,
+        lastStatusCode=delivery.last_status_code,
+        lastError=delivery.last_error,
+        redeliveryOf=str(delivery.redelivery_of) if delivery.redelivery_of else None,
+        createdAt=delivery.created_at,
+        finishedAt=delivery.finished_at,
         attempts=[
             AttemptView(
-                attempt=a["attempt"],
-                attemptedAt=a["attempted_at"],
-                durationMs=a["duration_ms"],
-                statusCode=a["status_code"],
-                error=a["error"],
+                attempt=a.attempt,
+                attemptedAt=a.attempted_at,
+                durationMs=a.duration_ms,
+                statusCode=a.status_code,
+                error=a.error,
             )
             for a in attempts
         ],
@@ -172,7 +173,7 @@ async def create_webhook(
     async def create() -> WebhookCreated:
         secret = body.secret or signing.new_secret()
         async with db.transaction(core.pool) as conn:
-            row = await endpoints.create(
+            endpoint = await endpoints.create(
                 conn,
                 tenant_id=principal.tenant_id,
                 url=str(body.url),
@@ -181,7 +182,7 @@ async def create_webhook(
                 actor=_actor(principal),
                 request_id=request.state.request_id,
             )
-        return WebhookCreated(**webhook_view(row).model_dump(), secret=secret)
+        return WebhookCreated(**webhook_view(endpoint).model_dump(), secret=secret)
 
     return await idempotent_model(
         request, core.pool, tenant_id=principal.tenant_id, body=body, status_code=201, make=create
@@ -204,7 +205,8 @@ async def list_webhooks(
         cursor,
         "created_at",
     )
-    return WebhookPage(items=[webhook_view(r) for r in rows], nextCursor=next_cursor)
+    items = [webhook_view(Endpoint.from_row(r)) for r in rows]
+    return WebhookPage(items=items, nextCursor=next_cursor)
 
 
 @router.get("/api/webhooks/{webhook_id}", response_model=WebhookView, responses=ERRORS)
@@ -235,14 +237,14 @@ async def enable_webhook(
 ) -> WebhookView:
     """Make a disabled endpoint active again: its waiting deliveries resume."""
     async with db.transaction(core.pool) as conn:
-        row = await endpoints.enable(
+        endpoint = await endpoints.enable(
             conn,
             principal.tenant_id,
             webhook_id,
             actor=_actor(principal),
             request_id=request.state.request_id,
         )
-    return webhook_view(row)
+    return webhook_view(endpoint)
 
 
 @router.get("/api/webhooks/{webhook_id}/deliveries", response_model=DeliveryPage, responses=ERRORS)
@@ -260,15 +262,16 @@ async def list_deliveries(
     rows, next_cursor = await keyset_page(
         core.pool,
         "list_webhook_deliveries",
-        {"endpoint_id": endpoint["id"], "status": status},
+        {"endpoint_id": endpoint.id, "status": status},
         limit,
         cursor,
         "created_at",
     )
+    deliveries = [Delivery.from_row(r) for r in rows]
     async with db.connection(core.pool) as conn:
-        attempts = await endpoints.attempts_by_delivery(conn, rows)
+        attempts = await endpoints.attempts_by_delivery(conn, deliveries)
     return DeliveryPage(
-        items=[delivery_view(r, attempts[r["id"]]) for r in rows], nextCursor=next_cursor
+        items=[delivery_view(d, attempts[d.id]) for d in deliveries], nextCursor=next_cursor
     )
 
 
@@ -288,7 +291,7 @@ async def redeliver(
     """Send the delivery's message again (same webhook-id): a new delivery, due now, with a
     fresh retry schedule. The answer is that new delivery, pending."""
     async with db.transaction(core.pool) as conn:
-        row = await endpoints.redeliver(
+        delivery = await endpoints.redeliver(
             conn,
             principal.tenant_id,
             webhook_id,
@@ -296,4 +299,4 @@ async def redeliver(
             actor=_actor(principal),
             request_id=request.state.request_id,
         )
-    return delivery_view(row, [])
+    return delivery_view(delivery, [])
