@@ -219,7 +219,6 @@ def is_ledger_down(exc: BaseException) -> bool:
     return isinstance(root, LedgerDownError)
 
 
-LEDGER_CIRCUIT: Final = "ledger"
 LEDGER_BREAKER: Final = LEDGER.with_filter(is_ledger_down)
 """The ledger circuit's config: the seed's thresholds, counting only ``is_ledger_down``."""
 

@@ -20,7 +20,9 @@ from proveniq_core.errors import CoreError
 from proveniq_core.ledger import assets, audit, keys
 from proveniq_core.locker.gateway import LockerGateway, cancel_and_wait
 from proveniq_core.locker.simulator import LatencyProfile, LockerFleet, fleet_specs
+from proveniq_core.observability.gauges import BacklogReader, DatabaseBacklog
 from proveniq_core.resilience.breaker import BreakerRegistry, State
+from proveniq_core.resilience.circuits import LEDGER_CIRCUIT
 from proveniq_core.saga.engine import SagaDefinition, SagaEngine
 from proveniq_core.saga.registration import InFlight, LinkPolicy, registration_saga
 from proveniq_core.saga.retry_queue import RetryPolicy, RetryQueue
@@ -48,6 +50,8 @@ class Core:
     registration: SagaDefinition
     retry_queue: RetryQueue
     evidence: EvidenceStore
+    read_backlog: BacklogReader
+    """What the ``/metrics`` gauges read of the retry queue."""
     fleet: LockerFleet | None = None
     bootstrap: BootstrapKey | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
@@ -125,6 +129,25 @@ def link_policy(settings: Settings) -> LinkPolicy:
     )
 
 
+def database_backlog(pool: db.Pool) -> BacklogReader:
+    """What a scrape reads from the database (retry-queue depth, the backlogs an operator is
+    paged on, open ops alerts), straight from the pool: a scrape is not a call through the
+    ledger circuit, so observing never opens, probes or closes it."""
+
+    async def read() -> DatabaseBacklog:
+        async with pool.connection() as conn:
+            depth = await db.fetch_all(conn, "count_open_retry_entries")
+            backlog = await db.fetch_one(conn, "scrape_backlog")
+            alerts = await db.fetch_all(conn, "count_open_alerts")
+        return DatabaseBacklog(
+            retry_depth={row["status"]: row["n"] for row in depth},
+            backlog=backlog,
+            alerts=alerts,
+        )
+
+    return read
+
+
 REWAKE_AFTER = 1.0  # seconds
 
 
@@ -196,7 +219,7 @@ async def running(
         stack.push_async_callback(pool.close)
         breakers = BreakerRegistry(clock=clock)
         breakers.on_change(_log_circuit_change)
-        db.guard(pool, breakers.get(db.LEDGER_CIRCUIT, db.LEDGER_BREAKER))
+        db.guard(pool, breakers.get(LEDGER_CIRCUIT, db.LEDGER_BREAKER))
         await pool.wait(timeout=10)
 
         gateway = LockerGateway(
@@ -243,6 +266,7 @@ async def running(
             registration=registration,
             retry_queue=retry_queue,
             evidence=EvidenceStore(settings.evidence_dir),
+            read_backlog=database_backlog(pool),
             fleet=fleet,
             breakers=breakers,
         )

@@ -27,9 +27,9 @@ from standardwebhooks import Webhook
 
 from proveniq_core import db
 from proveniq_core.ledger import keys
+from proveniq_core.ledger.outbox import emit
 from proveniq_core.locker.faults import parse_rule
 from proveniq_core.service import Core
-from proveniq_core.webhooks import emit
 from proveniq_core.webhooks.delivery import MAX_ATTEMPTS, SCHEDULE, DeliveryWorker
 from tests.integration.conftest import TENANT, api_client, core_running, first_ref
 from tests.integration.test_verify_outcomes import spoil

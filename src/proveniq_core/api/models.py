@@ -47,6 +47,19 @@ class ErrorEnvelope(BaseModel):
     error: ErrorBody
 
 
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"description": text, "model": ErrorEnvelope}
+    for code, text in {
+        401: "missing or invalid API key",
+        403: "the key lacks the scope",
+        404: "not found (or not this tenant's)",
+        422: "invalid input",
+        503: "database unavailable",
+    }.items()
+}
+"""The error answers most routes declare in OpenAPI, each with the envelope."""
+
+
 class Readiness(BaseModel):
     status: str = Field(
         description="ready; degraded (serving, but the broker is down or a circuit is not "

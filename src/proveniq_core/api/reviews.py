@@ -14,12 +14,13 @@ from pydantic import BaseModel, Field
 
 from proveniq_core import db
 from proveniq_core.api.auth import require
+from proveniq_core.api.deps import CoreDep
 from proveniq_core.api.evidence import EvidenceView, evidence_view
-from proveniq_core.api.models import ErrorEnvelope, Strict
-from proveniq_core.api.routes import ERRORS, _decode_position, _encode_cursor
+from proveniq_core.api.models import ERRORS, ErrorEnvelope, Strict
+from proveniq_core.api.paging import decode_position, encode_cursor
 from proveniq_core.ledger.keys import Principal
 from proveniq_core.verify import reviews
-from proveniq_core.verify.reviews import Decision, ReviewStatus
+from proveniq_core.verify.reviews import Decision, Review, ReviewStatus
 
 router = APIRouter(tags=["reviews"])
 
@@ -54,34 +55,34 @@ class ReviewDecision(Strict):
     note: Annotated[str, Field(max_length=2000)] | None = None
 
 
-def review_view(row: dict[str, Any], evidence: list[dict[str, Any]]) -> ReviewView:
+def review_view(review: Review, evidence: list[dict[str, Any]]) -> ReviewView:
     return ReviewView(
-        reviewId=str(row["id"]),
-        assetId=str(row["asset_id"]),
-        verificationId=str(row["verification_id"]),
-        status=row["status"],
-        reasons=row["reasons"],
-        checks=row["checks"],
-        createdAt=row["created_at"],
-        dueAt=row["due_at"],
-        expiredAt=row["expired_at"],
-        decidedAt=row["decided_at"],
-        decidedBy=row["decided_by"],
-        note=row["note"],
+        reviewId=str(review.id),
+        assetId=str(review.asset_id),
+        verificationId=str(review.verification_id),
+        status=review.status,
+        reasons=review.reasons,
+        checks=review.checks,
+        createdAt=review.created_at,
+        dueAt=review.due_at,
+        expiredAt=review.expired_at,
+        decidedAt=review.decided_at,
+        decidedBy=review.decided_by,
+        note=review.note,
         evidence=[
-            evidence_view(e) for e in evidence if e["verification_id"] == row["verification_id"]
+            evidence_view(e) for e in evidence if e["verification_id"] == review.verification_id
         ],
     )
 
 
-async def _evidence(conn: db.Conn, rows: list[db.Row]) -> list[db.Row]:
-    ids = [r["verification_id"] for r in rows]
+async def _evidence(conn: db.Conn, found: list[Review]) -> list[db.Row]:
+    ids = [r.verification_id for r in found]
     return await db.fetch_all(conn, "evidence_of_verifications", {"ids": ids}) if ids else []
 
 
 @router.get("/api/reviews", response_model=ReviewPage, responses=ERRORS)
 async def list_reviews(
-    request: Request,
+    core: CoreDep,
     principal: Reviewer,
     status: Annotated[
         ReviewStatus | None, Query(description="default: the undecided (pending and expired)")
@@ -90,22 +91,17 @@ async def list_reviews(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> ReviewPage:
     """The review queue, oldest first, each with links to its evidence."""
-    after = _decode_position(cursor) if cursor else None
-    params = {
-        "tenant_id": principal.tenant_id,
-        "status": status,
-        "after_at": after[0] if after else None,
-        "after_id": after[1] if after else None,
-        "limit": limit + 1,
-    }
-    async with db.connection(request.app.state.core.pool) as conn:
-        rows = await db.fetch_all(conn, "list_reviews", params)
-        rows, more = rows[:limit], len(rows) > limit
-        evidence = await _evidence(conn, rows)
+    after = decode_position(cursor) if cursor else None
+    async with db.connection(core.pool) as conn:
+        found = await reviews.page(
+            conn, principal.tenant_id, status=status, after=after, limit=limit + 1
+        )
+        found, more = found[:limit], len(found) > limit
+        evidence = await _evidence(conn, found)
     next_cursor = (
-        _encode_cursor(rows[-1]["created_at"].isoformat(), str(rows[-1]["id"])) if more else None
+        encode_cursor(found[-1].created_at.isoformat(), str(found[-1].id)) if more else None
     )
-    return ReviewPage(items=[review_view(r, evidence) for r in rows], nextCursor=next_cursor)
+    return ReviewPage(items=[review_view(r, evidence) for r in found], nextCursor=next_cursor)
 
 
 @router.post(
@@ -114,12 +110,11 @@ async def list_reviews(
     responses={**ERRORS, 409: {"description": "already decided", "model": ErrorEnvelope}},
 )
 async def decide_review(
-    review_id: str, body: ReviewDecision, request: Request, principal: Reviewer
+    review_id: str, body: ReviewDecision, request: Request, core: CoreDep, principal: Reviewer
 ) -> ReviewView:
     """Approve (asset ``verified``) or reject (asset ``rejected``); a review is decided once."""
-    pool = request.app.state.core.pool
-    row = await reviews.decide(
-        pool,
+    review = await reviews.decide(
+        core.pool,
         tenant_id=principal.tenant_id,
         review_id=review_id,
         decision=body.decision,
@@ -127,9 +122,9 @@ async def decide_review(
         actor=f"key:{principal.key_id}",
         request_id=request.state.request_id,
     )
-    async with db.connection(pool) as conn:
-        evidence = await _evidence(conn, [row])
-    return review_view(row, evidence)
+    async with db.connection(core.pool) as conn:
+        evidence = await _evidence(conn, [review])
+    return review_view(review, evidence)
 
 
 __all__ = ["ReviewDecision", "ReviewPage", "ReviewView", "router"]

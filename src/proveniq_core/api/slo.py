@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
 from proveniq_core.api.auth import require
-from proveniq_core.api.routes import ERRORS
+from proveniq_core.api.models import ERRORS
 from proveniq_core.ledger.keys import Principal
 from proveniq_core.observability import metrics, slo
 from proveniq_core.saga.registration import NAME as REGISTRATION

@@ -56,6 +56,7 @@ from proveniq_core.resilience.breaker import (
     Permit,
     State,
 )
+from proveniq_core.resilience.circuits import FLEET_CIRCUIT, device_circuit
 
 log = structlog.get_logger(__name__)
 
@@ -69,16 +70,10 @@ BACKOFF_MAX_S = 5.0
 
 _ReplyKey = tuple[str, str]  # (locker ref, commandId)
 
-FLEET_CIRCUIT: Final = "locker"
 FLEET_BREAKER: Final = LOCKER.with_filter(lambda exc: isinstance(exc, BrokerUnreachableError))
 DEVICE_BREAKER: Final = LOCKER.with_filter(
     lambda exc: isinstance(exc, LockerTimeoutError | LockerOfflineError)
 )
-
-
-def device_circuit(ref: str) -> str:
-    """The name of the circuit of locker ``ref``."""
-    return f"{FLEET_CIRCUIT}:{ref}"
 
 
 _K = TypeVar("_K")
@@ -424,10 +419,8 @@ __all__ = [
     "BACKOFF_MIN_S",
     "DEVICE_BREAKER",
     "FLEET_BREAKER",
-    "FLEET_CIRCUIT",
     "EventHook",
     "LockerGateway",
-    "device_circuit",
     "mqtt_credentials",
     "parse_mqtt_url",
 ]

@@ -36,8 +36,8 @@ import structlog
 
 from proveniq_core import db
 from proveniq_core.errors import ConflictError, CoreError, LockerTimeoutError
+from proveniq_core.ledger import alerts
 from proveniq_core.observability import metrics
-from proveniq_core.ops import alerts
 
 log = structlog.get_logger(__name__)
 

@@ -29,10 +29,9 @@ from proveniq_core.errors import (
     LockerUnreachableError,
     PostCommitTimeoutError,
 )
-from proveniq_core.ledger import assets
+from proveniq_core.ledger import alerts, assets
 from proveniq_core.locker.gateway import LockerGateway
 from proveniq_core.observability import timing
-from proveniq_core.ops import alerts
 from proveniq_core.saga.engine import HOLD, Defer, SagaDefinition, Step, StepContext
 from proveniq_core.saga.retry_queue import Deferred, RetryPolicy, close_entries, park_link
 

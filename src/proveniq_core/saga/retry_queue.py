@@ -24,8 +24,7 @@ from proveniq_core.errors import (
     LockerUnreachableError,
     NotFoundError,
 )
-from proveniq_core.ledger import assets
-from proveniq_core.ops import alerts
+from proveniq_core.ledger import alerts, assets
 from proveniq_core.saga.engine import HOLD, SagaEngine, SagaResult, error_doc
 
 log = structlog.get_logger(__name__)

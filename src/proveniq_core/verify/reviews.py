@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 import structlog
 
 from proveniq_core import db
 from proveniq_core.errors import ConflictError, CoreError, NotFoundError
-from proveniq_core.ledger import assets, audit
-from proveniq_core.ops import alerts
-from proveniq_core.webhooks import outbox
+from proveniq_core.ledger import alerts, assets, audit, outbox
 
 log = structlog.get_logger(__name__)
 
@@ -33,6 +33,46 @@ _OUTCOMES: dict[Decision, tuple[ReviewStatus, str]] = {
     "approve": ("approved", "verified"),
     "reject": ("rejected", "rejected"),
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Review:
+    """A review of one verification, with the analysis' checks it is to decide on."""
+
+    id: uuid.UUID
+    asset_id: uuid.UUID
+    verification_id: uuid.UUID
+    tenant_id: str
+    status: ReviewStatus
+    reasons: list[str]
+    """Why the analysis could not decide."""
+    checks: dict[str, Any]
+    """Each check's verdict and measurements (the verification's)."""
+    created_at: datetime
+    due_at: datetime
+    expired_at: datetime | None
+    decided_at: datetime | None
+    decided_by: str | None
+    note: str | None
+
+    @classmethod
+    def from_row(cls, row: db.Row) -> Review:
+        """From a row of ``reviews`` with its verification's ``checks``."""
+        return cls(
+            id=row["id"],
+            asset_id=row["asset_id"],
+            verification_id=row["verification_id"],
+            tenant_id=row["tenant_id"],
+            status=row["status"],
+            reasons=row["reasons"],
+            checks=row["checks"],
+            created_at=row["created_at"],
+            due_at=row["due_at"],
+            expired_at=row["expired_at"],
+            decided_at=row["decided_at"],
+            decided_by=row["decided_by"],
+            note=row["note"],
+        )
 
 
 def alert_key(review_id: Any) -> str:
@@ -93,7 +133,7 @@ async def decide(
     note: str | None,
     actor: str,
     request_id: str | None = None,
-) -> db.Row:
+) -> Review:
     """Record a reviewer's decision and move the asset; ``ConflictError`` if already decided."""
     try:
         uuid.UUID(review_id)
@@ -152,7 +192,31 @@ async def decide(
         if review["status"] == "expired":
             await db.execute(conn, "resolve_alerts", {"dedup_keys": [alert_key(review_id)]})
     log.info("review_decided", review_id=review_id, status=status, actor=actor)
-    return row | {"checks": review["checks"]}
+    return Review.from_row(row | {"checks": review["checks"]})
+
+
+async def page(
+    conn: db.Conn,
+    tenant_id: str,
+    *,
+    status: ReviewStatus | None,
+    after: tuple[datetime, str] | None,
+    limit: int,
+) -> list[Review]:
+    """The review queue, oldest first (without ``status``: the undecided); ``after`` is the
+    (created_at, id) of the last review of the previous page."""
+    rows = await db.fetch_all(
+        conn,
+        "list_reviews",
+        {
+            "tenant_id": tenant_id,
+            "status": status,
+            "after_at": after[0] if after else None,
+            "after_id": after[1] if after else None,
+            "limit": limit,
+        },
+    )
+    return [Review.from_row(row) for row in rows]
 
 
 async def expire_due(pool: db.Pool, *, limit: int = 100) -> int:

@@ -31,7 +31,7 @@ import structlog
 
 from proveniq_core import db
 from proveniq_core.observability import metrics
-from proveniq_core.webhooks import endpoints, outbox, signing
+from proveniq_core.webhooks import endpoints, signing
 
 log = structlog.get_logger(__name__)
 
@@ -126,10 +126,10 @@ class DeliveryWorker:
 
     async def _deliver(self, job: db.Row) -> None:
         body = json.dumps(
-            outbox.payload(job["type"], job["event_at"], job["data"]), separators=(",", ":")
+            signing.payload(job["type"], job["event_at"], job["data"]), separators=(",", ":")
         )
         result = await self._post(
-            job["url"], job["secret"], outbox.message_id(job["event_id"]), body
+            job["url"], job["secret"], signing.message_id(job["event_id"]), body
         )
         outcome = decide(job["attempts"], result, self.rand)
         async with db.transaction(self.pool) as conn:

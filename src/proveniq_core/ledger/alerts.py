@@ -8,7 +8,7 @@ from typing import Any, Literal
 import structlog
 
 from proveniq_core import db
-from proveniq_core.webhooks import outbox
+from proveniq_core.ledger import outbox
 
 log = structlog.get_logger(__name__)
 
