@@ -679,3 +679,29 @@ async def test_a_retried_subscription_with_its_key_is_created_once(
     assert again.headers["idempotent-replayed"] == "true"
     assert again.json() == first.json()
     assert len((await client.get("/api/webhooks")).json()["items"]) == 1
+
+
+async def test_delete_racing_enable_answers_404_never_500(
+    core: Core, client: httpx.AsyncClient
+) -> None:
+    """DELETE and POST …/enable of one (disabled) endpoint at the same moment, 40 times: the
+    delete answers 204, the enable 200 (it came first) or 404 (the endpoint was gone), never
+    a 500; nothing is left."""
+    hooks = [
+        await subscribe(client, f"https://example.com/{n}", ["asset.created"]) for n in range(40)
+    ]
+    async with db.connection(core.pool) as conn:
+        await conn.execute(
+            "UPDATE webhook_endpoints SET status = 'disabled', disabled_at = now(),"
+            " disabled_reason = 'test'"
+        )
+    statuses: list[tuple[int, int]] = []
+    for hook in hooks:
+        path = f"/api/webhooks/{hook['webhookId']}"
+        deleted, enabled = await asyncio.gather(client.delete(path), client.post(f"{path}/enable"))
+        statuses.append((deleted.status_code, enabled.status_code))
+        if enabled.status_code == 404:
+            assert enabled.json()["error"]["code"] == "E_NOT_FOUND"
+    assert {d for d, _ in statuses} == {204}
+    assert {e for _, e in statuses} <= {200, 404}
+    assert (await client.get("/api/webhooks")).json()["items"] == []

@@ -477,6 +477,11 @@ RETURNING *
 -- get_webhook_endpoint --
 SELECT * FROM webhook_endpoints WHERE id = %(id)s AND tenant_id = %(tenant_id)s
 
+-- lock_webhook_endpoint --
+-- The endpoint, row-locked for the caller's transaction: a concurrent delete either waits
+-- for it or has already won (no row: "not found").
+SELECT * FROM webhook_endpoints WHERE id = %(id)s AND tenant_id = %(tenant_id)s FOR UPDATE
+
 -- list_webhook_endpoints --
 SELECT * FROM webhook_endpoints
 WHERE tenant_id = %(tenant_id)s
