@@ -23,9 +23,9 @@ READY_TIMEOUT = 60.0
 class Served:
     """A ``proveniq serve`` subprocess and what it printed."""
 
-    def __init__(self, home: Path, port: int) -> None:
+    def __init__(self, home: Path, port: int, **settings: str) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PROVENIQ_")}
-        env |= {"PROVENIQ_HOME": str(home), "PROVENIQ_PORT": str(port)}
+        env |= {"PROVENIQ_HOME": str(home), "PROVENIQ_PORT": str(port)} | settings
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "proveniq_core", "serve"],
             env=env,
@@ -124,7 +124,8 @@ def test_demo_walks_every_failure_path_to_recovery(home: Path) -> None:
     (202, linked by the late answer), a hardware fault (502, operator retry) and a real
     database outage (503 with Retry-After, then 201 again), each recovered: exit 0."""
     port = free_port()
-    served = Served(home, port)
+    # The demo's webhook receiver listens on 127.0.0.1: a lab setup.
+    served = Served(home, port, PROVENIQ_WEBHOOK_ALLOW_PRIVATE="true")
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PROVENIQ_")}
         args = ["--url", f"http://127.0.0.1:{port}", "--home", str(home), "--count", "1"]

@@ -45,6 +45,7 @@ async def create(
     actor: str,
     request_id: str | None = None,
 ) -> db.Row:
+    """A new active endpoint; ``secret`` as stored, sealed (``webhooks.crypto``)."""
     row = await db.fetch_one(
         conn,
         "insert_webhook_endpoint",
