@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Role = Literal["api", "worker", "all"]
@@ -77,6 +77,14 @@ class Settings(BaseSettings):
 
     webhook_timeout: float = Field(10.0, gt=0, description="how long one webhook POST may take")
     webhook_concurrency: int = Field(16, ge=1, description="webhook POSTs one worker makes at once")
+    webhook_allow_private: bool = Field(
+        False, description="allow webhooks to loopback and private networks (lab setups only)"
+    )
+    secret_key: SecretStr | None = Field(
+        None,
+        description="seals webhook secrets at rest (32+ characters; 'new,old' to rotate); "
+        "unset: a key file under home",
+    )
 
     log_level: str = "info"
     log_json: bool = True

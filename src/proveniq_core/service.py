@@ -29,6 +29,7 @@ from proveniq_core.saga.retry_queue import RetryPolicy, RetryQueue
 from proveniq_core.verify import reviews
 from proveniq_core.verify.evidence import EvidenceStore
 from proveniq_core.verify.worker import VerifyWorker
+from proveniq_core.webhooks import crypto
 from proveniq_core.webhooks.delivery import DeliveryWorker
 
 log = structlog.get_logger(__name__)
@@ -221,6 +222,8 @@ async def running(
         breakers.on_change(_log_circuit_change)
         db.guard(pool, breakers.get(LEDGER_CIRCUIT, db.LEDGER_BREAKER))
         await pool.wait(timeout=10)
+        secrets = crypto.box_for(settings)
+        await crypto.seal_plaintext_rows(pool, secrets)  # rows from before migration 0011
 
         gateway = LockerGateway(
             mqtt_url,
@@ -283,6 +286,8 @@ async def running(
                 timeout=settings.webhook_timeout,
                 concurrency=settings.webhook_concurrency,
                 poll=settings.poll_interval,
+                secrets=secrets,
+                allow_private=settings.webhook_allow_private,
             )
             stack.push_async_callback(webhook_worker.aclose)  # after the tasks are cancelled
             core.tasks += [

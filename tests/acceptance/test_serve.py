@@ -314,7 +314,8 @@ def test_demo_walks_every_failure_path_to_recovery(home: Path) -> None:
     (202, linked by the late answer), a hardware fault (502, operator retry) and a real
     database outage (503 with Retry-After, then 201 again), each recovered: exit 0."""
     port = free_port()
-    served = Served(home, port)
+    # The demo's webhook receiver listens on 127.0.0.1: a lab setup.
+    served = Served(home, port, PROVENIQ_WEBHOOK_ALLOW_PRIVATE="true")
     try:
         env = clean_env()
         args = ["--url", f"http://127.0.0.1:{port}", "--home", str(home), "--count", "1"]

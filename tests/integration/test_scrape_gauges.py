@@ -104,7 +104,7 @@ async def seed_backlog(pool: db.Pool) -> None:
             await conn.execute(
                 "INSERT INTO webhook_endpoints (id, tenant_id, url, events, secret, status,"
                 " disabled_at) VALUES (%s, %s, 'https://hooks.example/x', '{asset.created}',"
-                " 'whsec_x', %s, CASE WHEN %s = 'disabled' THEN now() END)",
+                " 'fernet:x', %s, CASE WHEN %s = 'disabled' THEN now() END)",
                 (uuid.uuid4(), TENANT, status, status),
             )
 

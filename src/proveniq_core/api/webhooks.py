@@ -2,7 +2,9 @@
 
 Every route needs scope ``webhooks:manage`` and sees only the caller's tenant (another
 tenant's endpoint is a 404). An endpoint's secret is shown once, in the answer that creates
-it.
+it; it is stored sealed (``webhooks.crypto``), and so is that answer in the idempotency
+store. A URL must reach a public address (``webhooks.destinations``) unless
+``PROVENIQ_WEBHOOK_ALLOW_PRIVATE`` is set.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from proveniq_core.api.deps import CoreDep
 from proveniq_core.api.idempotency import IdempotencyKey, idempotent_model
 from proveniq_core.api.models import ERRORS, Strict
 from proveniq_core.api.paging import keyset_page
+from proveniq_core.config import Settings
+from proveniq_core.errors import ValidationFailedError
 from proveniq_core.ledger import outbox
 from proveniq_core.ledger.keys import Principal
 from proveniq_core.ledger.outbox import EventType
-from proveniq_core.webhooks import endpoints, signing
+from proveniq_core.webhooks import crypto, destinations, endpoints, signing
 from proveniq_core.webhooks.endpoints import Delivery, DeliveryAttempt, Endpoint
 
 router = APIRouter(tags=["webhooks"])
@@ -159,6 +163,18 @@ def _actor(principal: Principal) -> str:
     return f"key:{principal.key_id}"
 
 
+async def _check_destination(url: str, settings: Settings) -> None:
+    """422 unless ``url`` may receive webhooks. A name that does not resolve yet is
+    accepted: every delivery checks it again, after resolving it."""
+    try:
+        await destinations.check(url, allow_private=settings.webhook_allow_private)
+    except destinations.DestinationRefused as exc:
+        problem = {"field": "url", "problem": str(exc), "type": "webhook_destination"}
+        raise ValidationFailedError(f"Invalid request: url: {exc}", details=[problem]) from None
+    except destinations.UnresolvedName:
+        pass
+
+
 @router.post("/api/webhooks", status_code=201, response_model=WebhookCreated, responses=ERRORS)
 async def create_webhook(
     request: Request,
@@ -168,7 +184,11 @@ async def create_webhook(
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Subscribe an endpoint to event types. The answer holds the signing secret, once (and
-    again to a retry with the same ``Idempotency-Key``)."""
+    again to a retry with the same ``Idempotency-Key``). The URL must reach a public address
+    (422 otherwise) and carry no credentials."""
+    url = str(body.url)
+    await _check_destination(url, core.settings)
+    box = crypto.box_for(core.settings)
 
     async def create() -> WebhookCreated:
         secret = body.secret or signing.new_secret()
@@ -176,16 +196,22 @@ async def create_webhook(
             endpoint = await endpoints.create(
                 conn,
                 tenant_id=principal.tenant_id,
-                url=str(body.url),
+                url=url,
                 events=body.events,
-                secret=secret,
+                secret=box.seal(secret),
                 actor=_actor(principal),
                 request_id=request.state.request_id,
             )
         return WebhookCreated(**webhook_view(endpoint).model_dump(), secret=secret)
 
     return await idempotent_model(
-        request, core.pool, tenant_id=principal.tenant_id, body=body, status_code=201, make=create
+        request,
+        core.pool,
+        tenant_id=principal.tenant_id,
+        body=body,
+        status_code=201,
+        make=create,
+        sealer=box,
     )
 
 

@@ -508,6 +508,18 @@ RETURNING *
 -- get_webhook_endpoint --
 SELECT * FROM webhook_endpoints WHERE id = %(id)s AND tenant_id = %(tenant_id)s
 
+-- lock_webhook_endpoint --
+-- The endpoint, row-locked for the caller's transaction: a concurrent delete either waits
+-- for it or has already won (no row: "not found").
+SELECT * FROM webhook_endpoints WHERE id = %(id)s AND tenant_id = %(tenant_id)s FOR UPDATE
+
+-- plaintext_webhook_secrets --
+-- Secrets stored before sealing existed (migration 0011), to seal at start-up.
+SELECT id, secret FROM webhook_endpoints WHERE starts_with(secret, 'whsec_') FOR UPDATE
+
+-- seal_webhook_secret --
+UPDATE webhook_endpoints SET secret = %(sealed)s WHERE id = %(id)s AND secret = %(plain)s
+
 -- list_webhook_endpoints --
 SELECT * FROM webhook_endpoints
 WHERE tenant_id = %(tenant_id)s

@@ -124,6 +124,7 @@ async def create(
     actor: str,
     request_id: str | None = None,
 ) -> Endpoint:
+    """A new active endpoint; ``secret`` as stored, sealed (``webhooks.crypto``)."""
     row = await db.fetch_one(
         conn,
         "insert_webhook_endpoint",
@@ -150,9 +151,13 @@ async def create(
     return endpoint
 
 
-async def get(conn: db.Conn, tenant_id: str, webhook_id: str) -> Endpoint:
+async def get(conn: db.Conn, tenant_id: str, webhook_id: str, *, lock: bool = False) -> Endpoint:
+    """The tenant's endpoint; with ``lock``, row-locked until the transaction ends (so a
+    concurrent delete cannot slip between reading it and changing it)."""
     row = await db.fetch_one(
-        conn, "get_webhook_endpoint", {"id": _uuid(webhook_id, "webhook"), "tenant_id": tenant_id}
+        conn,
+        "lock_webhook_endpoint" if lock else "get_webhook_endpoint",
+        {"id": _uuid(webhook_id, "webhook"), "tenant_id": tenant_id},
     )
     if row is None:
         raise NotFoundError(f"webhook {webhook_id} not found")
@@ -186,11 +191,12 @@ async def enable(
     conn: db.Conn, tenant_id: str, webhook_id: str, *, actor: str, request_id: str | None = None
 ) -> Endpoint:
     """Make a disabled endpoint active again; its waiting deliveries resume."""
-    before = await get(conn, tenant_id, webhook_id)
+    before = await get(conn, tenant_id, webhook_id, lock=True)
     row = await db.fetch_one(
         conn, "enable_webhook_endpoint", {"id": before.id, "tenant_id": tenant_id}
     )
-    assert row is not None
+    if row is None:  # cannot happen under the lock; never an assertion (a 500)
+        raise NotFoundError(f"webhook {webhook_id} not found")
     after = Endpoint.from_row(row)
     if before.status != "active":
         await audit.record(
@@ -264,7 +270,7 @@ async def redeliver(
 ) -> Delivery:
     """A new delivery of the same message (same ``webhook-id``) to the endpoint, due now,
     with a fresh retry schedule. ``ConflictError`` while the endpoint is disabled."""
-    endpoint = await get(conn, tenant_id, webhook_id)
+    endpoint = await get(conn, tenant_id, webhook_id, lock=True)
     original = await get_delivery(conn, endpoint, delivery_id)
     if endpoint.status != "active":
         raise ConflictError(
