@@ -78,6 +78,16 @@ class Settings(BaseSettings):
     webhook_timeout: float = Field(10.0, gt=0, description="how long one webhook POST may take")
     webhook_concurrency: int = Field(16, ge=1, description="webhook POSTs one worker makes at once")
 
+    audit_checkpoint_interval: float = Field(
+        300.0, gt=0, description="how often a worker signs an audit checkpoint"
+    )
+    audit_checkpoint_dir: Path | None = Field(
+        None, description="where checkpoints are written (default: <home>/audit-checkpoints)"
+    )
+    audit_signing_key_file: Path | None = Field(
+        None, description="Ed25519 PEM key (default: <home>/audit-signing-key.pem, created)"
+    )
+
     log_level: str = "info"
     log_json: bool = True
 
@@ -92,3 +102,11 @@ class Settings(BaseSettings):
     @property
     def evidence_dir(self) -> Path:
         return self.home / "evidence"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.audit_checkpoint_dir or self.home / "audit-checkpoints"
+
+    @property
+    def signing_key_file(self) -> Path:
+        return self.audit_signing_key_file or self.home / "audit-signing-key.pem"
