@@ -432,17 +432,60 @@ def keys_revoke(key_id: str, home: HomeOpt = None, database_url: DbOpt = None) -
 
 
 @audit_app.command("verify")
-def audit_verify(home: HomeOpt = None, database_url: DbOpt = None) -> None:
+def audit_verify(
+    home: HomeOpt = None,
+    database_url: DbOpt = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint",
+            help="A signed checkpoint (JSON): prove the log still holds exactly what it "
+            "covered and only grew since. Exit 2 when it does not, 1 when it cannot be read.",
+        ),
+    ] = None,
+    public_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--public-key",
+            help="The signer's PEM public key. [default: public-key-<keyId>.pem beside "
+            "the checkpoint]",
+        ),
+    ] = None,
+) -> None:
     """Seal pending audit rows, recompute the hash chain and name the first broken row."""
-    from proveniq_core.ledger import audit
+    from proveniq_core.ledger import audit, checkpoints
 
-    async def go() -> tuple[int, audit.ChainReport]:
+    signed = None
+    if checkpoint is not None:
+        try:
+            signed = checkpoints.read(checkpoint)
+            key_path = public_key or checkpoints.public_key_path(checkpoint.parent, signed.key_id)
+            public = checkpoints.read_public_key(key_path)
+        except checkpoints.CheckpointError as exc:
+            err.print(str(exc), markup=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        if not signed.verifies(public):
+            err.print(
+                f"checkpoint signature INVALID: {checkpoint} is not signed by key "
+                f"{checkpoints.key_id(public)} ({key_path})",
+                markup=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(2)
+
+    async def go() -> tuple[int, audit.ChainReport, checkpoints.Verdict | None]:
         async with _database(_settings(home=home, database_url=database_url)) as pool:
             sealed = await audit.seal(pool)
-            return sealed, await audit.verify(pool)
+            verdict = await checkpoints.check(pool, signed) if signed is not None else None
+            return sealed, await audit.verify(pool), verdict
 
-    sealed, report = _run(go())
+    sealed, report, verdict = _run(go())
+    if verdict is not None and not verdict.ok:
+        err.print(verdict.message, markup=False, soft_wrap=True)
+        raise typer.Exit(2)
     if report.ok:
+        if verdict is not None:
+            out.print(verdict.message, markup=False, soft_wrap=True)
         out.print(f"audit chain intact: {report.checked} rows verified ({sealed} newly sealed)")
         return
     err.print(
@@ -450,6 +493,37 @@ def audit_verify(home: HomeOpt = None, database_url: DbOpt = None) -> None:
         f"{report.reason} ({report.checked} rows verified before it)"
     )
     raise typer.Exit(2)
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(home: HomeOpt = None, database_url: DbOpt = None) -> None:
+    """Sign the sealed chain's length and head hash now; write the checkpoint file and event.
+
+    Exit 2 when the chain no longer extends the last checkpoint (nothing is signed), 1 when
+    the key or the directory fails."""
+    from proveniq_core.ledger import checkpoints
+
+    settings = _settings(home=home, database_url=database_url)
+
+    async def go() -> checkpoints.Outcome:
+        async with _database(settings) as pool:
+            return await checkpoints.take(pool, settings, force=True)
+
+    try:
+        outcome = _run(go())
+    except checkpoints.CheckpointError as exc:
+        err.print(str(exc), markup=False, soft_wrap=True)
+        raise typer.Exit(2 if isinstance(exc, checkpoints.ChainBrokenError) else 1) from None
+    if outcome.checkpoint is None:
+        err.print(f"no checkpoint written: {outcome.reason}", markup=False, soft_wrap=True)
+        raise typer.Exit(1)
+    cp = outcome.checkpoint
+    out.print(
+        f"checkpoint seq {cp.seq} head {cp.head_hash[:16]}… signed by key {cp.key_id}: "
+        f"{outcome.path}",
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 JsonOpt = Annotated[
