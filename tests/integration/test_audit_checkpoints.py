@@ -31,6 +31,15 @@ async def add_rows(pool: db.Pool, n: int) -> None:
         )
 
 
+def as_superuser(database_url: str, *statements: str) -> None:
+    """What an attacker with the database's superuser does: lift the append-only guard."""
+    with psycopg.connect(database_url) as conn:
+        conn.execute("ALTER TABLE audit_log DISABLE TRIGGER USER")
+        for sql in statements:
+            conn.execute(sql)
+        conn.execute("ALTER TABLE audit_log ENABLE TRIGGER USER")
+
+
 async def checkpoint_rows(pool: db.Pool) -> list[int]:
     async with db.connection(pool) as conn:
         cur = await conn.execute("SELECT seq FROM audit_checkpoints ORDER BY id")
@@ -127,10 +136,7 @@ async def test_a_broken_chain_is_never_signed(
     checkpoint with a critical alert, and nothing is signed."""
     await add_rows(pool, 4)
     await audit.seal(pool)
-    with psycopg.connect(database_url) as conn:
-        conn.execute("ALTER TABLE audit_log DISABLE TRIGGER USER")
-        conn.execute("UPDATE audit_log SET entity_id = 'forged' WHERE seq = 2")
-        conn.execute("ALTER TABLE audit_log ENABLE TRIGGER USER")
+    as_superuser(database_url, "UPDATE audit_log SET entity_id = 'forged' WHERE seq = 2")
     with pytest.raises(checkpoints.ChainBrokenError, match="audit chain BROKEN at row id=2"):
         await checkpoints.take(pool, settings_for(tmp_path, database_url))
     assert await checkpoint_rows(pool) == []
@@ -152,3 +158,56 @@ async def test_a_worker_takes_checkpoints_on_its_own(core: Core, tmp_path: Path)
     assert found.verifies(public)
     verdict = await checkpoints.check(core.pool, found)
     assert verdict.ok, verdict.message
+
+
+async def test_a_truncation_after_a_checkpoint_is_never_signed(
+    pool: db.Pool, database_url: str, tmp_path: Path
+) -> None:
+    """The next checkpoint refuses a log cut below the last one, naming the missing seq."""
+    settings = settings_for(tmp_path, database_url)
+    await add_rows(pool, 6)
+    assert (await checkpoints.take(pool, settings)).checkpoint is not None
+    as_superuser(database_url, "DELETE FROM audit_log WHERE seq > 4")
+    with pytest.raises(checkpoints.ChainBrokenError) as caught:
+        await checkpoints.take(pool, settings, force=True)
+    assert str(caught.value) == (
+        "no checkpoint signed: audit log TRUNCATED: seq 6, covered by the checkpoint, is "
+        "missing (the log ends at seq 4)"
+    )
+
+
+@pytest.mark.parametrize("survivor", ["directory", "database"])
+async def test_either_copy_of_the_last_checkpoint_stops_a_rechained_log(
+    pool: db.Pool, database_url: str, tmp_path: Path, survivor: str
+) -> None:
+    """Whether the attacker deletes the checkpoint rows or the files are elsewhere, the copy
+    left (its signature checked) still stops Core from signing over a re-chained log."""
+    settings = settings_for(tmp_path, database_url)
+    await add_rows(pool, 5)
+    assert (await checkpoints.take(pool, settings)).checkpoint is not None
+    if survivor == "directory":
+        async with db.connection(pool) as conn:
+            await conn.execute("DELETE FROM audit_checkpoints")
+    else:
+        for path in settings.checkpoint_dir.iterdir():
+            path.unlink()
+    as_superuser(database_url, "UPDATE audit_log SET entity_id = 'forged' WHERE seq = 1")
+    async with db.connection(pool) as conn:  # re-chain every hash after the edit
+        cur = await conn.execute("SELECT * FROM audit_log ORDER BY seq")
+        rows = await cur.fetchall()
+    prev, fixes = audit.GENESIS, []
+    for row in rows:
+        fixes.append((prev, audit.chain_hash(prev, row), row["id"]))
+        prev = fixes[-1][1]
+    as_superuser(
+        database_url,
+        *(
+            f"UPDATE audit_log SET prev_hash = '{p}', hash = '{h}' WHERE id = {i}"
+            for p, h, i in fixes
+        ),
+    )
+    assert (await audit.verify(pool)).ok
+    with pytest.raises(
+        checkpoints.ChainBrokenError, match="audit log REWRITTEN: the hash at seq 5"
+    ):
+        await checkpoints.take(pool, settings, force=True)
