@@ -14,8 +14,8 @@ import pytest
 from proveniq_core import db
 from proveniq_core.config import Settings
 from proveniq_core.ledger import audit, checkpoints, keys
-from proveniq_core.service import Core
 from proveniq_core.webhooks import endpoints
+from tests.integration.conftest import core_running
 
 
 def settings_for(home: Path, database_url: str, interval: float = 3600.0) -> Settings:
@@ -146,18 +146,29 @@ async def test_a_broken_chain_is_never_signed(
         assert await cur.fetchall() == [{"code": "E_AUDIT_CHAIN_BROKEN", "severity": "critical"}]
 
 
-async def test_a_worker_takes_checkpoints_on_its_own(core: Core, tmp_path: Path) -> None:
-    """A running worker signs a checkpoint soon after it starts, under its home."""
+async def test_a_worker_takes_checkpoints_every_interval(
+    database_url: str, mqtt_url: str, tmp_path: Path
+) -> None:
+    """A running worker signs checkpoints under its home every interval as the log grows."""
     directory = tmp_path / "audit-checkpoints"
-    deadline = time.monotonic() + 20
-    while not list(directory.glob("*.json")):
-        assert time.monotonic() < deadline, "no checkpoint written"
-        await asyncio.sleep(0.1)
-    found = checkpoints.read(next(directory.glob("*.json")))
-    public = checkpoints.read_public_key(checkpoints.public_key_path(directory, found.key_id))
-    assert found.verifies(public)
-    verdict = await checkpoints.check(core.pool, found)
-    assert verdict.ok, verdict.message
+
+    async def written(n: int) -> list[Path]:
+        deadline = time.monotonic() + 20
+        while len(found := sorted(directory.glob("*.json"))) < n:
+            assert time.monotonic() < deadline, f"{len(found)} checkpoints written, not {n}"
+            await asyncio.sleep(0.1)
+        return found
+
+    async with core_running(database_url, mqtt_url, tmp_path, audit_checkpoint_interval=0.5) as c:
+        first = checkpoints.read((await written(1))[0])
+        await add_rows(c.pool, 3)
+        second = checkpoints.read((await written(2))[1])
+        assert second.seq == first.seq + 3
+        public = checkpoints.read_public_key(checkpoints.public_key_path(directory, first.key_id))
+        for found in (first, second):
+            assert found.verifies(public)
+            verdict = await checkpoints.check(c.pool, found)
+            assert verdict.ok, verdict.message
 
 
 async def test_a_truncation_after_a_checkpoint_is_never_signed(

@@ -486,8 +486,10 @@ async def _trusted_base(
 
 
 async def run(pool: db.Pool, settings: Settings) -> None:
-    """The periodic checkpointer of a worker: try at start, then every interval."""
+    """The periodic checkpointer of a worker: one interval after it starts, then every
+    interval (the last checkpoint's time, shared by all workers, decides who writes)."""
     while True:
+        await asyncio.sleep(settings.audit_checkpoint_interval)
         try:
             outcome = await take(pool, settings)
             if outcome.checkpoint is None:
@@ -496,4 +498,3 @@ async def run(pool: db.Pool, settings: Settings) -> None:
             log.error("audit_checkpoint_error", error=str(exc))
         except CoreError as exc:
             log.warning("audit_checkpoint_error", error=str(exc))
-        await asyncio.sleep(settings.audit_checkpoint_interval)
