@@ -447,8 +447,8 @@ def audit_verify(
         Path | None,
         typer.Option(
             "--public-key",
-            help="The signer's PEM public key. [default: public-key-<keyId>.pem beside "
-            "the checkpoint]",
+            help="The signer's PEM public key (pin your own copy). Default: "
+            "public-key-<keyId>.pem beside the checkpoint.",
         ),
     ] = None,
 ) -> None:
@@ -499,8 +499,10 @@ def audit_verify(
 def audit_checkpoint(home: HomeOpt = None, database_url: DbOpt = None) -> None:
     """Sign the sealed chain's length and head hash now; write the checkpoint file and event.
 
-    Exit 2 when the chain no longer extends the last checkpoint (nothing is signed), 1 when
-    the key or the directory fails."""
+    The key: PROVENIQ_AUDIT_SIGNING_KEY_FILE (default <home>/audit-signing-key.pem, created);
+    the directory: PROVENIQ_AUDIT_CHECKPOINT_DIR (default <home>/audit-checkpoints). Exit 2
+    when the chain no longer extends the last checkpoint (nothing is signed), 1 when the key
+    or the directory fails."""
     from proveniq_core.ledger import checkpoints
 
     settings = _settings(home=home, database_url=database_url)
