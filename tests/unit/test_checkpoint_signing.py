@@ -123,3 +123,10 @@ def test_files_are_named_by_seq_with_the_public_key_beside(tmp_path: Path) -> No
     assert checkpoints.read(path) == made
     public = checkpoints.read_public_key(tmp_path / "cps" / f"public-key-{made.key_id}.pem")
     assert made.verifies(public)
+
+
+def test_a_head_hash_with_a_trailing_newline_is_malformed() -> None:
+    """The head hash is exactly 64 lowercase hex digits, nothing after them."""
+    doc = checkpoints.sign(Ed25519PrivateKey.generate(), 1, HEAD, AT).document()
+    with pytest.raises(CheckpointError, match="headHash must be 64 hex digits"):
+        Checkpoint.parse({**doc, "headHash": HEAD + "\n"})

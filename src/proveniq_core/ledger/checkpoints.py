@@ -22,7 +22,8 @@ critical ``E_AUDIT_CHAIN_BROKEN`` alert instead.
 what the checkpoint covered (the chain recomputed up to its seq ends on its head hash) and only
 grew since (the rows after it link to that head and verify).
 
-The document (``version`` 1); the signature covers its canonical JSON without ``signature``::
+The document (``version`` 1); the signature covers the canonical JSON (sorted keys, no spaces)
+of every other field::
 
     {"type": "proveniq.audit.checkpoint", "version": 1, "seq": 1234,
      "headHash": "<64 hex>", "signedAt": "2026-01-02T03:04:05.678Z",
@@ -69,8 +70,8 @@ so it goes to the operator, not to each tenant."""
 EVENT: Final = "audit.checkpoint"
 ALERT_CODE: Final = "E_AUDIT_CHAIN_BROKEN"
 
-_NAME = re.compile(r"^(\d{12,})\.json$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_NAME = re.compile(r"(\d{12,})\.json")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class CheckpointError(Exception):
@@ -131,7 +132,7 @@ class Checkpoint:
         seq, head = doc.get("seq"), doc.get("headHash")
         if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
             raise CheckpointError("not a checkpoint: seq must be a positive integer")
-        if not isinstance(head, str) or not _HEX64.match(head):
+        if not isinstance(head, str) or not _HEX64.fullmatch(head):
             raise CheckpointError("not a checkpoint: headHash must be 64 hex digits")
         fields = [doc.get(k) for k in ("signedAt", "keyId", "signature")]
         if not all(isinstance(f, str) and f for f in fields):
@@ -290,7 +291,7 @@ def _latest_in(directory: Path, public: Ed25519PublicKey) -> Checkpoint | None:
     """The highest checkpoint in ``directory`` that ``public`` signed (others are ignored)."""
     try:
         names = sorted(
-            (int(m[1]), m[0]) for e in os.scandir(directory) if (m := _NAME.match(e.name))
+            (int(m[1]), m[0]) for e in os.scandir(directory) if (m := _NAME.fullmatch(e.name))
         )
     except OSError:  # none yet, or unreadable: writing there will say so
         return None
