@@ -473,26 +473,26 @@ def audit_verify(
             )
             raise typer.Exit(2)
 
-    async def go() -> tuple[int, audit.ChainReport, checkpoints.Verdict | None]:
+    async def go() -> tuple[int, audit.ChainReport | checkpoints.Verdict]:
         async with _database(_settings(home=home, database_url=database_url)) as pool:
             sealed = await audit.seal(pool)
-            verdict = await checkpoints.check(pool, signed) if signed is not None else None
-            return sealed, await audit.verify(pool), verdict
+            if signed is not None:  # the check recomputes the whole chain
+                return sealed, await checkpoints.check(pool, signed)
+            return sealed, await audit.verify(pool)
 
-    sealed, report, verdict = _run(go())
-    if verdict is not None and not verdict.ok:
-        err.print(verdict.message, markup=False, soft_wrap=True)
+    sealed, report = _run(go())
+    if isinstance(report, checkpoints.Verdict):
+        if not report.ok:
+            err.print(report.message, markup=False, soft_wrap=True)
+            raise typer.Exit(2)
+        out.print(report.message, markup=False, soft_wrap=True)
+    elif not report.ok:
+        err.print(
+            f"[red]audit chain BROKEN[/red] at row id={report.broken_id} seq={report.broken_seq}: "
+            f"{report.reason} ({report.checked} rows verified before it)"
+        )
         raise typer.Exit(2)
-    if report.ok:
-        if verdict is not None:
-            out.print(verdict.message, markup=False, soft_wrap=True)
-        out.print(f"audit chain intact: {report.checked} rows verified ({sealed} newly sealed)")
-        return
-    err.print(
-        f"[red]audit chain BROKEN[/red] at row id={report.broken_id} seq={report.broken_seq}: "
-        f"{report.reason} ({report.checked} rows verified before it)"
-    )
-    raise typer.Exit(2)
+    out.print(f"audit chain intact: {report.checked} rows verified ({sealed} newly sealed)")
 
 
 @audit_app.command("checkpoint")

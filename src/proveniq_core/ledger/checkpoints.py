@@ -316,6 +316,7 @@ class Verdict:
     message: str
     last_seq: int = 0
     head: str = audit.GENESIS
+    checked: int = 0
 
 
 def _truncated(seq: int, last: int) -> str:
@@ -358,6 +359,7 @@ async def check(pool: db.Pool, checkpoint: Checkpoint) -> Verdict:
         f"{covered.checked + grown.checked} rows verified",
         grown.last_seq,
         grown.head,
+        covered.checked + grown.checked,
     )
 
 
