@@ -86,6 +86,16 @@ class Settings(BaseSettings):
         "unset: a key file under home",
     )
 
+    audit_checkpoint_interval: float = Field(
+        300.0, gt=0, description="how often a worker signs an audit checkpoint"
+    )
+    audit_checkpoint_dir: Path | None = Field(
+        None, description="where checkpoints are written (default: <home>/audit-checkpoints)"
+    )
+    audit_signing_key_file: Path | None = Field(
+        None, description="Ed25519 PEM key (default: <home>/audit-signing-key.pem, created)"
+    )
+
     log_level: str = "info"
     log_json: bool = True
 
@@ -100,3 +110,11 @@ class Settings(BaseSettings):
     @property
     def evidence_dir(self) -> Path:
         return self.home / "evidence"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.audit_checkpoint_dir or self.home / "audit-checkpoints"
+
+    @property
+    def signing_key_file(self) -> Path:
+        return self.audit_signing_key_file or self.home / "audit-signing-key.pem"

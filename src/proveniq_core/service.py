@@ -17,7 +17,7 @@ from proveniq_core import db
 from proveniq_core.config import Settings
 from proveniq_core.embedded import EmbeddedBroker, EmbeddedPostgres
 from proveniq_core.errors import CoreError
-from proveniq_core.ledger import assets, audit, keys
+from proveniq_core.ledger import assets, audit, checkpoints, keys
 from proveniq_core.locker.gateway import LockerGateway, cancel_and_wait
 from proveniq_core.locker.simulator import LatencyProfile, LockerFleet, fleet_specs
 from proveniq_core.observability.gauges import BacklogReader, DatabaseBacklog
@@ -304,6 +304,7 @@ async def running(
                 ),
                 asyncio.create_task(webhook_worker.run(waker), name="webhook-worker"),
                 asyncio.create_task(_seal_forever(pool), name="audit-sealer"),
+                asyncio.create_task(checkpoints.run(pool, settings), name="audit-checkpointer"),
             ]
 
         async def _cancel_tasks() -> None:

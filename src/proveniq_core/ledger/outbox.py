@@ -23,6 +23,7 @@ EventType = Literal[
     "verification.completed",
     "review.required",
     "ops.alert",
+    "audit.checkpoint",
 ]
 EVENTS: Final[tuple[str, ...]] = get_args(EventType)
 """Every event type an endpoint may subscribe to."""

@@ -87,6 +87,28 @@ SELECT * FROM audit_log WHERE seq > %(after)s ORDER BY seq LIMIT %(limit)s
 -- audit_unsealed_count --
 SELECT count(*) AS n FROM audit_log WHERE seq IS NULL
 
+-- audit_hash_at --
+SELECT hash FROM audit_log WHERE seq = %(seq)s
+
+-- audit_checkpoint_lock --
+-- One checkpoint writer at a time; a periodic writer that finds it taken skips its turn.
+SELECT CASE WHEN %(wait)s THEN pg_advisory_xact_lock(%(key)s) IS NOT NULL
+            ELSE pg_try_advisory_xact_lock(%(key)s) END AS locked
+
+-- audit_checkpoint_last --
+-- The last checkpoint and whether it is younger than the interval (by the database's clock,
+-- the one clock every worker shares).
+SELECT seq, head_hash, key_id, signed_at, signature,
+       signed_at > clock_timestamp() - make_interval(secs => %(interval)s) AS recent
+FROM audit_checkpoints ORDER BY id DESC LIMIT 1
+
+-- audit_checkpoint_clock --
+SELECT date_trunc('milliseconds', clock_timestamp()) AS now
+
+-- insert_audit_checkpoint --
+INSERT INTO audit_checkpoints (seq, head_hash, key_id, signed_at, signature)
+VALUES (%(seq)s, %(head_hash)s, %(key_id)s, %(signed_at)s, %(signature)s)
+
 -- audit_for_entity --
 SELECT id, at, actor, action, before, after, request_id, saga_id FROM audit_log
 WHERE entity_type = %(entity_type)s AND entity_id = %(entity_id)s ORDER BY id
