@@ -22,6 +22,7 @@ CheckpointFile = Annotated[
     typer.Option(
         "--checkpoint",
         metavar="FILE",
+        envvar="PROVENIQ_AUDIT_CHECKPOINT_FILE",
         help="A signed checkpoint (JSON): prove the log still holds exactly what it covered "
         "and only grew since. Exit 2 when it does not, 1 when it cannot be read.",
     ),
@@ -31,6 +32,7 @@ PublicKey = Annotated[
     typer.Option(
         "--public-key",
         metavar="PEM",
+        envvar="PROVENIQ_AUDIT_PUBLIC_KEY",
         help="The signer's public key (pin your own copy). Default: public-key-<keyId>.pem "
         "beside the checkpoint.",
     ),
