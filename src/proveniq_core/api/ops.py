@@ -95,7 +95,7 @@ class LockerMaintenance(BaseModel):
 
 
 def _actor(principal: Principal) -> str:
-    return f"key:{principal.key_id}"
+    return principal.actor
 
 
 def entry_view(row: db.Row) -> RetryEntryView:

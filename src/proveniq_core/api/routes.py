@@ -167,7 +167,7 @@ async def _register(
             "name": body.name,
             "category": body.category,
             "lockerRef": body.lockerRef,
-            "actor": f"key:{principal.key_id}",
+            "actor": principal.actor,
             "requestId": request_id,
         },
         tenant_id=principal.tenant_id,
@@ -293,7 +293,7 @@ async def _register_locker(
             lat=body.site.lat,
             lon=body.site.lon,
             geofence_m=body.geofenceM,
-            actor=f"key:{principal.key_id}",
+            actor=principal.actor,
             request_id=request_id,
         )
     return _locker_view(row, core.gateway.presence(body.lockerRef))

@@ -153,7 +153,7 @@ def delivery_view(row: db.Row, attempts: list[db.Row]) -> DeliveryView:
 
 
 def _actor(principal: Principal) -> str:
-    return f"key:{principal.key_id}"
+    return principal.actor
 
 
 @router.post("/api/webhooks", status_code=201, response_model=WebhookCreated, responses=ERRORS)

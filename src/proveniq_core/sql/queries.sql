@@ -8,7 +8,7 @@ INSERT INTO api_keys (id, tenant_id, name, secret_hash, scopes)
 VALUES (%(id)s, %(tenant_id)s, %(name)s, %(secret_hash)s, %(scopes)s)
 
 -- get_api_key --
-SELECT id, tenant_id, secret_hash, scopes FROM api_keys
+SELECT id, tenant_id, name, secret_hash, scopes FROM api_keys
 WHERE id = %(id)s AND revoked_at IS NULL
 
 -- list_api_keys --
@@ -286,7 +286,8 @@ RETURNING *
 
 -- list_reviews --
 -- The review queue, oldest first; without a status, the undecided (pending or expired).
-SELECT r.*, v.checks FROM reviews r JOIN verifications v ON v.id = r.verification_id
+SELECT r.*, v.checks, COALESCE(r.claimed_until > now(), false) AS claim_live
+FROM reviews r JOIN verifications v ON v.id = r.verification_id
 WHERE r.tenant_id = %(tenant_id)s
   AND CASE WHEN %(status)s::text IS NULL THEN r.status IN ('pending', 'expired')
            ELSE r.status = %(status)s END
@@ -296,15 +297,57 @@ ORDER BY r.created_at, r.id
 LIMIT %(limit)s
 
 -- get_review_for_update --
-SELECT r.*, v.checks FROM reviews r JOIN verifications v ON v.id = r.verification_id
+SELECT r.*, v.checks, COALESCE(r.claimed_until > now(), false) AS claim_live
+FROM reviews r JOIN verifications v ON v.id = r.verification_id
 WHERE r.id = %(id)s AND r.tenant_id = %(tenant_id)s
 FOR UPDATE OF r
 
+-- get_review --
+-- One review with its checks; claim_live: someone holds it now.
+SELECT r.*, v.checks, COALESCE(r.claimed_until > now(), false) AS claim_live
+FROM reviews r JOIN verifications v ON v.id = r.verification_id
+WHERE r.id = %(id)s AND r.tenant_id = %(tenant_id)s
+
+-- get_review_photo --
+-- A photo the reviewer may see: the review's own evidence, or that of the same tenant's asset
+-- its photo resembles (the near-duplicate check's matchAssetId), to compare the two.
+SELECT e.* FROM reviews r
+JOIN verifications v ON v.id = r.verification_id
+JOIN evidence e ON e.tenant_id = r.tenant_id AND e.sha256 = %(sha256)s
+    AND (e.verification_id = r.verification_id
+         OR e.asset_id::text = v.checks -> 'photo_not_duplicate' ->> 'matchAssetId')
+WHERE r.id = %(id)s AND r.tenant_id = %(tenant_id)s
+LIMIT 1
+
+-- claim_review --
+-- Hold an undecided review that nobody else holds (or whose hold ran out), or renew one's own.
+WITH claimed AS (
+    UPDATE reviews SET claimed_key = %(key_id)s, claimed_by = %(claimed_by)s,
+                       claimed_until = now() + make_interval(secs => %(lease)s)
+    WHERE id = %(id)s AND tenant_id = %(tenant_id)s AND status IN ('pending', 'expired')
+      AND (claimed_key IS NULL OR claimed_key = %(key_id)s OR claimed_until <= now())
+    RETURNING *
+)
+SELECT c.*, v.checks, true AS claim_live
+FROM claimed c JOIN verifications v ON v.id = c.verification_id
+
+-- release_review --
+UPDATE reviews SET claimed_key = NULL, claimed_by = NULL, claimed_until = NULL
+WHERE id = %(id)s AND tenant_id = %(tenant_id)s AND claimed_key = %(key_id)s
+  AND status IN ('pending', 'expired')
+RETURNING id
+
 -- decide_review --
 UPDATE reviews SET status = %(status)s, decided_by = %(decided_by)s, note = %(note)s,
-                   decided_at = now()
+                   reason = %(reason)s, decided_at = now(),
+                   claimed_key = NULL, claimed_by = NULL, claimed_until = NULL
 WHERE id = %(id)s AND status IN ('pending', 'expired')
-RETURNING *
+RETURNING *, false AS claim_live
+
+-- settle_reviewed_verification --
+-- The reviewer's outcome becomes the verification's: verified or rejected.
+UPDATE verifications SET status = %(status)s, updated_at = now()
+WHERE id = %(id)s AND status = 'manual_review'
 
 -- expire_due_reviews --
 UPDATE reviews SET status = 'expired', expired_at = now()
