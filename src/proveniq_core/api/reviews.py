@@ -7,8 +7,8 @@ claiming again); a review another key holds cannot be claimed or decided (409).
 
 from __future__ import annotations
 
-from datetime import datetime
 import asyncio
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
