@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from proveniq_core.api import (
+    alert_actions,
     circuits,
     envelope,
     evidence,
@@ -51,5 +52,6 @@ def create_app(core: Any) -> FastAPI:
     app.include_router(circuits.router)
     app.include_router(slo.router)
     app.include_router(webhooks.router)
+    app.include_router(alert_actions.router)
 
     return app

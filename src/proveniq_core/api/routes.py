@@ -249,12 +249,15 @@ async def list_assets(
     return AssetPage(items=[asset_view(r) for r in rows], nextCursor=next_cursor)
 
 
-def _locker_view(row: dict[str, Any], online: bool | None) -> LockerView:
+def _locker_view(row: dict[str, Any], gateway: Any) -> LockerView:
+    ref = row["locker_ref"]
     return LockerView(
-        lockerRef=row["locker_ref"],
+        lockerRef=ref,
         site=Site(lat=row["site_lat"], lon=row["site_lon"]),
         geofenceM=row["geofence_m"],
-        online=online,
+        online=gateway.presence(ref),
+        presenceSince=gateway.presence_since(ref),
+        maintenanceUntil=row["maintenance_until"],
         createdAt=row["created_at"],
     )
 
@@ -296,7 +299,7 @@ async def _register_locker(
             actor=principal.actor,
             request_id=request_id,
         )
-    return _locker_view(row, core.gateway.presence(body.lockerRef))
+    return _locker_view(row, core.gateway)
 
 
 @router.get("/api/lockers", response_model=LockerPage, responses=ERRORS)
@@ -318,7 +321,7 @@ async def list_lockers(
     if len(rows) > limit:
         rows = rows[:limit]
         next_cursor = _encode_cursor(rows[-1]["locker_ref"])
-    items = [_locker_view(r, core.gateway.presence(r["locker_ref"])) for r in rows]
+    items = [_locker_view(r, core.gateway) for r in rows]
     return LockerPage(items=items, nextCursor=next_cursor)
 
 

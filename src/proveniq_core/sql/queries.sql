@@ -191,6 +191,23 @@ ON CONFLICT (dedup_key) WHERE resolved_at IS NULL
 DO UPDATE SET count = ops_alerts.count + 1, last_at = now(), message = EXCLUDED.message
 RETURNING *
 
+-- get_alert_for_update --
+-- A tenant's alert, or a system alert (no tenant), which every tenant's operators see.
+SELECT * FROM ops_alerts
+WHERE id = %(id)s AND (tenant_id = %(tenant_id)s OR tenant_id IS NULL)
+FOR UPDATE
+
+-- acknowledge_alert --
+UPDATE ops_alerts SET acknowledged_at = COALESCE(acknowledged_at, now()),
+                      acknowledged_by = COALESCE(acknowledged_by, %(actor)s)
+WHERE id = %(id)s
+RETURNING *
+
+-- resolve_alert --
+UPDATE ops_alerts SET resolved_at = now(), resolved_by = %(actor)s
+WHERE id = %(id)s AND resolved_at IS NULL
+RETURNING *
+
 -- list_alerts --
 SELECT * FROM ops_alerts
 WHERE (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s OR tenant_id IS NULL)
