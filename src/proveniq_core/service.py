@@ -20,6 +20,7 @@ from proveniq_core.errors import CoreError
 from proveniq_core.ledger import assets, audit, keys
 from proveniq_core.locker.gateway import LockerGateway, cancel_and_wait
 from proveniq_core.locker.simulator import LatencyProfile, LockerFleet, fleet_specs
+from proveniq_core.observability.window import REGISTRATIONS
 from proveniq_core.resilience.breaker import BreakerRegistry, State
 from proveniq_core.saga.engine import SagaDefinition, SagaEngine
 from proveniq_core.saga.registration import InFlight, LinkPolicy, registration_saga
@@ -236,6 +237,10 @@ async def running(
         core.bootstrap_key = await ensure_bootstrap_key(pool, settings.home)
 
         core.tasks.append(asyncio.create_task(engine.keepalive(), name="saga-keepalive"))
+        if settings.role in ("api", "all"):  # the last hour's latency, for the console
+            core.tasks.append(
+                asyncio.create_task(REGISTRATIONS.sample_forever(), name="slo-window")
+            )
         if settings.role in ("worker", "all"):
             waker = db.Waker(conninfo)
             worker = VerifyWorker(
