@@ -9,6 +9,7 @@ answer says how long it covers).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -60,7 +61,7 @@ class BucketWindow:
         totals = [(b[-1][1] if b else 0.0) for _, b in self._samples]
         current = self._read()
         totals.append(current[-1][1] if current else 0.0)
-        return [max(0.0, b - a) for a, b in zip(totals, totals[1:], strict=False)]
+        return [max(0.0, b - a) for a, b in itertools.pairwise(totals)]
 
     async def sample_forever(self) -> None:
         """Sample every ``step`` seconds until cancelled."""
