@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from proveniq_core import console
 from proveniq_core.api import (
     alert_actions,
     circuits,
@@ -38,6 +39,8 @@ def create_app(core: Any) -> FastAPI:
         title="Proveniq Core",
         version="0.1.0",
         description="Registers physical assets across lockers (MQTT), the ledger and Verify.",
+        docs_url=None,  # served by the console with local assets: works offline
+        redoc_url=None,
     )
     app.state.core = core
     envelope.install(app)
@@ -53,5 +56,6 @@ def create_app(core: Any) -> FastAPI:
     app.include_router(slo.router)
     app.include_router(webhooks.router)
     app.include_router(alert_actions.router)
+    console.install(app)
 
     return app

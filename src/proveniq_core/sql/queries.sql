@@ -644,3 +644,167 @@ WHERE (tenant_id, key) IN (
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
+
+-- The console (src/proveniq_core/console): its sessions and the reads behind its pages.
+
+-- console_session_create --
+INSERT INTO console_sessions (id_hash, key_id, csrf_token)
+VALUES (%(id_hash)s, %(key_id)s, %(csrf_token)s)
+
+-- console_session_touch --
+-- The session, if its key is still valid and it was used within the idle timeout; ``touch``
+-- marks it used now (a page or an action; a background refresh does not count).
+UPDATE console_sessions s
+SET last_seen_at = CASE WHEN %(touch)s THEN now() ELSE s.last_seen_at END
+FROM api_keys k
+WHERE s.id_hash = %(id_hash)s AND k.id = s.key_id AND k.revoked_at IS NULL
+  AND s.last_seen_at > now() - make_interval(secs => %(idle)s)
+RETURNING s.key_id, s.csrf_token, k.tenant_id, k.name, k.scopes
+
+-- console_session_delete --
+DELETE FROM console_sessions WHERE id_hash = %(id_hash)s
+
+-- console_session_purge --
+DELETE FROM console_sessions WHERE last_seen_at <= now() - make_interval(secs => %(idle)s)
+
+-- console_review_backlog --
+-- The undecided reviews of a tenant: how many, the oldest, the next due, expired and held.
+SELECT count(*) AS waiting, min(created_at) AS oldest_at, min(due_at) AS next_due_at,
+       count(*) FILTER (WHERE status = 'expired') AS expired,
+       count(*) FILTER (WHERE claimed_until > now()) AS held
+FROM reviews
+WHERE tenant_id = %(tenant_id)s AND status IN ('pending', 'expired')
+
+-- console_reviews_decided_since --
+SELECT count(*) AS n FROM reviews
+WHERE tenant_id = %(tenant_id)s AND status IN ('approved', 'rejected')
+  AND decided_at >= %(since)s
+
+-- console_review_queue --
+-- The undecided reviews in deadline order, with what a reviewer scans for: the asset's
+-- name, category and locker, and who holds each.
+SELECT r.id, r.asset_id, r.status, r.reasons, r.due_at, r.created_at, r.claimed_by,
+       r.claimed_key, r.claimed_until, COALESCE(r.claimed_until > now(), false) AS claim_live,
+       a.name, a.category, a.locker_ref
+FROM reviews r JOIN assets a ON a.id = r.asset_id
+WHERE r.tenant_id = %(tenant_id)s AND r.status IN ('pending', 'expired')
+ORDER BY r.due_at, r.id
+LIMIT %(limit)s
+
+-- console_review_neighbours --
+-- Where a review stands in the deadline-ordered queue: its position, the total, and the
+-- next and previous undecided reviews nobody else holds.
+WITH me AS (SELECT due_at, id FROM reviews WHERE id = %(id)s AND tenant_id = %(tenant_id)s),
+open AS (
+    SELECT r.id, r.due_at, r.claimed_key, COALESCE(r.claimed_until > now(), false) AS live
+    FROM reviews r
+    WHERE r.tenant_id = %(tenant_id)s AND r.status IN ('pending', 'expired')
+)
+SELECT
+    (SELECT count(*) FROM open, me WHERE (open.due_at, open.id) <= (me.due_at, me.id))
+        AS position,
+    (SELECT count(*) FROM open) AS total,
+    (SELECT open.id FROM open, me
+     WHERE (open.due_at, open.id) > (me.due_at, me.id)
+       AND (NOT open.live OR open.claimed_key = %(key_id)s)
+     ORDER BY open.due_at, open.id LIMIT 1) AS next_id,
+    (SELECT open.id FROM open, me
+     WHERE (open.due_at, open.id) < (me.due_at, me.id)
+       AND (NOT open.live OR open.claimed_key = %(key_id)s)
+     ORDER BY open.due_at DESC, open.id DESC LIMIT 1) AS previous_id,
+    (SELECT open.id FROM open
+     WHERE open.id <> %(id)s AND (NOT open.live OR open.claimed_key = %(key_id)s)
+     ORDER BY open.due_at, open.id LIMIT 1) AS first_id
+
+-- console_review_of_asset --
+SELECT * FROM reviews WHERE asset_id = %(asset_id)s AND tenant_id = %(tenant_id)s
+
+-- console_verification_of_asset --
+SELECT * FROM verifications WHERE asset_id = %(asset_id)s AND tenant_id = %(tenant_id)s
+
+-- console_retry_counts --
+SELECT status, count(*) AS n FROM retry_queue
+WHERE tenant_id = %(tenant_id)s
+  AND (status IN ('pending', 'retrying', 'exhausted') OR updated_at > now() - interval '24 hours')
+GROUP BY status
+
+-- console_held_counts --
+SELECT status::text AS status, count(*) AS n FROM assets
+WHERE tenant_id = %(tenant_id)s AND status IN ('pending_link', 'link_failed')
+GROUP BY status
+
+-- console_alert_counts --
+SELECT severity, count(*) AS n FROM ops_alerts
+WHERE resolved_at IS NULL AND (tenant_id = %(tenant_id)s OR tenant_id IS NULL)
+GROUP BY severity
+
+-- console_attention_alerts --
+-- Open alerts, the most severe first, then the most recent.
+SELECT * FROM ops_alerts
+WHERE resolved_at IS NULL AND (tenant_id = %(tenant_id)s OR tenant_id IS NULL)
+ORDER BY CASE severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END, last_at DESC
+LIMIT %(limit)s
+
+-- console_search_assets --
+-- Assets newest first, by exact id, locker, name (contains) and status, in pages.
+SELECT a.*, v.id AS verification_id, v.status AS verification_status,
+       v.reasons AS verification_reasons, v.completed_at AS verification_completed_at
+FROM assets a LEFT JOIN verifications v ON v.asset_id = a.id
+WHERE a.tenant_id = %(tenant_id)s
+  AND (%(status)s::asset_status IS NULL OR a.status = %(status)s::asset_status)
+  AND (%(asset_id)s::uuid IS NULL OR a.id = %(asset_id)s::uuid)
+  AND (%(locker_ref)s::text IS NULL OR a.locker_ref = %(locker_ref)s)
+  AND (%(name)s::text IS NULL OR a.name ILIKE %(name)s)
+  AND (%(before_at)s::timestamptz IS NULL
+       OR (a.created_at, a.id) < (%(before_at)s, %(before_id)s::uuid))
+ORDER BY a.created_at DESC, a.id DESC
+LIMIT %(limit)s
+
+-- console_held_assets --
+-- Assets the failure path holds, the oldest first, with their latest retry-queue entry.
+SELECT a.*, q.id AS entry_id, q.status AS entry_status, q.retry_count, q.next_retry_at,
+       q.last_error
+FROM assets a
+LEFT JOIN LATERAL (
+    SELECT * FROM retry_queue q WHERE q.asset_id = a.id ORDER BY q.created_at DESC LIMIT 1
+) q ON true
+WHERE a.tenant_id = %(tenant_id)s AND a.status IN ('pending_link', 'link_failed')
+ORDER BY a.updated_at
+LIMIT %(limit)s
+
+-- console_entry_reasons --
+-- The latest discard reason of each retry-queue entry, from the audit trail.
+SELECT DISTINCT ON (entity_id) entity_id, actor, after ->> 'reason' AS reason, at
+FROM audit_log
+WHERE entity_type = 'retry_entry' AND entity_id = ANY(%(ids)s)
+  AND action = 'retry_entry.discarded'
+ORDER BY entity_id, id DESC
+
+-- console_asset_audit --
+-- The audit rows about an asset: its own, its review's and its retry-queue entries'.
+SELECT * FROM audit_log
+WHERE (entity_type = 'asset' AND entity_id = %(asset_id)s)
+   OR (entity_type = 'review' AND entity_id = ANY(%(review_ids)s))
+   OR (entity_type = 'retry_entry' AND entity_id = ANY(%(entry_ids)s))
+ORDER BY id
+
+-- console_audit_hashes --
+SELECT seq, hash FROM audit_log WHERE seq = ANY(%(seqs)s)
+
+-- console_asset_webhooks --
+-- The webhook events about an asset, each with its deliveries (none: nobody subscribed).
+SELECT e.id AS event_id, e.type, e.created_at AS event_at, d.id AS delivery_id,
+       d.endpoint_id, d.status, d.attempts, d.last_status_code, d.last_error,
+       d.next_attempt_at, d.finished_at, w.url
+FROM webhook_events e
+LEFT JOIN webhook_deliveries d ON d.event_id = e.id
+LEFT JOIN webhook_endpoints w ON w.id = d.endpoint_id
+WHERE e.tenant_id = %(tenant_id)s AND e.data ->> 'assetId' = %(asset_id)s AND e.data ? 'assetId'
+ORDER BY e.created_at, d.created_at
+LIMIT 200
+
+-- console_evidence_of_asset --
+-- The photos of an asset of the tenant: the near-duplicate comparison on a review page.
+SELECT e.*, a.name AS asset_name FROM evidence e JOIN assets a ON a.id = e.asset_id
+WHERE e.asset_id = %(asset_id)s AND e.tenant_id = %(tenant_id)s
+ORDER BY e.created_at, e.sha256
