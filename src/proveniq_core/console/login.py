@@ -24,7 +24,7 @@ from proveniq_core.console.web import (
 from proveniq_core.errors import ForbiddenError
 from proveniq_core.ledger import keys
 
-router = APIRouter()
+router = APIRouter(include_in_schema=False)
 
 LOGIN_COOKIE = "proveniq_login"
 """The sign-in form's CSRF token (double-submit: cookie and field must match)."""

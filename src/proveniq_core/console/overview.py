@@ -12,7 +12,7 @@ from fastapi.responses import Response
 
 from proveniq_core import db
 from proveniq_core.api.circuits import circuit_view
-from proveniq_core.console.web import Viewer, core, render
+from proveniq_core.console.web import Viewer, core, render, seconds
 from proveniq_core.errors import CoreError
 from proveniq_core.observability import slo
 from proveniq_core.observability.window import REGISTRATIONS
@@ -73,6 +73,7 @@ def latency() -> dict[str, Any]:
         "minutes": max(1, round(covered / 60)),
         "per_minute": per_minute,
         "last_minute": per_minute[-2] if len(per_minute) > 1 else None,
+        "this_minute": per_minute[-1] if per_minute else 0,
     }
 
 
@@ -167,8 +168,7 @@ async def gather(request: Request, session: Viewer) -> dict[str, Any]:
                     Attention(
                         severity,
                         f"{backlog['waiting']} review{'s' if backlog['waiting'] != 1 else ''} "
-                        f"waiting; the oldest for {waited / 3600:.0f} h of "
-                        f"{timeout / 3600:.0f} h"
+                        f"waiting; the oldest for {seconds(waited)} of {seconds(timeout)}"
                         + (f", {backlog['expired']} past due" if backlog["expired"] else ""),
                         "/console/reviews",
                         "Review",

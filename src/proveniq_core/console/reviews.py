@@ -249,6 +249,9 @@ async def review_item(request: Request, session: Viewer, review_id: ReviewId) ->
         "comparison": comparison,
         "checks": check_rows(row["checks"]),
         "drawing": drawing,
+        # The fix is what the reviewer must judge when the geofence check asked: show it first.
+        "map_first": drawing is not None
+        and row["checks"].get("gps_in_geofence", {}).get("verdict") != "pass",
         "where": where,
         "held_by_other": held_by_other,
         "mine": row["claim_live"] and row["claimed_key"] == p.key_id,
@@ -302,7 +305,8 @@ async def decide(request: Request, session: Viewer, review_id: ReviewId) -> Resp
     )
     target = where["next_id"] or where["first_id"]
     url = f"/console/reviews/{target}" if target else "/console/reviews"
-    return redirect(request, url, ("ok", text), href=f"/console/assets/{asset['id']}#audit")
+    href = f"/console/assets/{asset['id']}#audit" if session.can("assets:read") else None
+    return redirect(request, url, ("ok", text), href=href)
 
 
 @router.post("/console/reviews/{review_id}/claim")

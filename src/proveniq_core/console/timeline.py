@@ -49,6 +49,8 @@ def _ms(a: datetime, b: datetime) -> float:
 
 
 def _label_ms(ms: float) -> str:
+    if ms < 10:
+        return f"{ms:.1f} ms"
     if ms < 1000:
         return f"{ms:.0f} ms"
     if ms < 60_000:

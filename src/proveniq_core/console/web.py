@@ -165,7 +165,12 @@ def duration(ms: float | None) -> str:
 
 
 def seconds(value: float | None) -> str:
-    return "—" if value is None else duration(value * 1000)
+    """Seconds for people: "212 ms", "1.4 s", "19 h"."""
+    if value is None:
+        return "—"
+    if value >= 3600:
+        return f"{value / 3600:.0f} h"
+    return duration(value * 1000)
 
 
 def hms(delta: timedelta | float) -> str:
