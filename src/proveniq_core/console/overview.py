@@ -110,7 +110,10 @@ async def gather(request: Request, session: Viewer) -> dict[str, Any]:
             data["spark"] = sparkline(data["latency"]["per_minute"])
             views = [circuit_view(s, c.breakers) for s in c.breakers.snapshots()]
             views.sort(key=lambda v: (v.state == "closed", v.name))
-            data["circuits"] = [(v, now + timedelta(seconds=v.retryAfter)) for v in views]
+            # The subsystems always; a locker's own circuit only when it is not closed.
+            shown = [v for v in views if v.state != "closed" or ":" not in v.name]
+            data["circuits"] = [(v, now + timedelta(seconds=v.retryAfter)) for v in shown]
+            data["devices_closed"] = sum(1 for v in views if v.state == "closed" and ":" in v.name)
             data["retry"] = await _counts(conn, "console_retry_counts", tenant)
             data["held"] = await _counts(conn, "console_held_counts", tenant)
             data["alerts"] = await _counts(conn, "console_alert_counts", tenant)
