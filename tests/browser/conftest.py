@@ -2,7 +2,7 @@
 ``proveniq serve`` (the machine's PostgreSQL and MQTT broker) and a real ``proveniq
 simulate`` fleet whose fault injection makes the review items and failed links.
 
-One service and one fleet serve the whole session; each test gets a tenant of its own with
+One service and one fleet serve the module; each test gets a tenant of its own with
 two lockers of the fleet, so what one test does never shows in another's queue.
 """
 
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import httpx
 import psycopg
 import pytest
@@ -31,6 +32,7 @@ from psycopg.conninfo import make_conninfo
 from proveniq_core import db
 from proveniq_core.embedded import free_port
 from proveniq_core.ledger import keys
+from proveniq_core.locker.gateway import parse_mqtt_url
 from proveniq_core.locker.simulator import SimulatedLocker, fleet_specs
 from tests.conftest import unique_prefix
 
@@ -151,9 +153,20 @@ class Stack:
             assert cleared.status_code == 200
 
 
-@pytest.fixture(scope="session")
+async def forget_fleet(mqtt_url: str, specs: list[SimulatedLocker]) -> None:
+    """Clear the retained statuses the fleet leaves on the shared broker, so no other
+    test's gateway hears of these lockers."""
+    host, port = parse_mqtt_url(mqtt_url)
+    async with aiomqtt.Client(
+        host, port, identifier=f"console-janitor-{uuid.uuid4().hex[:8]}"
+    ) as c:
+        for spec in specs:
+            await c.publish(f"proveniq/lockers/{spec.ref}/status", b"", qos=1, retain=True)
+
+
+@pytest.fixture(scope="module")
 def browser_database_url(pg_admin_url: str, template_db: str) -> Iterator[str]:
-    """A fresh, migrated database for the session's service."""
+    """A fresh, migrated database for the module's service."""
     name = f"proveniq_b_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name} TEMPLATE {template_db}")
@@ -162,11 +175,12 @@ def browser_database_url(pg_admin_url: str, template_db: str) -> Iterator[str]:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-@pytest_asyncio.fixture(scope="session")
+@pytest_asyncio.fixture(scope="module")
 async def stack(
     browser_database_url: str, mqtt_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Stack]:
-    """``proveniq simulate`` (a fleet with fault injection) and ``proveniq serve`` on it."""
+    """``proveniq simulate`` (a fleet with fault injection) and ``proveniq serve`` on it,
+    for this module's tests: the fleet is gone (and forgotten by the broker) after them."""
     tmp = tmp_path_factory.mktemp("console")
     specs = fleet_specs(LOCKERS, unique_prefix())
     faults_port, port = free_port(), free_port()
@@ -212,6 +226,7 @@ async def stack(
         for proc in reversed(procs):
             await proc.stop()
         await pool.close()
+        await forget_fleet(mqtt_url, specs)
 
 
 @pytest_asyncio.fixture(scope="session")
