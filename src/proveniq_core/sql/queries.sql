@@ -653,13 +653,19 @@ VALUES (%(id_hash)s, %(key_id)s, %(csrf_token)s)
 
 -- console_session_touch --
 -- The session, if its key is still valid and it was used within the idle timeout; ``touch``
--- marks it used now (a page or an action; a background refresh does not count).
-UPDATE console_sessions s
-SET last_seen_at = CASE WHEN %(touch)s THEN now() ELSE s.last_seen_at END
-FROM api_keys k
-WHERE s.id_hash = %(id_hash)s AND k.id = s.key_id AND k.revoked_at IS NULL
-  AND s.last_seen_at > now() - make_interval(secs => %(idle)s)
-RETURNING s.key_id, s.csrf_token, k.tenant_id, k.name, k.scopes
+-- marks it used now (a page or an action; a background refresh does not count). The row is
+-- rewritten at most every 15 s, not on every photo a page loads.
+WITH live AS (
+    SELECT s.id_hash, s.key_id, s.csrf_token, k.tenant_id, k.name, k.scopes
+    FROM console_sessions s JOIN api_keys k ON k.id = s.key_id
+    WHERE s.id_hash = %(id_hash)s AND k.revoked_at IS NULL
+      AND s.last_seen_at > now() - make_interval(secs => %(idle)s)
+), touched AS (
+    UPDATE console_sessions SET last_seen_at = now()
+    WHERE id_hash IN (SELECT id_hash FROM live) AND %(touch)s
+      AND last_seen_at < now() - interval '15 seconds'
+)
+SELECT key_id, csrf_token, tenant_id, name, scopes FROM live
 
 -- console_session_delete --
 DELETE FROM console_sessions WHERE id_hash = %(id_hash)s
