@@ -68,5 +68,5 @@ def drawing(
         accuracy=accuracy,
         distance=dist,
         scale=_round_length(extent / 2),
-        font=extent * 0.075,
+        font=extent * 0.1,
     )

@@ -247,7 +247,8 @@ async def review_item(request: Request, session: Viewer, review_id: ReviewId) ->
         "locker": locker,
         "photos": photos,
         "comparison": comparison,
-        "checks": check_rows(row["checks"]),
+        # What asked for a person first; the passing checks after, in their usual order.
+        "checks": sorted(check_rows(row["checks"]), key=lambda r: r.verdict == "pass"),
         "drawing": drawing,
         # The fix is what the reviewer must judge when the geofence check asked: show it first.
         "map_first": drawing is not None
