@@ -68,6 +68,19 @@ class Settings(BaseSettings):
         8, ge=0, le=64, description="pHash distance up to this (above duplicate): review"
     )
     review_timeout: float = Field(86400.0, gt=0, description="a review expires, undecided")
+    review_reasons_approve: list[str] = Field(
+        default=["evidence_sufficient", "accuracy_acceptable", "resemblance_explained", "other"],
+        min_length=1,
+        description="reason codes of an approval (JSON list)",
+    )
+    review_reasons_reject: list[str] = Field(
+        default=["wrong_item", "outside_site", "photo_unusable", "duplicate", "other"],
+        min_length=1,
+        description="reason codes of a rejection (JSON list)",
+    )
+    console_idle_timeout: float = Field(
+        1800.0, gt=0, description="a console session ends after this long without activity"
+    )
     poll_interval: float = Field(1.0, gt=0, description="worker fallback poll when no NOTIFY")
 
     saga_lease: float = Field(15.0, gt=0, description="how long a saga claim holds unrenewed")

@@ -21,6 +21,7 @@ from proveniq_core.ledger import assets, audit, checkpoints, keys
 from proveniq_core.locker.gateway import LockerGateway, cancel_and_wait
 from proveniq_core.locker.simulator import LatencyProfile, LockerFleet, fleet_specs
 from proveniq_core.observability.gauges import BacklogReader, DatabaseBacklog
+from proveniq_core.observability.window import REGISTRATIONS
 from proveniq_core.resilience.breaker import BreakerRegistry, State
 from proveniq_core.resilience.circuits import LEDGER_CIRCUIT
 from proveniq_core.saga.engine import SagaDefinition, SagaEngine
@@ -276,6 +277,10 @@ async def running(
         core.bootstrap = await ensure_bootstrap_key(pool, settings.home)
 
         core.tasks.append(asyncio.create_task(engine.keepalive(), name="saga-keepalive"))
+        if settings.role in ("api", "all"):  # the last hour's latency, for the console
+            core.tasks.append(
+                asyncio.create_task(REGISTRATIONS.sample_forever(), name="slo-window")
+            )
         if settings.role in ("worker", "all"):
             waker = db.Waker(conninfo)
             worker = VerifyWorker(

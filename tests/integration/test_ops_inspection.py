@@ -183,6 +183,9 @@ async def test_alerts_listed_newest_first_with_repeat_counts(
         "firstAt": repeated["firstAt"],
         "lastAt": repeated["lastAt"],
         "resolvedAt": None,
+        "acknowledgedAt": None,
+        "acknowledgedBy": None,
+        "resolvedBy": None,
     }
     assert repeated["lastAt"] > repeated["firstAt"]
     assert (broker["code"], broker["count"]) == ("E_LOCKER_UNREACHABLE", 1)

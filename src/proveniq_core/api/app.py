@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from proveniq_core import console
 from proveniq_core.api import (
+    alert_actions,
     alerts,
     assets,
     circuits,
@@ -41,6 +43,8 @@ def create_app(core: Core | None) -> FastAPI:
         title="Proveniq Core",
         version="0.1.0",
         description="Registers physical assets across lockers (MQTT), the ledger and Verify.",
+        docs_url=None,  # served by the console with local assets: works offline
+        redoc_url=None,
     )
     app.state.core = core
     envelope.install(app)
@@ -58,5 +62,7 @@ def create_app(core: Core | None) -> FastAPI:
     app.include_router(circuits.router)
     app.include_router(slo.router)
     app.include_router(webhooks.router)
+    app.include_router(alert_actions.router)
+    console.install(app)
 
     return app

@@ -89,7 +89,7 @@ async def _register(
             "name": body.name,
             "category": body.category,
             "lockerRef": body.lockerRef,
-            "actor": f"key:{principal.key_id}",
+            "actor": principal.actor,
             "requestId": request_id,
         },
         tenant_id=principal.tenant_id,

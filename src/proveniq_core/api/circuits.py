@@ -91,7 +91,7 @@ async def reset_circuit(
     if name not in breakers:
         raise NotFoundError(f"No circuit named {name!r}.")
     breaker = breakers[name]
-    log.warning("circuit_reset", circuit=name, was=breaker.state.value, key_id=principal.key_id)
+    log.warning("circuit_reset", circuit=name, was=breaker.state.value, actor=principal.actor)
     breaker.reset()
     return circuit_view(breaker.snapshot(), breakers)
 

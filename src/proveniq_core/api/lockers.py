@@ -15,17 +15,21 @@ from proveniq_core.api.paging import decode_cursor, encode_cursor
 from proveniq_core.ledger import assets
 from proveniq_core.ledger.assets import Locker
 from proveniq_core.ledger.keys import Principal
+from proveniq_core.locker.gateway import LockerGateway
 from proveniq_core.service import Core
 
 router = APIRouter()
 
 
-def _locker_view(locker: Locker, online: bool | None) -> LockerView:
+def _locker_view(locker: Locker, gateway: LockerGateway) -> LockerView:
+    ref = locker.locker_ref
     return LockerView(
-        lockerRef=locker.locker_ref,
+        lockerRef=ref,
         site=Site(lat=locker.site_lat, lon=locker.site_lon),
         geofenceM=locker.geofence_m,
-        online=online,
+        online=gateway.presence(ref),
+        presenceSince=gateway.presence_since(ref),
+        maintenanceUntil=locker.maintenance_until,
         createdAt=locker.created_at,
     )
 
@@ -64,10 +68,10 @@ async def _register_locker(
             lat=body.site.lat,
             lon=body.site.lon,
             geofence_m=body.geofenceM,
-            actor=f"key:{principal.key_id}",
+            actor=principal.actor,
             request_id=request_id,
         )
-    return _locker_view(locker, core.gateway.presence(body.lockerRef))
+    return _locker_view(locker, core.gateway)
 
 
 @router.get("/api/lockers", response_model=LockerPage, responses=ERRORS)
@@ -84,5 +88,5 @@ async def list_lockers(
     if len(lockers) > limit:
         lockers = lockers[:limit]
         next_cursor = encode_cursor(lockers[-1].locker_ref)
-    items = [_locker_view(lk, core.gateway.presence(lk.locker_ref)) for lk in lockers]
+    items = [_locker_view(lk, core.gateway) for lk in lockers]
     return LockerPage(items=items, nextCursor=next_cursor)

@@ -137,6 +137,10 @@ class LockerView(BaseModel):
     site: Site
     geofenceM: float
     online: bool | None
+    presenceSince: datetime | None = Field(
+        None, description="when this process saw the presence change (offline: last seen)"
+    )
+    maintenanceUntil: datetime | None = Field(None, description="null: not in maintenance")
     createdAt: datetime
 
 
@@ -194,6 +198,9 @@ class AlertView(BaseModel):
     firstAt: datetime
     lastAt: datetime
     resolvedAt: datetime | None = Field(description="null while the alert is open")
+    acknowledgedAt: datetime | None = Field(None, description="an operator has seen it")
+    acknowledgedBy: str | None = None
+    resolvedBy: str | None = Field(None, description="null: resolved by Core itself")
 
 
 class AlertPage(BaseModel):
@@ -309,4 +316,7 @@ def alert_view(row: dict[str, Any]) -> AlertView:
         firstAt=row["first_at"],
         lastAt=row["last_at"],
         resolvedAt=row["resolved_at"],
+        acknowledgedAt=row.get("acknowledged_at"),
+        acknowledgedBy=row.get("acknowledged_by"),
+        resolvedBy=row.get("resolved_by"),
     )

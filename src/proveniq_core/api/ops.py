@@ -90,6 +90,27 @@ class MaintenanceRequest(Strict):
         return until
 
 
+class DiscardRequest(Strict):
+    reason: Annotated[str, Field(min_length=1, max_length=500)] | None = Field(
+        None, description="why retrying stops: audited with the discard"
+    )
+
+
+class RefusedEntry(BaseModel):
+    id: str
+    code: str
+    message: str
+
+
+class BulkRetryOutcome(BaseModel):
+    """What "retry all exhausted" did."""
+
+    count: int = Field(description="exhausted entries retried now")
+    resolved: int = Field(description="of those, linked now (entry resolved)")
+    items: list[RetryEntryView] = Field(description="the retried entries after their retry")
+    refused: list[RefusedEntry] = Field(description="entries that could not be retried, and why")
+
+
 class LockerMaintenance(BaseModel):
     lockerRef: str
     maintenanceUntil: datetime | None = Field(description="null: not in maintenance")
@@ -97,7 +118,7 @@ class LockerMaintenance(BaseModel):
 
 
 def _actor(principal: Principal) -> str:
-    return f"key:{principal.key_id}"
+    return principal.actor
 
 
 def entry_view(row: db.Row) -> RetryEntryView:
@@ -198,17 +219,43 @@ async def retry_entry(
     responses=_ACTION_ERRORS,
 )
 async def discard_entry(
-    request: Request, core: CoreDep, entry_id: EntryId, principal: Writer
+    request: Request,
+    core: CoreDep,
+    entry_id: EntryId,
+    principal: Writer,
+    body: DiscardRequest | None = None,
 ) -> RetryEntryOutcome:
-    """Stop retrying: the asset stays held until an operator retries or cancels it."""
+    """Stop retrying: the asset stays held until an operator retries or cancels it. The
+    reason, if given, is audited with the discard."""
     row = await operator.discard_entry(
         core.retry_queue,
         entry_id,
         principal.tenant_id,
         actor=_actor(principal),
         request_id=request.state.request_id,
+        reason=body.reason if body else None,
     )
     return await _entry_outcome(core, row, principal.tenant_id)
+
+
+@router.post(
+    "/api/ops/retry-queue/retry-exhausted", response_model=BulkRetryOutcome, responses=ERRORS
+)
+async def retry_exhausted(request: Request, principal: Writer) -> BulkRetryOutcome:
+    """Retry every exhausted entry now (up to 500), as "retry now" does one: the answer
+    counts them, how many linked, and which could not be retried and why."""
+    retried, refused = await operator.retry_exhausted(
+        request.app.state.core.retry_queue,
+        principal.tenant_id,
+        actor=_actor(principal),
+        request_id=request.state.request_id,
+    )
+    return BulkRetryOutcome(
+        count=len(retried),
+        resolved=sum(1 for r in retried if r["status"] == "resolved"),
+        items=[entry_view(r) for r in retried],
+        refused=[RefusedEntry(id=i, code=e.code, message=e.message) for i, e in refused],
+    )
 
 
 @router.post(

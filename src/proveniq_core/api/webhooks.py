@@ -160,7 +160,7 @@ def delivery_view(delivery: Delivery, attempts: list[DeliveryAttempt]) -> Delive
 
 
 def _actor(principal: Principal) -> str:
-    return f"key:{principal.key_id}"
+    return principal.actor
 
 
 async def _check_destination(url: str, settings: Settings) -> None:

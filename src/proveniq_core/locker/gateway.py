@@ -138,6 +138,7 @@ class LockerGateway:
         self._first_attempt = asyncio.Event()
         self._pending: dict[_ReplyKey, set[asyncio.Future[Reply]]] = {}
         self._presence: dict[str, bool] = {}
+        self._presence_since: dict[str, datetime] = {}  # when this process saw it change
         self._online_waiters: dict[str, set[asyncio.Future[None]]] = {}
 
     def add_event_hook(self, hook: EventHook) -> None:
@@ -152,6 +153,10 @@ class LockerGateway:
     def presence(self, ref: str) -> bool | None:
         """Last known presence of ``ref``: online, offline, or ``None`` if unknown."""
         return self._presence.get(ref)
+
+    def presence_since(self, ref: str) -> datetime | None:
+        """When this process learned ``ref``'s current presence (offline: last seen)."""
+        return self._presence_since.get(ref) if ref in self._presence else None
 
     async def wait_online(self, ref: str, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for ``ref`` to be online; return whether it is."""
@@ -367,7 +372,12 @@ class LockerGateway:
     def _on_status(self, ref: str, payload: Any) -> None:
         if payload in (b"", None):  # retained status cleared
             self._presence.pop(ref, None)
-        elif payload == STATUS_ONLINE:
+            return
+        if payload in (STATUS_ONLINE, STATUS_OFFLINE) and self._presence.get(ref) != (
+            payload == STATUS_ONLINE
+        ):
+            self._presence_since[ref] = datetime.now(UTC)
+        if payload == STATUS_ONLINE:
             was = self._presence.get(ref)
             self._presence[ref] = True
             if was is False:
