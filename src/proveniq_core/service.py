@@ -21,7 +21,7 @@ from proveniq_core.ledger import assets, audit, keys
 from proveniq_core.locker.gateway import LockerGateway, cancel_and_wait
 from proveniq_core.locker.simulator import LatencyProfile, LockerFleet, fleet_specs
 from proveniq_core.resilience.breaker import BreakerRegistry, State
-from proveniq_core.saga.engine import SagaDefinition, SagaEngine
+from proveniq_core.saga import SagaDefinition, SagaEngine
 from proveniq_core.saga.registration import InFlight, LinkPolicy, registration_saga
 from proveniq_core.saga.retry_queue import RetryPolicy, RetryQueue
 from proveniq_core.verify import reviews

@@ -7,13 +7,16 @@ and a retry-queue entry, in one transaction) and the request answers 202; the co
 stays in flight up to ``command_timeout`` and a late answer wakes the saga, which takes
 that answer without sending anything new. A hardware fault parks the saga for an operator
 (asset ``link_failed``, critical alert, 502).
+
+The saga tells the engine what "in doubt" means for a locker command and which ids its logs
+and alerts carry.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -33,13 +36,50 @@ from proveniq_core.ledger import assets
 from proveniq_core.locker.gateway import LockerGateway
 from proveniq_core.observability import timing
 from proveniq_core.ops import alerts
-from proveniq_core.saga.engine import HOLD, Defer, SagaDefinition, Step, StepContext
+from proveniq_core.saga.model import (
+    HOLD,
+    TIMEOUT,
+    Defer,
+    SagaDefinition,
+    Step,
+    StepContext,
+    StepError,
+)
 from proveniq_core.saga.retry_queue import Deferred, RetryPolicy, close_entries, park_link
 
 log = structlog.get_logger(__name__)
 
 NAME = "asset_registration"
 _COMMANDS = uuid.UUID("6f1c7a52-1d55-4c1e-9b0e-3d2f4a6b8c90")
+
+
+# A locker command that stopped with one of these may have been carried out: it got no
+# answer in time, or the device was not reachable to answer (the command may have gone out
+# first). A fault is the device's answer: it did nothing.
+_IN_DOUBT = frozenset({TIMEOUT, LockerTimeoutError.code, LockerUnreachableError.code})
+
+
+def in_doubt(error: StepError) -> bool:
+    """Whether the locker link that stopped with ``error`` may have taken effect."""
+    return error.code in _IN_DOUBT
+
+
+def log_context(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The ids a registration's log lines carry: its asset, locker and (resumed outside its
+    request) the request that started it."""
+    context = {
+        key: data[data_key]
+        for key, data_key in (("asset_id", "assetId"), ("locker_ref", "lockerRef"))
+        if data.get(data_key) is not None
+    }
+    if data.get("requestId"):
+        context["request_id"] = data["requestId"]
+    return context
+
+
+def alert_subject(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The ids an alert about a registration names."""
+    return {"assetId": data.get("assetId"), "lockerRef": data.get("lockerRef")}
 
 
 def command_id(ctx: StepContext, suffix: str = "") -> str:
@@ -287,4 +327,7 @@ def registration_saga(
                 transactional=True,
             ),
         ),
+        in_doubt=in_doubt,
+        log_context=log_context,
+        alert_subject=alert_subject,
     )

@@ -27,7 +27,8 @@ from proveniq_core.errors import (
 from proveniq_core.ledger import assets
 from proveniq_core.ops import alerts
 from proveniq_core.resilience.backoff import Backoff
-from proveniq_core.saga.engine import HOLD, SagaEngine, SagaResult, error_doc
+from proveniq_core.saga.engine import SagaEngine
+from proveniq_core.saga.model import HOLD, SagaResult, error_doc
 
 log = structlog.get_logger(__name__)
 
