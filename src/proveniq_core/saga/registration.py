@@ -8,17 +8,20 @@ stays in flight up to ``command_timeout`` and a late answer wakes the saga, whic
 that answer without sending anything new. A hardware fault parks the saga for an operator
 (asset ``link_failed``, critical alert, 502).
 
-The saga tells the engine what "in doubt" means for a locker command and which ids its logs
-and alerts carry.
+``register`` runs it for a request and returns a typed ``Registration``: linked, deferred,
+held for an operator, or failed, with what the answer needs. The saga tells the engine what
+"in doubt" means for a locker command and which ids its logs and alerts carry.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 import psycopg
@@ -30,17 +33,21 @@ from proveniq_core.errors import (
     LockerHardwareError,
     LockerTimeoutError,
     LockerUnreachableError,
+    PartialCommitError,
     PostCommitTimeoutError,
 )
 from proveniq_core.ledger import assets
 from proveniq_core.locker.gateway import LockerGateway
 from proveniq_core.observability import timing
 from proveniq_core.ops import alerts
+from proveniq_core.saga.engine import SagaEngine
 from proveniq_core.saga.model import (
     HOLD,
     TIMEOUT,
     Defer,
     SagaDefinition,
+    SagaResult,
+    SagaStatus,
     Step,
     StepContext,
     StepError,
@@ -331,3 +338,101 @@ def registration_saga(
         log_context=log_context,
         alert_subject=alert_subject,
     )
+
+
+class Outcome(StrEnum):
+    """How a registration request ends."""
+
+    LINKED = "linked"
+    """Linked (verification perhaps queued late: a warning): 201."""
+    DEFERRED = "deferred"
+    """The link waits in the retry queue, the asset ``pending_link``: 202."""
+    HELD = "held"
+    """The device refused; the asset is ``link_failed`` until an operator acts: 502."""
+    FAILED = "failed"
+    """Undone, or being undone: the error's own answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """Where a registration ended and what its answer needs. ``warning``: linked, but a later
+    step completes asynchronously; ``retry_at`` and ``reason``: deferred (no ``retry_at``
+    when held until woken); ``error``: held or failed, the error to answer with."""
+
+    outcome: Outcome
+    asset_id: str
+    verification_id: str
+    locker_id: str | None = None
+    warning: CoreError | None = None
+    retry_at: datetime | None = None
+    reason: str | None = None
+    error: CoreError | None = None
+
+
+async def register(
+    engine: SagaEngine,
+    saga: SagaDefinition,
+    *,
+    tenant_id: str,
+    name: str,
+    category: str,
+    locker_ref: str,
+    actor: str,
+    request_id: str | None,
+) -> Registration:
+    """Register an asset: run its saga here, as far as it goes within the request."""
+    asset_id, verification_id = str(uuid.uuid4()), str(uuid.uuid4())
+    result = await engine.run(
+        saga,
+        {
+            "assetId": asset_id,
+            "verificationId": verification_id,
+            "tenantId": tenant_id,
+            "name": name,
+            "category": category,
+            "lockerRef": locker_ref,
+            "actor": actor,
+            "requestId": request_id,
+        },
+        tenant_id=tenant_id,
+    )
+    return outcome(result, asset_id, verification_id)
+
+
+def outcome(result: SagaResult, asset_id: str, verification_id: str) -> Registration:
+    """What the run of a registration saga means for the request that started it."""
+    cause = result.deferral.cause if result.deferral else None
+    if result.ok or isinstance(cause, PostCommitTimeoutError):
+        locker_id = result.data.get("lockerId")
+        return Registration(
+            Outcome.LINKED, asset_id, verification_id, locker_id=locker_id, warning=cause
+        )
+    if isinstance(cause, LockerHardwareError):
+        cause.asset_id = asset_id
+        return Registration(Outcome.HELD, asset_id, verification_id, error=cause)
+    if cause is not None:  # timeout, unreachable, maintenance: the partial commit is done
+        delay = result.deferred
+        retry_at = (
+            None
+            if delay is None or math.isinf(delay)
+            else datetime.now(UTC) + timedelta(seconds=delay)
+        )
+        return Registration(
+            Outcome.DEFERRED, asset_id, verification_id, retry_at=retry_at, reason=cause.code
+        )
+    exc = result.error
+    error: CoreError
+    if result.status in (SagaStatus.COMPENSATING, SagaStatus.COMPENSATION_FAILED):
+        # Steps committed and could not (yet) be undone: the saga retries and alerts.
+        error = PartialCommitError(
+            f"registration failed at {result.failed_step} and is being undone",
+            asset_id=asset_id,
+        )
+    elif isinstance(exc, CoreError):
+        exc.asset_id = asset_id if result.status == SagaStatus.COMPENSATED else None
+        error = exc
+    else:
+        error = CoreError(f"registration failed at {result.failed_step}", asset_id=asset_id)
+    if error is not exc:
+        error.__cause__ = exc
+    return Registration(Outcome.FAILED, asset_id, verification_id, error=error)
