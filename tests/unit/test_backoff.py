@@ -7,7 +7,7 @@ import math
 from datetime import UTC, datetime
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proveniq_core.config import Settings
@@ -53,6 +53,7 @@ def test_equal_jitter_keeps_half_the_delay() -> None:
     assert Backoff(4.0, jitter=Jitter.EQUAL, rand=lambda: 0.5).delay(1) == 6.0
 
 
+@settings(deadline=None)
 @given(
     base=st.floats(0.0, 1e3),
     factor=st.floats(1.0, 10.0),

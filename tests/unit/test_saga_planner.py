@@ -102,6 +102,7 @@ def stopped_at(definition: SagaDefinition, log: tuple[Attempt, ...]) -> int | No
 # -- the undo plan ----------------------------------------------------------------------------
 
 
+@settings(deadline=None)
 @given(definition=definitions(), data=st.data())
 def test_the_undo_plan_undoes_the_completed_steps_last_first(
     definition: SagaDefinition, data: st.DataObject
@@ -117,6 +118,7 @@ def test_the_undo_plan_undoes_the_completed_steps_last_first(
     assert len(set(plan)) == len(plan)
 
 
+@settings(deadline=None)
 @given(definition=definitions(), data=st.data())
 def test_the_stopped_step_is_undone_exactly_when_it_may_have_acted(
     definition: SagaDefinition, data: st.DataObject
@@ -143,6 +145,7 @@ def test_the_stopped_step_is_undone_exactly_when_it_may_have_acted(
         assert plan[0] == stopped
 
 
+@settings(deadline=None)
 @given(definition=definitions(), data=st.data())
 def test_stopping_compensates_by_that_plan_or_fails_when_it_is_empty(
     definition: SagaDefinition, data: st.DataObject
@@ -270,7 +273,7 @@ def worlds(draw: st.DrawFn, n: int) -> World:
     return World(fails, undo_fails)
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(definition=definitions(), data=st.data())
 def test_resuming_after_any_crash_reaches_the_same_end(
     definition: SagaDefinition, data: st.DataObject
@@ -288,7 +291,7 @@ def test_resuming_after_any_crash_reaches_the_same_end(
     assert [(a.index, a.phase) for a in crashed[1].log if a.status is COMPLETED] == done
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(definition=definitions(), data=st.data())
 def test_a_saga_ends_as_its_steps_and_compensations_decide(
     definition: SagaDefinition, data: st.DataObject
