@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -19,6 +20,7 @@ from proveniq_core.saga import (
     SagaDefinition,
     SagaEngine,
     SagaResult,
+    SagaStatus,
     Step,
     StepContext,
     StepError,
@@ -746,3 +748,19 @@ async def test_a_saga_of_an_unknown_kind_is_handed_back(pool: db.Pool) -> None:
     row = await saga_row(pool, saga_id)
     assert row["status"] == "running" and row["owner"] is None
     assert await log_of(pool, saga_id) == []
+
+
+async def test_saga_statuses_are_one_list_in_the_engine_the_api_and_the_database(
+    pool: db.Pool,
+) -> None:
+    """The engine's status enum, the API's filter values and the CHECK constraint on
+    ``sagas.status`` name the same statuses."""
+    async with db.connection(pool) as conn:
+        cur = await conn.execute(
+            "SELECT pg_get_constraintdef(c.oid) AS d FROM pg_constraint c "
+            "WHERE c.conrelid = 'sagas'::regclass AND c.contype = 'c' "
+            "AND pg_get_constraintdef(c.oid) LIKE '%%status%%'"
+        )
+        (row,) = await cur.fetchall()
+    in_database = set(re.findall(r"'(\w+)'", row["d"]))
+    assert in_database == {s.value for s in SagaStatus} == set(store.SAGA_STATUSES)

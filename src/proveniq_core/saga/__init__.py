@@ -1,9 +1,10 @@
 """Durable sagas: steps run in order and checkpointed, undone in reverse when one fails.
 
 ``model`` holds what a saga is made of, ``planner`` decides (purely) what runs next,
-``engine`` runs it durably under a lease, ``clock`` is the engine's time. ``registration``
-is the asset registration saga, ``retry_queue`` its deferred links, ``operator`` what an
-operator does with held registrations, ``store`` reads saga state back.
+``engine`` runs it under a lease, ``_journal`` writes its progress (fenced checkpoints),
+``clock`` is the engine's time. ``registration`` is the asset registration saga,
+``retry_queue`` its deferred links, ``operator`` what an operator does with held
+registrations, ``store`` reads saga state back.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The durable saga executor: do what the planner says, checkpoint each step, fence each write.
+"""The durable saga executor: do what the planner says, checkpointing each step, under a lease.
 
 Every saga lives in PostgreSQL. A process owns a saga through a lease (``owner``,
 ``lease_until``) that it renews while it works; every claim bumps the saga's ``epoch`` and
@@ -9,27 +9,26 @@ steps are never run again; the interrupted step runs again with the same idempot
 ``f"{saga_id}:{step_index}"``.
 
 A *transactional* step (a ledger write) commits in the same transaction as its checkpoint.
-Any other step (a locker command) runs between two commits; the start of the next step is
-folded into the commit that finishes the previous one, so a step costs one commit.
+Any other step (a call to another system) runs between two commits; the start of the next
+step is folded into the commit that finishes the previous one, so a step costs one commit.
 
 ``run_at`` makes sagas durable timers: ``schedule`` creates a saga that any worker runs when
 it is due, and a step that raises ``Defer`` parks its saga until later. A compensation that
 keeps failing is retried in rounds on that timer and, after the last round, the saga ends
 ``compensation_failed`` with an ops alert.
 
-What to run or undo next is decided by ``planner`` from the saga's log; this module does it.
+What to run or undo next is decided by ``planner`` from the saga's log; this module does it,
+and ``_journal`` writes what happened.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from typing import Any
 
 import psycopg
@@ -41,14 +40,19 @@ from proveniq_core.observability import metrics
 from proveniq_core.ops import alerts
 from proveniq_core.resilience.backoff import Backoff
 from proveniq_core.saga import planner
+from proveniq_core.saga._journal import (
+    Journal,
+    SagaRun,
+    attempt_row,
+    end_row,
+    phase_of,
+)
 from proveniq_core.saga.clock import SYSTEM, Clock
 from proveniq_core.saga.model import (
-    HOLD,
     Attempt,
     AttemptStatus,
     Defer,
     LeaseLostError,
-    Phase,
     SagaDefinition,
     SagaResult,
     SagaStatus,
@@ -60,15 +64,9 @@ from proveniq_core.saga.model import (
 )
 from proveniq_core.saga.planner import Finish, Park, Run, SagaState, Undo
 
-__all__ = ["LEASE_LOST", "SagaEngine", "default_owner"]
+__all__ = ["SagaEngine", "default_owner"]
 
 log = structlog.get_logger(__name__)
-
-_CHECKPOINT_ARGS = (
-    "saga", "epoch", "begin", "end", "next", "data", "status", "error", "undo",
-    "defer", "rounds",
-)  # fmt: skip
-LEASE_LOST = "PVL01"  # SQLSTATE raised by saga_checkpoint() on a stale epoch
 
 
 class _StepFailedError(Exception):
@@ -77,44 +75,6 @@ class _StepFailedError(Exception):
     def __init__(self, error: Exception) -> None:
         super().__init__(str(error))
         self.error = error
-
-
-@dataclass(slots=True)
-class _Run:
-    """One saga as this process drives it, under the epoch of its claim."""
-
-    saga_id: str
-    epoch: int
-    definition: SagaDefinition
-    data: dict[str, Any]
-    state: SagaState
-    tenant_id: str | None = None
-    rounds: int = 0
-    create: dict[str, Any] | None = None  # insert the saga row with the first commit
-
-    def record(
-        self,
-        action: Run | Undo,
-        number: int,
-        status: AttemptStatus,
-        error: StepError | None = None,
-    ) -> None:
-        """Append an attempt to the log this process keeps, once its checkpoint committed."""
-        self.state = self.state.record(Attempt(action.index, _phase(action), number, status, error))
-
-
-def _phase(action: Run | Undo) -> Phase:
-    return Phase.EXECUTE if isinstance(action, Run) else Phase.COMPENSATE
-
-
-def _attempt_row(index: int, phase: Phase, attempt: int, name: str) -> dict[str, Any]:
-    return {"i": index, "phase": phase.value, "attempt": attempt, "name": name}
-
-
-def _end_row(
-    row: dict[str, Any], status: AttemptStatus, output: Any = None, error: Any = None
-) -> dict[str, Any]:
-    return {**row, "status": status.value, "output": output, "error": error}
 
 
 def _compensation(step: Step) -> Step:
@@ -147,19 +107,7 @@ async def _call(step: Step, ctx: StepContext) -> dict[str, Any]:
     return result or {}
 
 
-@contextlib.contextmanager
-def _fenced(run: _Run) -> Iterator[None]:
-    """A refused fence (SQLSTATE PVL01) as ``LeaseLostError``, wherever it surfaces: at the
-    checkpoint, or at the commit of a pipelined transaction."""
-    try:
-        yield
-    except psycopg.Error as exc:
-        if exc.sqlstate == LEASE_LOST:
-            raise LeaseLostError(f"saga {run.saga_id}: lease lost (epoch {run.epoch})") from None
-        raise
-
-
-def _log_context(run: _Run) -> dict[str, Any]:
+def _log_context(run: SagaRun) -> dict[str, Any]:
     """The ids a saga's log lines carry: its own, and those its definition names from its
     data, unless the caller bound them already (a request's own request_id)."""
     bound = structlog.contextvars.get_contextvars()
@@ -199,6 +147,7 @@ class SagaEngine:
         self.compensation_rounds = max(1, compensation_rounds)
         self.compensation_backoff = Backoff(compensation_retry_base)
         self.clock = clock
+        self.journal = Journal(pool, clock, lease)
         self.definitions: dict[str, SagaDefinition] = {}
         self._held: dict[str, int] = {}  # saga id -> epoch, renewed by keepalive
         for definition in definitions:
@@ -226,14 +175,14 @@ class SagaEngine:
         """Start a saga now, in this process, and drive it as far as it goes."""
         self.register(definition)
         saga_id = saga_id or str(uuid.uuid4())
-        run = _Run(
+        run = SagaRun(
             saga_id,
             1,
             definition,
             dict(input),
             SagaState(SagaStatus.RUNNING),
             tenant_id,
-            create=self._saga_row(saga_id, definition, input, tenant_id, owner=self.owner),
+            create=self.journal.saga_row(saga_id, definition, input, tenant_id, owner=self.owner),
         )
         first = definition.steps[0]
         self._held[saga_id] = 1
@@ -264,7 +213,9 @@ class SagaEngine:
         """
         self.register(definition)
         saga_id = saga_id or str(uuid.uuid4())
-        params = self._saga_row(saga_id, definition, input, tenant_id, owner=None, delay=delay)
+        params = self.journal.saga_row(
+            saga_id, definition, input, tenant_id, owner=None, delay=delay
+        )
         if conn is not None:
             await db.execute(conn, "insert_saga", params)
             await db.execute(conn, "notify_sagas")
@@ -274,105 +225,9 @@ class SagaEngine:
                 await db.execute(tx, "notify_sagas")
         return saga_id
 
-    def _saga_row(
-        self,
-        saga_id: str,
-        definition: SagaDefinition,
-        input: dict[str, Any],
-        tenant_id: str | None,
-        *,
-        owner: str | None,
-        delay: float = 0.0,
-    ) -> dict[str, Any]:
-        offset = self.clock.offset()
-        return {
-            "id": saga_id,
-            "name": definition.name,
-            "tenant_id": tenant_id,
-            "input": db.jsonb(input),
-            "owner": owner,
-            "lease": self.lease + offset,
-            "delay": delay + offset,
-            "first_step": None,
-        }
-
-    # -- checkpoints ------------------------------------------------------------------------
-
-    @contextlib.asynccontextmanager
-    async def _tx(self, run: _Run, *, pipeline: bool = False) -> AsyncIterator[db.Conn]:
-        """A transaction; if it rolls back, the saga row still has to be created.
-
-        ``pipeline``: see ``db.transaction``; a stale fence then fails at the commit."""
-        pending = run.create
-        try:
-            with _fenced(run):
-                async with db.transaction(self.pool, pipeline=pipeline) as conn:
-                    yield conn
-        except BaseException:
-            run.create = pending
-            raise
-
-    @contextlib.asynccontextmanager
-    async def _commit_scope(self, run: _Run) -> AsyncIterator[db.Conn]:
-        """A connection for one checkpoint: autocommit, or a transaction when the saga row
-        still has to be created with it."""
-        if run.create is None:
-            async with db.connection(self.pool) as conn:
-                yield conn
-        else:
-            async with self._tx(run) as conn:
-                yield conn
-
-    @staticmethod
-    async def _create(conn: db.Conn, run: _Run) -> None:
-        """Insert the saga row, if this run's first commit has not done so yet."""
-        if run.create is not None:
-            create, run.create = run.create, None
-            await db.execute(conn, "insert_saga", create)
-
-    def _checkpoint_params(self, saga_id: str, epoch: int, **args: Any) -> dict[str, Any]:
-        """``saga_checkpoint()``'s arguments; a finite ``defer`` is on the engine's clock."""
-        defer = args.get("defer")
-        if defer is not None and defer != HOLD:
-            args["defer"] = defer + self.clock.offset()
-        return dict.fromkeys(_CHECKPOINT_ARGS) | args | {"saga": saga_id, "epoch": epoch}
-
-    async def _checkpoint(
-        self,
-        conn: db.Conn,
-        run: _Run,
-        *,
-        begin: dict[str, Any] | None = None,
-        end: dict[str, Any] | None = None,
-        next: dict[str, Any] | None = None,
-        data: dict[str, Any] | None = None,
-        status: SagaStatus | None = None,
-        error: dict[str, Any] | None = None,
-        undo: list[int] | None = None,
-        defer: float | None = None,
-        rounds: int | None = None,
-    ) -> None:
-        """One fenced checkpoint statement (see ``saga_checkpoint()`` in the migrations)."""
-        await self._create(conn, run)
-        params = self._checkpoint_params(
-            run.saga_id,
-            run.epoch,
-            begin=db.jsonb(begin) if begin else None,
-            end=db.jsonb(end) if end else None,
-            next=db.jsonb(next) if next else None,
-            data=db.jsonb(data) if data else None,
-            status=None if status is None else status.value,
-            error=db.jsonb(error) if error else None,
-            undo=undo,
-            defer=defer,
-            rounds=rounds,
-        )
-        with _fenced(run):
-            await db.execute(conn, "saga_checkpoint", params)
-
     # -- driving ----------------------------------------------------------------------------
 
-    def _fold(self, run: _Run, after: Run | Undo | Finish) -> dict[str, Any]:
+    def _fold(self, run: SagaRun, after: Run | Undo | Finish) -> dict[str, Any]:
         """What to fold into the commit that finishes a step, given what follows it: the
         saga's end, or the start of the next step (a transactional one starts in its own)."""
         if isinstance(after, Finish):
@@ -380,10 +235,10 @@ class SagaEngine:
         step = run.definition.steps[after.index]
         if step.transactional:
             return {}
-        return {"next": _attempt_row(after.index, _phase(after), after.attempt, step.name)}
+        return {"next": attempt_row(after.index, phase_of(after), after.attempt, step.name)}
 
     async def _attempts(
-        self, run: _Run, action: Run | Undo, *, begun: bool, then: dict[str, Any]
+        self, run: SagaRun, action: Run | Undo, *, begun: bool, then: dict[str, Any]
     ) -> dict[str, Any]:
         """Run one step (or its compensation) from ``action.attempt`` until it succeeds or
         fails, recording each attempt in the run's log once its checkpoint is committed.
@@ -394,46 +249,45 @@ class SagaEngine:
         compensation always is. Raises ``_StepFailedError`` with the last error, ``Defer``,
         or — when a checkpoint cannot be written — the database error or ``LeaseLostError``.
         """
-        execute, phase, index = isinstance(action, Run), _phase(action), action.index
+        execute, phase, index = isinstance(action, Run), phase_of(action), action.index
         step = run.definition.steps[index]
         step = step if execute else _compensation(step)
         backoff = Backoff(step.backoff)
         first = attempt = action.attempt
         while True:
             ctx = StepContext(run.saga_id, index, step.name, attempt, dict(run.data))
-            row = _attempt_row(index, phase, attempt, step.name)
+            row = attempt_row(index, phase, attempt, step.name)
             try:
                 if step.transactional:
                     # The attempt is begun and finished in the step's own transaction: one
                     # checkpoint after the step's writes fences them all (a stale owner's
                     # commit fails and takes the writes with it).
-                    async with self._tx(run, pipeline=True) as conn:
+                    async with self.journal.transaction(run, pipeline=True) as conn:
                         ctx.conn = conn
-                        await self._create(conn, run)
+                        await self.journal.create(conn, run)
                         out = await _call(step, ctx)
-                        await self._checkpoint(
+                        await self.journal.checkpoint(
                             conn,
                             run,
                             begin=row,
-                            end=_end_row(row, AttemptStatus.COMPLETED, out),
+                            end=end_row(row, AttemptStatus.COMPLETED, out),
                             data=out if execute else None,
                             **then,
                         )
                     run.record(action, attempt, AttemptStatus.COMPLETED)
                     return out
                 if not begun:
-                    async with self._commit_scope(run) as conn:
-                        await self._checkpoint(conn, run, begin=row)
+                    await self.journal.commit(run, begin=row)
                 out = await _call(step, ctx)
             except Defer as deferral:
                 cause = error_doc(deferral.cause) if deferral.cause else {}
-                async with self._tx(run) as conn:
+                async with self.journal.transaction(run) as conn:
                     # Fence first, then the step's own writes, in one transaction.
-                    await self._checkpoint(
+                    await self.journal.checkpoint(
                         conn,
                         run,
                         begin=row if step.transactional else None,
-                        end=_end_row(
+                        end=end_row(
                             row,
                             AttemptStatus.DEFERRED,
                             error={**cause, "message": str(deferral)},
@@ -441,40 +295,36 @@ class SagaEngine:
                     )
                     if deferral.write is not None:
                         deferral.delay = await deferral.write(conn)
-                    await self._checkpoint(conn, run, defer=deferral.delay)
+                    await self.journal.checkpoint(conn, run, defer=deferral.delay)
                 raise
             except _StepFailedError as failure:
                 again = attempt - first < step.retries and (not execute or retryable(failure.error))
-                async with self._commit_scope(run) as conn:
-                    await self._checkpoint(
-                        conn,
-                        run,
-                        begin=row if step.transactional else None,
-                        end=_end_row(row, AttemptStatus.FAILED, error=error_doc(failure.error)),
-                        next=(
-                            _attempt_row(index, phase, attempt + 1, step.name)
-                            if again and not step.transactional
-                            else None
-                        ),
-                    )
+                await self.journal.commit(
+                    run,
+                    begin=row if step.transactional else None,
+                    end=end_row(row, AttemptStatus.FAILED, error=error_doc(failure.error)),
+                    next=(
+                        attempt_row(index, phase, attempt + 1, step.name)
+                        if again and not step.transactional
+                        else None
+                    ),
+                )
                 run.record(action, attempt, AttemptStatus.FAILED, StepError.of(failure.error))
                 if not again:
                     raise
                 await self.clock.sleep(backoff.delay(attempt - first))
                 attempt, begun = attempt + 1, not step.transactional
                 continue
-            async with self._commit_scope(run) as conn:
-                await self._checkpoint(
-                    conn,
-                    run,
-                    end=_end_row(row, AttemptStatus.COMPLETED, out),
-                    data=out if execute else None,
-                    **then,
-                )
+            await self.journal.commit(
+                run,
+                end=end_row(row, AttemptStatus.COMPLETED, out),
+                data=out if execute else None,
+                **then,
+            )
             run.record(action, attempt, AttemptStatus.COMPLETED)
             return out
 
-    async def _drive(self, run: _Run, *, begun: bool) -> SagaResult:
+    async def _drive(self, run: SagaRun, *, begun: bool) -> SagaResult:
         """Do what the planner says, step by step, until the saga ends or parks.
 
         ``begun``: the start of the first step's attempt is committed already."""
@@ -482,7 +332,7 @@ class SagaEngine:
         action = planner.next_action(definition, run.state)
         while not isinstance(action, Finish):
             step = definition.steps[action.index]
-            done = Attempt(action.index, _phase(action), action.attempt, AttemptStatus.COMPLETED)
+            done = Attempt(action.index, phase_of(action), action.attempt, AttemptStatus.COMPLETED)
             after = planner.next_action(definition, run.state.record(done))
             then = self._fold(run, after)
             try:
@@ -524,34 +374,28 @@ class SagaEngine:
                 return SagaResult(run.saga_id, after.status, run.data)
             action, begun = after, "next" in then
         # Resumed with nothing left to do: only the end is still to be recorded.
-        async with self._commit_scope(run) as conn:
-            await self._checkpoint(conn, run, status=action.status)
+        await self.journal.commit(run, status=action.status)
         return SagaResult(run.saga_id, action.status, run.data)
 
-    async def _stop(self, run: _Run, exc: BaseException, step_name: str | None) -> SagaResult:
+    async def _stop(self, run: SagaRun, exc: BaseException, step_name: str | None) -> SagaResult:
         """Go no further forwards: record why and the undo plan, then compensate; with
         nothing to undo the saga just ends ``failed``."""
         doc = {**error_doc(exc), "step": step_name}
         run.state = planner.stop(run.definition, run.state)
         if run.state.status is SagaStatus.FAILED:
-            async with self._commit_scope(run) as conn:
-                await self._checkpoint(conn, run, status=SagaStatus.FAILED, error=doc)
+            await self.journal.commit(run, status=SagaStatus.FAILED, error=doc)
             return SagaResult(run.saga_id, SagaStatus.FAILED, run.data, error=exc)
         then = self._fold(run, planner.next_action(run.definition, run.state))
-        async with self._commit_scope(run) as conn:
-            await self._checkpoint(
-                conn,
-                run,
-                status=SagaStatus.COMPENSATING,
-                error=doc,
-                undo=list(run.state.undo),
-                **then,
-            )
+        await self.journal.commit(
+            run, status=SagaStatus.COMPENSATING, error=doc, undo=list(run.state.undo), **then
+        )
         result = await self._drive(run, begun="next" in then)
         result.error = exc
         return result
 
-    async def _compensation_round_failed(self, run: _Run, step: Step, exc: Exception) -> SagaResult:
+    async def _compensation_round_failed(
+        self, run: SagaRun, step: Step, exc: Exception
+    ) -> SagaResult:
         """Retry the compensation later on the saga's timer; after the last round, give up
         loudly: ``compensation_failed`` and a critical ops alert, in one transaction."""
         rounds = run.rounds + 1
@@ -567,8 +411,7 @@ class SagaEngine:
             rounds, self.compensation_rounds, self.compensation_backoff
         )
         if isinstance(then, Park):
-            async with self._commit_scope(run) as conn:
-                await self._checkpoint(conn, run, defer=then.delay, rounds=rounds)
+            await self.journal.commit(run, defer=then.delay, rounds=rounds)
             return SagaResult(
                 run.saga_id,
                 SagaStatus.COMPENSATING,
@@ -576,8 +419,8 @@ class SagaEngine:
                 compensation_errors=[step.name],
                 deferred=then.delay,
             )
-        async with self._tx(run) as conn:
-            await self._checkpoint(conn, run, status=then.status, rounds=rounds)
+        async with self.journal.transaction(run) as conn:
+            await self.journal.checkpoint(conn, run, status=then.status, rounds=rounds)
             await alerts.raise_alert(
                 conn,
                 code="E_PARTIAL_COMMIT",
@@ -641,8 +484,8 @@ class SagaEngine:
         run = self._claimed(saga, self.definitions[saga["name"]])
         return await self._held_while(run, self._cancel(run, cause))
 
-    async def _cancel(self, run: _Run, cause: CoreError) -> SagaResult:
-        await self._load_log(run)
+    async def _cancel(self, run: SagaRun, cause: CoreError) -> SagaResult:
+        await self.journal.load_log(run)
         waiting = planner.next_action(run.definition, run.state)
         name = run.definition.steps[waiting.index].name if isinstance(waiting, Run) else None
         return await self._stop(run, cause, name)
@@ -657,7 +500,7 @@ class SagaEngine:
                 await db.execute(
                     conn,
                     "saga_checkpoint",
-                    self._checkpoint_params(saga_id, saga["epoch"], defer=self.lease),
+                    self.journal.params(saga_id, saga["epoch"], defer=self.lease),
                 )
             return SagaResult(
                 saga_id, SagaStatus(saga["status"]), dict(saga["data"]), deferred=self.lease
@@ -666,9 +509,9 @@ class SagaEngine:
         return await self._held_while(run, self._resume(run))
 
     @staticmethod
-    def _claimed(saga: db.Row, definition: SagaDefinition) -> _Run:
+    def _claimed(saga: db.Row, definition: SagaDefinition) -> SagaRun:
         state = SagaState(SagaStatus(saga["status"]), undo=tuple(saga["undo"] or ()))
-        return _Run(
+        return SagaRun(
             str(saga["id"]),
             saga["epoch"],
             definition,
@@ -678,7 +521,7 @@ class SagaEngine:
             saga["rounds"],
         )
 
-    async def _held_while(self, run: _Run, drive: Awaitable[SagaResult]) -> SagaResult:
+    async def _held_while(self, run: SagaRun, drive: Awaitable[SagaResult]) -> SagaResult:
         """Await ``drive``, observed, with the run's lease renewed meanwhile."""
         self._held[run.saga_id] = run.epoch
         try:
@@ -686,22 +529,15 @@ class SagaEngine:
         finally:
             self._held.pop(run.saga_id, None)
 
-    async def _load_log(self, run: _Run) -> None:
-        async with db.connection(self.pool) as conn:
-            rows = await db.fetch_all(conn, "get_saga_steps", {"saga_id": run.saga_id})
-        run.state = SagaState(
-            run.state.status, tuple(Attempt.from_row(r) for r in rows), run.state.undo
-        )
-
-    async def _resume(self, run: _Run) -> SagaResult:
-        await self._load_log(run)
+    async def _resume(self, run: SagaRun) -> SagaResult:
+        await self.journal.load_log(run)
         log.info(
             "saga_resumed", saga_id=run.saga_id, status=run.state.status.value, epoch=run.epoch
         )
         return await self._drive(run, begun=False)
 
     @staticmethod
-    async def _observed(run: _Run, drive: Awaitable[SagaResult]) -> SagaResult:
+    async def _observed(run: SagaRun, drive: Awaitable[SagaResult]) -> SagaResult:
         """Drive a saga and observe the run: its time and where it stopped (an end, deferred,
         or error when it raised: it will be resumed). Log lines meanwhile carry its ids."""
         started = time.perf_counter()
