@@ -24,7 +24,7 @@ from proveniq_core.observability.gauges import BacklogReader, DatabaseBacklog
 from proveniq_core.observability.window import REGISTRATIONS
 from proveniq_core.resilience.breaker import BreakerRegistry, State
 from proveniq_core.resilience.circuits import LEDGER_CIRCUIT
-from proveniq_core.saga.engine import SagaDefinition, SagaEngine
+from proveniq_core.saga import SagaDefinition, SagaEngine
 from proveniq_core.saga.registration import InFlight, LinkPolicy, registration_saga
 from proveniq_core.saga.retry_queue import RetryPolicy, RetryQueue
 from proveniq_core.verify import reviews

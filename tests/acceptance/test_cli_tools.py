@@ -14,7 +14,7 @@ import psycopg
 
 from proveniq_core import db
 from proveniq_core.errors import LockerHardwareError
-from proveniq_core.saga.engine import SagaDefinition, SagaEngine, Step, StepContext
+from proveniq_core.saga import SagaDefinition, SagaEngine, Step, StepContext
 
 
 def proveniq(*args: str, database_url: str, columns: int = 200) -> subprocess.CompletedProcess[str]:

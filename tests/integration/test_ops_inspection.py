@@ -11,7 +11,7 @@ from proveniq_core.api.app import create_app
 from proveniq_core.errors import LockerHardwareError
 from proveniq_core.ledger import keys
 from proveniq_core.ledger.alerts import raise_alert
-from proveniq_core.saga.engine import SagaDefinition, SagaEngine, Step, StepContext
+from proveniq_core.saga import SagaDefinition, SagaEngine, Step, StepContext
 from proveniq_core.service import Core
 from tests.integration.conftest import TENANT, first_ref
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import uuid
-from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -25,14 +22,10 @@ from proveniq_core.api.models import (
     asset_view,
 )
 from proveniq_core.api.paging import decode_position, encode_cursor
-from proveniq_core.errors import (
-    CoreError,
-    LockerHardwareError,
-    PartialCommitError,
-    PostCommitTimeoutError,
-)
 from proveniq_core.ledger import assets
 from proveniq_core.ledger.keys import Principal
+from proveniq_core.saga import registration
+from proveniq_core.saga.registration import Outcome
 from proveniq_core.service import Core
 
 router = APIRouter()
@@ -77,59 +70,35 @@ async def create_asset(
 async def _register(
     core: Core, body: AssetCreate, principal: Principal, request_id: str
 ) -> Response:
-    """Run the registration saga and answer what it reached: 201 linked, 202 deferred, or
-    the failure's envelope (raised)."""
-    asset_id, verification_id = str(uuid.uuid4()), str(uuid.uuid4())
-    result = await core.engine.run(
+    """Run the registration saga and map its outcome: 201 linked, 202 deferred, or the
+    error's envelope (raised: 502 when held for an operator)."""
+    done = await registration.register(
+        core.engine,
         core.registration,
-        {
-            "assetId": asset_id,
-            "verificationId": verification_id,
-            "tenantId": principal.tenant_id,
-            "name": body.name,
-            "category": body.category,
-            "lockerRef": body.lockerRef,
-            "actor": principal.actor,
-            "requestId": request_id,
-        },
         tenant_id=principal.tenant_id,
+        name=body.name,
+        category=body.category,
+        locker_ref=body.lockerRef,
+        actor=principal.actor,
+        request_id=request_id,
     )
-    created = AssetCreated(
-        assetId=asset_id,
-        lockerId=result.data.get("lockerId"),
-        verificationId=verification_id,
-        status="linked",
-    )
-    cause = result.deferral.cause if result.deferral else None
-    if isinstance(cause, PostCommitTimeoutError):
-        created.warnings = [ResponseWarning(code=cause.code, message=cause.mode.user_message)]
-    if result.ok or isinstance(cause, PostCommitTimeoutError):
-        return JSONResponse(created.model_dump(mode="json", exclude_none=True), status_code=201)
-    if isinstance(cause, LockerHardwareError):
-        cause.asset_id = asset_id
-        raise cause
-    if cause is not None:  # timeout, unreachable, maintenance: the partial commit is done
-        delay = result.deferred
-        retry_at = (
-            None
-            if delay is None or math.isinf(delay)
-            else datetime.now(UTC) + timedelta(seconds=delay)
+    if done.outcome is Outcome.LINKED:
+        created = AssetCreated(
+            assetId=done.asset_id,
+            lockerId=done.locker_id,
+            verificationId=done.verification_id,
+            status="linked",
         )
+        if (late := done.warning) is not None:
+            created.warnings = [ResponseWarning(code=late.code, message=late.mode.user_message)]
+        return JSONResponse(created.model_dump(mode="json", exclude_none=True), status_code=201)
+    if done.outcome is Outcome.DEFERRED:
         deferred = AssetDeferred(
-            assetId=asset_id, status="pending_link", retryAt=retry_at, reason=cause.code
+            assetId=done.asset_id, status="pending_link", retryAt=done.retry_at, reason=done.reason
         )
         return JSONResponse(deferred.model_dump(mode="json"), status_code=202)
-    exc = result.error
-    if result.status in ("compensating", "compensation_failed"):
-        # Steps committed and could not (yet) be undone: the saga retries and alerts.
-        raise PartialCommitError(
-            f"registration failed at {result.failed_step} and is being undone",
-            asset_id=asset_id,
-        ) from exc
-    if isinstance(exc, CoreError):
-        exc.asset_id = asset_id if result.status == "compensated" else None
-        raise exc
-    raise CoreError(f"registration failed at {result.failed_step}", asset_id=asset_id) from exc
+    assert done.error is not None  # held for an operator (502) or failed
+    raise done.error
 
 
 @router.get("/api/assets/{asset_id}", response_model=AssetView, responses=ERRORS)

@@ -49,6 +49,7 @@ from proveniq_core.locker.protocol import (
     validate_ref,
 )
 from proveniq_core.observability import metrics
+from proveniq_core.resilience.backoff import Backoff
 from proveniq_core.resilience.breaker import (
     LOCKER,
     BreakerRegistry,
@@ -67,6 +68,8 @@ EventHook = Callable[[str, dict[str, Any]], None]
 SOCKET_OPTIONS = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 5.0
+RECONNECT = Backoff(BACKOFF_MIN_S, cap=BACKOFF_MAX_S)
+"""Waits between broker connection attempts: from 0.2 s, doubling, at most 5 s."""
 
 _ReplyKey = tuple[str, str]  # (locker ref, commandId)
 
@@ -290,7 +293,7 @@ class LockerGateway:
         return reply.result
 
     async def _run(self) -> None:
-        backoff = BACKOFF_MIN_S
+        failures = 0  # connection attempts failed since the last success
         while True:
             client = aiomqtt.Client(
                 self._host,
@@ -307,17 +310,19 @@ class LockerGateway:
                     await client.subscribe(f"{TOPIC_ROOT}/+/replies", qos=1)
                     await client.subscribe(f"{TOPIC_ROOT}/+/status", qos=1)
                     self._on_connected(client)
-                    backoff = BACKOFF_MIN_S
+                    failures = 0
                     async for message in client.messages:
                         self._dispatch(message.topic.value, message.payload)
             except aiomqtt.MqttError as exc:
+                backoff = RECONNECT.delay(failures)
                 log.warning("locker.broker_error", error=str(exc), retry_in_s=backoff)
             except Exception:
+                backoff = RECONNECT.delay(failures)
                 log.exception("locker.gateway_loop_failed", retry_in_s=backoff)
             finally:
                 self._on_disconnected()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX_S)
+            await asyncio.sleep(RECONNECT.delay(failures))
+            failures += 1
 
     def _on_connected(self, client: aiomqtt.Client) -> None:
         self._client = client

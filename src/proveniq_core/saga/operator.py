@@ -17,7 +17,8 @@ from typing import Any
 from proveniq_core import db
 from proveniq_core.errors import ConflictError, CoreError, NotFoundError, PartialCommitError
 from proveniq_core.ledger import assets, audit
-from proveniq_core.saga.engine import SagaEngine, SagaResult
+from proveniq_core.saga.engine import SagaEngine
+from proveniq_core.saga.model import SagaResult
 from proveniq_core.saga.retry_queue import RetryQueue
 
 HELD = ("pending_link", "link_failed")

@@ -139,17 +139,19 @@ SELECT pg_notify('proveniq_work', 'sagas')
 -- Claim due sagas (or the one named by id, due or not) under a new epoch; mark the attempts
 -- their previous owner left running as interrupted, in the same commit. A saga claimed before
 -- it is due (or held: 'infinity', which Python cannot load) becomes due now, so it is
--- recovered as soon as the lease expires should its new owner die.
+-- recovered as soon as the lease expires should its new owner die. Times are the server's
+-- now() moved by the engine clock's offset (0 but in tests).
 WITH claimed AS (
     UPDATE sagas SET owner = %(owner)s, epoch = epoch + 1, updated_at = now(),
                      lease_until = now() + make_interval(secs => %(lease)s),
-                     run_at = LEAST(run_at, now())
+                     run_at = LEAST(run_at, now() + make_interval(secs => %(offset)s))
     WHERE id IN (
         SELECT id FROM sagas
         WHERE status IN ('running', 'compensating')
-          AND (lease_until IS NULL OR lease_until < now())
+          AND (lease_until IS NULL OR lease_until < now() + make_interval(secs => %(offset)s))
           -- one saga by id, due or not (run it now), or whatever is due
-          AND CASE WHEN %(id)s::uuid IS NULL THEN run_at <= now() ELSE id = %(id)s END
+          AND CASE WHEN %(id)s::uuid IS NULL THEN run_at <= now() + make_interval(secs => %(offset)s)
+                   ELSE id = %(id)s END
         ORDER BY run_at
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED

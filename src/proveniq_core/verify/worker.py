@@ -21,6 +21,7 @@ from proveniq_core.errors import CoreError, LockerError
 from proveniq_core.ledger import alerts, assets, audit, outbox
 from proveniq_core.locker.gateway import LockerGateway
 from proveniq_core.observability import metrics
+from proveniq_core.resilience.backoff import Backoff
 from proveniq_core.verify import reviews
 from proveniq_core.verify.analysis import (
     Analysis,
@@ -61,7 +62,7 @@ def limits(settings: Settings) -> Limits:
 
 def retry_delay(settings: Settings, attempt: int) -> float:
     """Seconds before the attempt after ``attempt`` (1-based): base, then doubling."""
-    return float(settings.verify_retry_base * 2 ** (attempt - 1))
+    return Backoff(settings.verify_retry_base).delay(attempt - 1)
 
 
 async def _completed(conn: db.Conn, job: db.Row, outcome: str, reasons: list[str]) -> None:

@@ -36,6 +36,7 @@ import structlog
 
 from proveniq_core import db
 from proveniq_core.observability import metrics
+from proveniq_core.resilience.backoff import stretch
 from proveniq_core.webhooks import destinations, endpoints, signing
 from proveniq_core.webhooks.crypto import SecretBox, SecretKeyError
 
@@ -87,7 +88,7 @@ def decide(attempt: int, result: Attempt, rand: Callable[[], float] = random.ran
             disable=f"{attempt} attempts failed over more than 24 h (last: {result.error})",
             exhausted=True,
         )
-    delay = SCHEDULE[attempt - 1] * (1 + JITTER * rand())
+    delay = stretch(SCHEDULE[attempt - 1], JITTER, rand)
     if result.status_code in (429, 503) and result.retry_after is not None:
         delay = max(delay, min(result.retry_after, MAX_RETRY_AFTER))
     return Outcome("pending", delay)
