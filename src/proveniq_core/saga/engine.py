@@ -703,14 +703,19 @@ class SagaEngine:
                 await db.execute(conn, "notify_sagas")
         return woken is not None
 
-    async def cancel(self, saga_id: str, cause: CoreError) -> SagaResult | None:
+    async def cancel(
+        self, saga_id: str, cause: CoreError, *, claimed: db.Row | None = None
+    ) -> SagaResult | None:
         """Compensate a parked saga now (an operator's cancel): undo its completed steps,
         last first, and the waiting step too unless the device definitely refused it.
-        None if another process holds the saga or it is not parked."""
-        claimed = await self.claim(1, saga_id)
-        if not claimed:
-            return None
-        saga = claimed[0]
+        None if another process holds the saga or it is not parked. ``claimed``: the saga
+        as the caller already claimed it (``claim_sagas``, in the caller's transaction)."""
+        if claimed is None:
+            rows = await self.claim(1, saga_id)
+            if not rows:
+                return None
+            claimed = rows[0]
+        saga = claimed
         definition = self.definitions[saga["name"]]
         run = _Run(saga_id, saga["epoch"], definition, dict(saga["data"]), saga["tenant_id"])
         if saga["status"] != "running":

@@ -34,7 +34,13 @@ from proveniq_core.locker.gateway import LockerGateway
 from proveniq_core.observability import timing
 from proveniq_core.ops import alerts
 from proveniq_core.saga.engine import HOLD, Defer, SagaDefinition, Step, StepContext
-from proveniq_core.saga.retry_queue import Deferred, RetryPolicy, close_entries, park_link
+from proveniq_core.saga.retry_queue import (
+    Deferred,
+    RetryPolicy,
+    close_entries,
+    exhaust_entries,
+    park_link,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -156,10 +162,7 @@ def registration_saga(
             await assets.transition(
                 conn, link.asset_id, "link_failed", reason=fault.fault, **audit_ctx(ctx)
             )
-            error = db.jsonb({"code": fault.code, "fault": fault.fault})
-            await db.execute(
-                conn, "exhaust_retry_entries", {"asset_id": link.asset_id, "last_error": error}
-            )
+            await exhaust_entries(conn, link, {"code": fault.code, "fault": fault.fault})
             await alerts.raise_alert(
                 conn,
                 code=fault.code,
