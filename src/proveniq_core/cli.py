@@ -417,13 +417,11 @@ def keys_list(home: HomeOpt = None, database_url: DbOpt = None) -> None:
 @keys_app.command("revoke")
 def keys_revoke(key_id: str, home: HomeOpt = None, database_url: DbOpt = None) -> None:
     """Revoke an API key by id (the part between ``pk_`` and the second ``_``)."""
+    from proveniq_core.ledger import keys
 
-    async def go() -> int:
-        async with (
-            _database(_settings(home=home, database_url=database_url)) as pool,
-            db.connection(pool) as conn,
-        ):
-            return await db.execute(conn, "revoke_api_key", {"id": key_id})
+    async def go() -> bool:
+        async with _database(_settings(home=home, database_url=database_url)) as pool:
+            return await keys.revoke_key(pool, key_id)
 
     if not _run(go()):
         err.print(f"no active key {key_id!r}")

@@ -17,6 +17,7 @@ ORDER BY created_at, id
 
 -- revoke_api_key --
 UPDATE api_keys SET revoked_at = now() WHERE id = %(id)s AND revoked_at IS NULL
+RETURNING id, tenant_id, name, scopes
 
 -- insert_locker --
 INSERT INTO lockers (id, tenant_id, locker_ref, site_lat, site_lon, geofence_m)
