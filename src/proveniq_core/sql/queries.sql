@@ -511,7 +511,7 @@ RETURNING *
 -- enable_webhook_endpoint --
 UPDATE webhook_endpoints SET status = 'active', disabled_reason = NULL, disabled_at = NULL,
                              updated_at = now()
-WHERE id = %(id)s AND tenant_id = %(tenant_id)s
+WHERE id = %(id)s AND tenant_id = %(tenant_id)s AND status = 'disabled'
 RETURNING *
 
 -- list_webhook_deliveries --

@@ -105,26 +105,27 @@ async def delete(
 async def enable(
     conn: db.Conn, tenant_id: str, webhook_id: str, *, actor: str, request_id: str | None = None
 ) -> db.Row:
-    """Make a disabled endpoint active again; its waiting deliveries resume."""
+    """Make a disabled endpoint active again; its waiting deliveries resume. One that is
+    active already is left as it is (nothing changes, nothing is audited)."""
     before = await get(conn, tenant_id, webhook_id)
     row = await db.fetch_one(
         conn, "enable_webhook_endpoint", {"id": before["id"], "tenant_id": tenant_id}
     )
-    assert row is not None
-    if before["status"] != "active":
-        await audit.record(
-            conn,
-            actor=actor,
-            action="webhook.enabled",
-            entity_type="webhook",
-            entity_id=str(row["id"]),
-            tenant_id=tenant_id,
-            before=_audited(before),
-            after=_audited(row),
-            request_id=request_id,
-        )
-        await db.execute(conn, "resolve_alerts", {"dedup_keys": [alert_key(row["id"])]})
-        await db.execute(conn, "notify_webhooks")
+    if row is None:
+        return before
+    await audit.record(
+        conn,
+        actor=actor,
+        action="webhook.enabled",
+        entity_type="webhook",
+        entity_id=str(row["id"]),
+        tenant_id=tenant_id,
+        before=_audited(before),
+        after=_audited(row),
+        request_id=request_id,
+    )
+    await db.execute(conn, "resolve_alerts", {"dedup_keys": [alert_key(row["id"])]})
+    await db.execute(conn, "notify_webhooks")
     return row
 
 
