@@ -178,7 +178,8 @@ async def get_retry_entry(request: Request, entry_id: EntryId, principal: Reader
 async def retry_entry(request: Request, entry_id: EntryId, principal: Writer) -> RetryEntryOutcome:
     """Retry the entry's locker operation now, due or not, exhausted or discarded alike.
 
-    409 when it is resolved or its asset is no longer held."""
+    409 when it is resolved, its asset is no longer held, or another operator or a worker
+    is retrying it right now."""
     row = await operator.retry_entry(
         request.app.state.core.retry_queue,
         entry_id,
@@ -197,7 +198,9 @@ async def retry_entry(request: Request, entry_id: EntryId, principal: Writer) ->
 async def discard_entry(
     request: Request, entry_id: EntryId, principal: Writer
 ) -> RetryEntryOutcome:
-    """Stop retrying: the asset stays held until an operator retries or cancels it."""
+    """Stop retrying: the asset stays held until an operator retries or cancels it.
+
+    409 when it is resolved or discarded already, or being retried right now."""
     row = await operator.discard_entry(
         request.app.state.core.retry_queue,
         entry_id,
