@@ -108,7 +108,8 @@ async def retry_entry(
         if before["status"] == "resolved":
             raise ConflictError(f"retry-queue entry {entry_id} is resolved: the asset is linked")
         saga = await _claim(conn, engine, str(before["saga_id"]))
-        # Checked once the saga is ours: nothing else can move the asset meanwhile.
+        # Checked after the claim: once the saga is ours nothing else moves the asset, and
+        # when another process has it, an asset no longer held explains more than "busy".
         await _held_asset(conn, tenant_id, str(before["asset_id"]), "retried")
         if saga is None:
             raise ConflictError(
