@@ -4,6 +4,9 @@ The routes are the POST, PUT, PATCH and DELETE operations of the app's OpenAPI d
 commands are the CLI's. Each one is in OPERATIONS (how to perform it here, the audit actions
 it writes), in NOT_AUDITED (why it has no audit row) or, for commands, in READ_ONLY; one in
 none of them fails ``test_every_mutating_route_and_command_is_listed`` until it is added.
+The console's form routes, left out of the OpenAPI document, are enumerated from the app's
+routes: each is in CONSOLE (the API route whose operator function it calls, with the same
+arguments and so the same audit) or in NOT_AUDITED.
 
 How the test knows a change and its audit row were committed by the same transaction: a
 test-only trigger on every table of the test's own database records each row inserted,
@@ -44,6 +47,8 @@ import pytest
 import pytest_asyncio
 import typer.main
 import uvicorn
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from proveniq_core import db
 from proveniq_core.api.app import create_app
@@ -58,6 +63,7 @@ from tests.integration.audit_probe import plain_tracebacks as plain_tracebacks
 from tests.integration.conftest import TENANT, core_running, first_ref
 
 MUTATING = ("POST", "PUT", "PATCH", "DELETE")
+OPERATOR = "Ana Operator"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +78,7 @@ class Call:
 
 @dataclass
 class World:
-    """A running Core (API role) served on a port, an admin key of TENANT and its client."""
+    """A running Core (API role) served on a port, a named admin key of TENANT, its client."""
 
     core: Core
     url: str
@@ -84,7 +90,8 @@ class World:
 
     @property
     def actor(self) -> str:
-        return f"key:{self.key.split('_')[1]}"
+        """The audit trail's actor for the key: its person's name (``Principal.actor``)."""
+        return OPERATOR
 
     @property
     def ref(self) -> str:
@@ -141,6 +148,26 @@ async def held_failed(w: World) -> str:
     return str(refused.json()["error"]["assetId"])
 
 
+async def open_alert(w: World) -> str:
+    """An open ops alert: a link the locker refused (link_failed)."""
+    asset_id = await held_failed(w)
+    page = await ok(w.http.get("/api/ops/alerts", params={"open": "true"}))
+    [alert] = [a for a in page["items"] if a["subject"].get("assetId") == asset_id]
+    return str(alert["alertId"])
+
+
+async def exhausted(w: World) -> str:
+    """An exhausted retry-queue entry: a link_failed asset retried while the fault lasted."""
+    await ok(w.http.post("/sim/faults", json={"lockerRef": w.ref, "fault": "hardware_fault"}), 201)
+    refused = await w.http.post("/api/assets", json=asset_body(w))
+    assert refused.status_code == 502, refused.text
+    asset_id = refused.json()["error"]["assetId"]
+    again = await ok(w.http.post(f"/api/ops/assets/{asset_id}/retry-link"))
+    assert again["retryEntry"]["status"] == "exhausted", again
+    await ok(w.http.delete("/sim/faults"))
+    return str(again["retryEntry"]["id"])
+
+
 async def webhook(w: World) -> str:
     body = {"url": "http://127.0.0.1:9/hooks", "events": ["asset.created"]}
     return str((await ok(w.http.post("/api/webhooks", json=body), 201))["webhookId"])
@@ -187,6 +214,25 @@ async def retry_entry(w: World) -> Call:
 async def discard_entry(w: World) -> Call:
     _, entry_id = await held_pending(w)
     return Call("POST", f"/api/ops/retry-queue/{entry_id}/discard")
+
+
+async def discard_entry_with_reason(w: World) -> Call:
+    _, entry_id = await held_pending(w)
+    body = {"reason": "locker decommissioned"}
+    return Call("POST", f"/api/ops/retry-queue/{entry_id}/discard", body)
+
+
+async def retry_exhausted(w: World) -> Call:
+    await exhausted(w)
+    return Call("POST", "/api/ops/retry-queue/retry-exhausted")
+
+
+async def acknowledge_alert(w: World) -> Call:
+    return Call("POST", f"/api/ops/alerts/{await open_alert(w)}/acknowledge")
+
+
+async def resolve_alert(w: World) -> Call:
+    return Call("POST", f"/api/ops/alerts/{await open_alert(w)}/resolve")
 
 
 async def retry_link(w: World) -> Call:
@@ -274,6 +320,16 @@ OPERATIONS: dict[str, Operation] = {
     "POST /api/ops/retry-queue/{entry_id}/discard": Operation(
         discard_entry, ("retry_entry.discarded",)
     ),
+    "POST /api/ops/retry-queue/{entry_id}/discard [with a reason]": Operation(
+        discard_entry_with_reason, ("retry_entry.discarded",)
+    ),
+    "POST /api/ops/retry-queue/retry-exhausted": Operation(
+        retry_exhausted, ("retry_entry.retried",)
+    ),
+    "POST /api/ops/alerts/{alert_id}/acknowledge": Operation(
+        acknowledge_alert, ("alert.acknowledged",)
+    ),
+    "POST /api/ops/alerts/{alert_id}/resolve": Operation(resolve_alert, ("alert.resolved",)),
     "POST /api/ops/assets/{asset_id}/retry-link": Operation(retry_link, ("asset.pending_link",)),
     "POST /api/ops/assets/{asset_id}/cancel": Operation(cancel, ("asset.cancel",)),
     "POST /api/ops/lockers/{locker_ref}/maintenance [start]": Operation(
@@ -306,6 +362,21 @@ NOT_AUDITED: dict[str, str] = {
     "POST /api/ops/circuits/{name}/reset": "a breaker lives in the process's memory; a reset "
     "is logged with the key that asked, since the database may be why the circuit opened",
     "proveniq circuits reset": "calls POST /api/ops/circuits/{name}/reset",
+    "POST /api/reviews/{review_id}/claim": "a reviewer's hold on a review while working it: "
+    "an expiring lease that keeps two reviewers off one item, no change to the asset or the "
+    "review's outcome; the decision it precedes is audited",
+    "DELETE /api/reviews/{review_id}/claim": "gives that hold back before it expires",
+    "POST /console/login": "opens a console session (console_sessions: the key's sign-in, not "
+    "ledger state); the key itself was audited when created",
+    "POST /console/logout": "deletes the console session",
+    "POST /console/reviews/{review_id}/claim": "renews the reviewer's hold, as POST "
+    "/api/reviews/{review_id}/claim",
+    "POST /console/reviews/{review_id}/release": "gives the hold back, as DELETE "
+    "/api/reviews/{review_id}/claim",
+    "POST /console/ops/circuits/{name}/reset": "as POST /api/ops/circuits/{name}/reset: a "
+    "breaker lives in the process's memory",
+    "proveniq audit checkpoint": "signs the sealed audit chain's head: its row "
+    "(audit_checkpoints) and event are the audit trail's own attestation, as sealing is",
     "proveniq audit verify": "seals the audit trail itself: gives unsealed rows their place in "
     "the hash chain, the one update audit_log accepts",
     "proveniq migrate": "schema changes, each recorded in schema_migrations; no ledger row",
@@ -317,6 +388,30 @@ NOT_AUDITED: dict[str, str] = {
     "covered here); its outage step only closes the database to new connections",
 }
 """Mutating routes and commands without an audit row of their own, each with the reason."""
+
+CONSOLE: dict[str, str] = {
+    "POST /console/reviews/{review_id}/decide": "POST /api/reviews/{review_id}/decision",
+    "POST /console/ops/retry-queue/{entry_id}/retry": "POST /api/ops/retry-queue/{entry_id}/retry",
+    "POST /console/ops/retry-queue/{entry_id}/discard": (
+        "POST /api/ops/retry-queue/{entry_id}/discard"
+    ),
+    "POST /console/ops/retry-queue/retry-exhausted": "POST /api/ops/retry-queue/retry-exhausted",
+    "POST /console/ops/assets/{asset_id}/retry-link": "POST /api/ops/assets/{asset_id}/retry-link",
+    "POST /console/ops/assets/{asset_id}/cancel": "POST /api/ops/assets/{asset_id}/cancel",
+    "POST /console/ops/lockers/{locker_ref}/maintenance": (
+        "POST /api/ops/lockers/{locker_ref}/maintenance"
+    ),
+    "POST /console/ops/alerts/{alert_id}/acknowledge": (
+        "POST /api/ops/alerts/{alert_id}/acknowledge"
+    ),
+    "POST /console/ops/alerts/{alert_id}/resolve": "POST /api/ops/alerts/{alert_id}/resolve",
+    "POST /console/ops/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver": (
+        "POST /api/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver"
+    ),
+    "POST /console/ops/webhooks/{webhook_id}/enable": "POST /api/webhooks/{webhook_id}/enable",
+}
+"""The console's form routes (not in the OpenAPI document), each with the API route whose
+operator function it calls under the signed-in key's name: performed there."""
 
 READ_ONLY: dict[str, Callable[[World], tuple[str, ...]]] = {
     "proveniq keys list": lambda w: ("keys", "list"),
@@ -345,6 +440,24 @@ def openapi_mutations() -> set[str]:
     }
 
 
+def hidden_mutations() -> set[str]:
+    """Every mutating route the OpenAPI document leaves out (the console's forms)."""
+    found: set[str] = set()
+
+    def walk(routes: list[Any]) -> None:
+        for route in routes:
+            if isinstance(route, APIRoute):
+                if not route.include_in_schema:
+                    found.update(f"{m} {route.path}" for m in route.methods if m in MUTATING)
+                continue
+            included = getattr(route, "original_router", None)  # FastAPI's included router
+            walk(list(getattr(included or route, "routes", [])))
+
+    app: FastAPI = create_app(None)
+    walk(list(app.routes))
+    return found
+
+
 def cli_commands() -> set[str]:
     """Every CLI command, as "proveniq group command"; a group that acts itself counts."""
     found: set[str] = set()
@@ -364,9 +477,9 @@ def test_every_mutating_route_and_command_is_listed() -> None:
     """The OpenAPI document's mutating routes and the CLI's commands are each performed
     here (OPERATIONS), read only (READ_ONLY) or not audited for a stated reason
     (NOT_AUDITED); none is missing, none listed twice, none listed that no longer exists."""
-    everything = openapi_mutations() | cli_commands()
+    everything = openapi_mutations() | hidden_mutations() | cli_commands()
     performed = {base(name) for name in OPERATIONS}
-    lists = (performed, set(NOT_AUDITED), set(READ_ONLY))
+    lists = (performed, set(NOT_AUDITED), set(READ_ONLY), set(CONSOLE))
     missing = everything - set().union(*lists)
     assert not missing, (
         f"{sorted(missing)} change state without being covered: add each to OPERATIONS "
@@ -379,6 +492,8 @@ def test_every_mutating_route_and_command_is_listed() -> None:
     assert sum(len(names) for names in lists) == len(set().union(*lists)), "listed twice"
     assert all(reason.strip() for reason in NOT_AUDITED.values())
     assert all(op.actions for op in OPERATIONS.values())
+    assert set(CONSOLE.values()) <= performed, "a console route's API twin is not performed"
+    assert any(r.startswith("POST /console/") for r in hidden_mutations())
 
 
 # -- running a Core and performing operations ------------------------------------------------
@@ -392,9 +507,12 @@ class _Server(uvicorn.Server):
 
 @pytest_asyncio.fixture
 async def world(database_url: str, mqtt_url: str, tmp_path: Path) -> AsyncIterator[World]:
-    """A Core of role api on the probed test database, served on a port."""
+    """A Core of role api on the probed test database, served on a port (webhooks may go to
+    this host: the tests' endpoints are loopback addresses)."""
     await audit_probe.install(database_url)
-    async with core_running(database_url, mqtt_url, tmp_path, role="api") as core:
+    async with core_running(
+        database_url, mqtt_url, tmp_path, role="api", webhook_allow_private=True
+    ) as core:
         port = free_port()
         config = uvicorn.Config(
             create_app(core), port=port, log_config=None, access_log=False, lifespan="off"
@@ -404,7 +522,7 @@ async def world(database_url: str, mqtt_url: str, tmp_path: Path) -> AsyncIterat
         while not server.started:  # uvicorn has no started event
             assert not task.done(), "uvicorn did not start"
             await asyncio.sleep(0.02)
-        key = await keys.create_key(core.pool, TENANT, keys.SCOPES)
+        key = await keys.create_key(core.pool, TENANT, keys.SCOPES, name=OPERATOR)
         url = f"http://127.0.0.1:{port}"
         try:
             async with httpx.AsyncClient(

@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 import structlog
@@ -49,6 +49,7 @@ from proveniq_core.locker.protocol import (
     validate_ref,
 )
 from proveniq_core.observability import metrics
+from proveniq_core.resilience.backoff import Backoff
 from proveniq_core.resilience.breaker import (
     LOCKER,
     BreakerRegistry,
@@ -56,6 +57,7 @@ from proveniq_core.resilience.breaker import (
     Permit,
     State,
 )
+from proveniq_core.resilience.circuits import FLEET_CIRCUIT, device_circuit
 
 log = structlog.get_logger(__name__)
 
@@ -66,19 +68,15 @@ EventHook = Callable[[str, dict[str, Any]], None]
 SOCKET_OPTIONS = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 5.0
+RECONNECT = Backoff(BACKOFF_MIN_S, cap=BACKOFF_MAX_S)
+"""Waits between broker connection attempts: from 0.2 s, doubling, at most 5 s."""
 
 _ReplyKey = tuple[str, str]  # (locker ref, commandId)
 
-FLEET_CIRCUIT: Final = "locker"
 FLEET_BREAKER: Final = LOCKER.with_filter(lambda exc: isinstance(exc, BrokerUnreachableError))
 DEVICE_BREAKER: Final = LOCKER.with_filter(
     lambda exc: isinstance(exc, LockerTimeoutError | LockerOfflineError)
 )
-
-
-def device_circuit(ref: str) -> str:
-    """The name of the circuit of locker ``ref``."""
-    return f"{FLEET_CIRCUIT}:{ref}"
 
 
 _K = TypeVar("_K")
@@ -91,6 +89,15 @@ def parse_mqtt_url(url: str) -> tuple[str, int]:
     if parts.scheme != "mqtt" or not parts.hostname:
         raise ValueError(f"expected an MQTT URL like mqtt://host:1883, got {url!r}")
     return parts.hostname, parts.port or 1883
+
+
+def mqtt_credentials(url: str) -> tuple[str | None, str | None]:
+    """Username and password from ``mqtt://user:password@host`` (percent-encoded); None for
+    an anonymous broker."""
+    parts = urlsplit(url)
+    if parts.username is None:
+        return None, None
+    return unquote(parts.username), unquote(parts.password or "")
 
 
 async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
@@ -120,6 +127,7 @@ class LockerGateway:
         breakers: BreakerRegistry | None = None,
     ) -> None:
         self._host, self._port = parse_mqtt_url(mqtt_url)
+        self._username, self._password = mqtt_credentials(mqtt_url)
         self.breakers = breakers if breakers is not None else BreakerRegistry()
         self._client_id = client_id or f"proveniq-core-{uuid.uuid4().hex[:12]}"
         self._connect_timeout = connect_timeout
@@ -133,6 +141,7 @@ class LockerGateway:
         self._first_attempt = asyncio.Event()
         self._pending: dict[_ReplyKey, set[asyncio.Future[Reply]]] = {}
         self._presence: dict[str, bool] = {}
+        self._presence_since: dict[str, datetime] = {}  # when this process saw it change
         self._online_waiters: dict[str, set[asyncio.Future[None]]] = {}
 
     def add_event_hook(self, hook: EventHook) -> None:
@@ -147,6 +156,10 @@ class LockerGateway:
     def presence(self, ref: str) -> bool | None:
         """Last known presence of ``ref``: online, offline, or ``None`` if unknown."""
         return self._presence.get(ref)
+
+    def presence_since(self, ref: str) -> datetime | None:
+        """When this process learned ``ref``'s current presence (offline: last seen)."""
+        return self._presence_since.get(ref) if ref in self._presence else None
 
     async def wait_online(self, ref: str, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for ``ref`` to be online; return whether it is."""
@@ -280,7 +293,7 @@ class LockerGateway:
         return reply.result
 
     async def _run(self) -> None:
-        backoff = BACKOFF_MIN_S
+        failures = 0  # connection attempts failed since the last success
         while True:
             client = aiomqtt.Client(
                 self._host,
@@ -289,23 +302,27 @@ class LockerGateway:
                 timeout=self._connect_timeout,
                 keepalive=self._keepalive,
                 socket_options=SOCKET_OPTIONS,
+                username=self._username,
+                password=self._password,
             )
             try:
                 async with client:
                     await client.subscribe(f"{TOPIC_ROOT}/+/replies", qos=1)
                     await client.subscribe(f"{TOPIC_ROOT}/+/status", qos=1)
                     self._on_connected(client)
-                    backoff = BACKOFF_MIN_S
+                    failures = 0
                     async for message in client.messages:
                         self._dispatch(message.topic.value, message.payload)
             except aiomqtt.MqttError as exc:
+                backoff = RECONNECT.delay(failures)
                 log.warning("locker.broker_error", error=str(exc), retry_in_s=backoff)
             except Exception:
+                backoff = RECONNECT.delay(failures)
                 log.exception("locker.gateway_loop_failed", retry_in_s=backoff)
             finally:
                 self._on_disconnected()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX_S)
+            await asyncio.sleep(RECONNECT.delay(failures))
+            failures += 1
 
     def _on_connected(self, client: aiomqtt.Client) -> None:
         self._client = client
@@ -360,7 +377,12 @@ class LockerGateway:
     def _on_status(self, ref: str, payload: Any) -> None:
         if payload in (b"", None):  # retained status cleared
             self._presence.pop(ref, None)
-        elif payload == STATUS_ONLINE:
+            return
+        if payload in (STATUS_ONLINE, STATUS_OFFLINE) and self._presence.get(ref) != (
+            payload == STATUS_ONLINE
+        ):
+            self._presence_since[ref] = datetime.now(UTC)
+        if payload == STATUS_ONLINE:
             was = self._presence.get(ref)
             self._presence[ref] = True
             if was is False:
@@ -412,9 +434,8 @@ __all__ = [
     "BACKOFF_MIN_S",
     "DEVICE_BREAKER",
     "FLEET_BREAKER",
-    "FLEET_CIRCUIT",
     "EventHook",
     "LockerGateway",
-    "device_circuit",
+    "mqtt_credentials",
     "parse_mqtt_url",
 ]

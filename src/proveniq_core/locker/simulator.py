@@ -46,6 +46,7 @@ from proveniq_core.locker.gateway import (
     BACKOFF_MIN_S,
     SOCKET_OPTIONS,
     cancel_and_wait,
+    mqtt_credentials,
     parse_mqtt_url,
 )
 from proveniq_core.locker.protocol import (
@@ -235,6 +236,7 @@ class LockerFleet:
         """
         self._url = mqtt_url
         self._host, self._port = parse_mqtt_url(mqtt_url)
+        self._username, self._password = mqtt_credentials(mqtt_url)
         self._devices = {spec.ref: LockerDevice(spec) for spec in lockers}
         if len(self._devices) != len(lockers):
             raise ValueError("locker refs must be unique")
@@ -335,6 +337,8 @@ class LockerFleet:
                 will=will,
                 timeout=self._connect_timeout,
                 socket_options=SOCKET_OPTIONS,
+                username=self._username,
+                password=self._password,
             )
             try:
                 async with client:
@@ -401,6 +405,8 @@ class LockerFleet:
                 identifier=identifier,
                 timeout=self._connect_timeout,
                 socket_options=SOCKET_OPTIONS,
+                username=self._username,
+                password=self._password,
             )
             try:
                 async with client:

@@ -42,24 +42,38 @@ from proveniq_core.errors import (
 )
 
 __all__ = [
+    "AUDIT_OLDEST_UNSEALED",
+    "AUDIT_UNSEALED",
     "CIRCUIT_STATE",
     "CIRCUIT_STATES",
     "COMPENSATIONS",
+    "DB_POOL_IN_USE",
+    "DB_POOL_MAX",
+    "DB_POOL_WAITING",
     "DLQ_DEPTH",
     "DLQ_STATUSES",
     "LATENCY",
     "LATENCY_BUCKETS",
+    "MQTT_CONNECTED",
     "OPEN_DEVICES",
+    "OPS_ALERTS_LAST_RAISED",
+    "OPS_ALERTS_OPEN",
     "REGISTRY",
     "REQUESTS",
+    "REVIEWS_OLDEST_PENDING",
+    "REVIEWS_PENDING",
     "SAGAS",
+    "SAGAS_DUE",
+    "SAGAS_OLDEST_DUE",
     "SAGA_BUCKETS",
     "SAGA_DURATION",
     "SAGA_OUTCOMES",
     "STEP_BUCKETS",
     "STEP_DURATION",
     "VERIFICATIONS",
+    "VERIFICATION_OUTCOMES",
     "WEBHOOK_DELIVERIES",
+    "WEBHOOK_ENDPOINTS",
     "declare_saga",
     "ledger_status",
     "locker_status",
@@ -155,6 +169,83 @@ VERIFICATIONS: Final = Counter(
     "core_verification_outcomes",
     "Verifications decided, by outcome.",
     ["outcome"],
+    registry=REGISTRY,
+)
+VERIFICATION_OUTCOMES: Final = ("verified", "rejected", "manual_review", "failed")
+for _outcome in VERIFICATION_OUTCOMES:
+    # At zero from the start: the first failure is then an increase an alert can see.
+    VERIFICATIONS.labels(_outcome)
+
+
+# Read at scrape time (observability/gauges.py). Per process: the broker connection and the
+# pool. From the shared database (the same in every process: aggregate with max): the
+# backlogs an operator is paged on, and the ops alerts stored there.
+MQTT_CONNECTED: Final = Gauge(
+    "core_mqtt_connected",
+    "1 while this process is connected to the MQTT broker, else 0.",
+    registry=REGISTRY,
+)
+DB_POOL_IN_USE: Final = Gauge(
+    "core_db_pool_in_use",
+    "Database connections of this process's pool lent out now.",
+    registry=REGISTRY,
+)
+DB_POOL_MAX: Final = Gauge(
+    "core_db_pool_max",
+    "The most connections this process's pool opens (PROVENIQ_POOL_MAX).",
+    registry=REGISTRY,
+)
+DB_POOL_WAITING: Final = Gauge(
+    "core_db_pool_waiting",
+    "Callers of this process waiting now for a pooled database connection.",
+    registry=REGISTRY,
+)
+SAGAS_DUE: Final = Gauge(
+    "core_sagas_due",
+    "Sagas due to run that no process holds: waiting to be claimed by a worker.",
+    registry=REGISTRY,
+)
+SAGAS_OLDEST_DUE: Final = Gauge(
+    "core_sagas_oldest_due_seconds",
+    "How long the longest-waiting due saga has been claimable (0 when none is due).",
+    registry=REGISTRY,
+)
+REVIEWS_PENDING: Final = Gauge(
+    "core_reviews_pending",
+    "Manual reviews waiting for a decision.",
+    registry=REGISTRY,
+)
+REVIEWS_OLDEST_PENDING: Final = Gauge(
+    "core_reviews_oldest_pending_seconds",
+    "Age of the oldest review waiting for a decision (0 when none); it expires at its due time.",
+    registry=REGISTRY,
+)
+AUDIT_UNSEALED: Final = Gauge(
+    "core_audit_unsealed_rows",
+    "Audit rows not yet sealed into the hash chain.",
+    registry=REGISTRY,
+)
+AUDIT_OLDEST_UNSEALED: Final = Gauge(
+    "core_audit_oldest_unsealed_seconds",
+    "Age of the oldest audit row not yet sealed (0 when all are sealed).",
+    registry=REGISTRY,
+)
+WEBHOOK_ENDPOINTS: Final = Gauge(
+    "core_webhook_endpoints",
+    "Webhook endpoints, by status (active, disabled).",
+    ["status"],
+    registry=REGISTRY,
+)
+OPS_ALERTS_OPEN: Final = Gauge(
+    "core_ops_alerts_open",
+    "Ops alerts stored in the database and not resolved, by code and severity.",
+    ["code", "severity"],
+    registry=REGISTRY,
+)
+OPS_ALERTS_LAST_RAISED: Final = Gauge(
+    "core_ops_alerts_last_raised_timestamp_seconds",
+    "When an open ops alert of this code and severity was last raised or repeated (unix time).",
+    ["code", "severity"],
     registry=REGISTRY,
 )
 

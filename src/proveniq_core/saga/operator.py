@@ -12,14 +12,16 @@ where it ended; one that finds the saga held by another process raises ``Conflic
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from proveniq_core import db
-from proveniq_core.errors import ConflictError, NotFoundError, PartialCommitError
+from proveniq_core.errors import ConflictError, CoreError, NotFoundError, PartialCommitError
 from proveniq_core.ledger import assets, audit
-from proveniq_core.saga.engine import SagaEngine, SagaResult
+from proveniq_core.saga.engine import SagaEngine
+from proveniq_core.saga.model import SagaResult
 from proveniq_core.saga.retry_queue import RetryQueue, close_entries, wake_entries
 
 HELD = ("pending_link", "link_failed")
@@ -49,14 +51,6 @@ async def _held_asset(conn: db.Conn, tenant_id: str, asset_id: str, action: str)
     return asset
 
 
-async def _claim(conn: db.Conn, engine: SagaEngine, saga_id: str) -> db.Row | None:
-    """Claim the saga for this process inside the caller's transaction, so the claim commits
-    (or rolls back) with the operator's change and its audit row; None if another process
-    holds it."""
-    params = {"owner": engine.owner, "lease": engine.lease, "limit": 1, "id": saga_id}
-    return await db.fetch_one(conn, "claim_sagas", params)
-
-
 async def _entry_for_update(conn: db.Conn, entry_id: str, tenant_id: str) -> db.Row:
     """The tenant's retry-queue entry, locked until the transaction ends: else 404."""
     try:
@@ -77,6 +71,7 @@ async def _audit_entry(
     *,
     actor: str,
     request_id: str | None,
+    reason: str | None = None,
 ) -> None:
     await audit.record(
         conn,
@@ -86,7 +81,8 @@ async def _audit_entry(
         entity_id=str(after["id"]),
         tenant_id=after["tenant_id"],
         before={"status": before["status"]},
-        after={"status": after["status"], "assetId": str(after["asset_id"])},
+        after={"status": after["status"], "assetId": str(after["asset_id"])}
+        | ({"reason": reason} if reason else {}),
         request_id=request_id,
         saga_id=str(after["saga_id"]),
     )
@@ -107,7 +103,7 @@ async def retry_entry(
         before = await _entry_for_update(conn, entry_id, tenant_id)
         if before["status"] == "resolved":
             raise ConflictError(f"retry-queue entry {entry_id} is resolved: the asset is linked")
-        saga = await _claim(conn, engine, str(before["saga_id"]))
+        saga = await engine.claim_in(conn, str(before["saga_id"]))
         # Checked after the claim: once the saga is ours nothing else moves the asset, and
         # when another process has it, an asset no longer held explains more than "busy".
         await _held_asset(conn, tenant_id, str(before["asset_id"]), "retried")
@@ -126,12 +122,18 @@ async def retry_entry(
 
 
 async def discard_entry(
-    queue: RetryQueue, entry_id: str, tenant_id: str, *, actor: str, request_id: str | None
+    queue: RetryQueue,
+    entry_id: str,
+    tenant_id: str,
+    *,
+    actor: str,
+    request_id: str | None,
+    reason: str | None = None,
 ) -> db.Row:
     """Stop retrying an entry; its asset stays held until an operator retries or cancels it.
 
     One transaction locks the entry, holds its saga (only if no process is running it),
-    closes the entry and writes the audit row."""
+    closes the entry and writes the audit row, with the operator's ``reason`` if given."""
     async with db.transaction(queue.pool) as conn:
         before = await _entry_for_update(conn, entry_id, tenant_id)
         if before["status"] in ("resolved", "discarded"):
@@ -144,9 +146,58 @@ async def discard_entry(
         after = await db.fetch_one(conn, "get_retry_entry", {"id": entry_id})
         assert after is not None
         await _audit_entry(
-            conn, "retry_entry.discarded", before, after, actor=actor, request_id=request_id
+            conn,
+            "retry_entry.discarded",
+            before,
+            after,
+            actor=actor,
+            request_id=request_id,
+            reason=reason,
         )
     return after
+
+
+BULK_LIMIT = 500
+BULK_CONCURRENCY = 8
+
+
+async def retry_exhausted(
+    queue: RetryQueue, tenant_id: str, *, actor: str, request_id: str | None
+) -> tuple[list[db.Row], list[tuple[str, CoreError]]]:
+    """Retry every exhausted entry of the tenant now (up to ``BULK_LIMIT``), a few at a time.
+
+    Returns the entries after their retry, and those refused with why (their asset is no
+    longer held, or another process is driving its saga)."""
+    async with db.connection(queue.pool) as conn:
+        exhausted = await db.fetch_all(
+            conn,
+            "list_retry_entries",
+            {
+                "tenant_id": tenant_id,
+                "asset_id": None,
+                "status": "exhausted",
+                "before_at": None,
+                "before_id": None,
+                "limit": BULK_LIMIT,
+            },
+        )
+    gate = asyncio.Semaphore(BULK_CONCURRENCY)
+    retried: list[db.Row] = []
+    refused: list[tuple[str, CoreError]] = []
+
+    async def one(entry_id: str) -> None:
+        async with gate:
+            try:
+                retried.append(
+                    await retry_entry(
+                        queue, entry_id, tenant_id, actor=actor, request_id=request_id
+                    )
+                )
+            except CoreError as exc:
+                refused.append((entry_id, exc))
+
+    await asyncio.gather(*(one(str(e["id"])) for e in exhausted))
+    return retried, refused
 
 
 async def retry_link(
@@ -173,7 +224,7 @@ async def retry_link(
         # The new generation first: the claim returns the saga as the run will see it.
         if not await db.fetch_one(conn, "retry_link_saga", {"id": saga_id, "grace": engine.lease}):
             raise _busy(asset_id)
-        saga = await _claim(conn, engine, saga_id)
+        saga = await engine.claim_in(conn, saga_id)
         if saga is None:
             raise _busy(asset_id)
         await assets.transition(
@@ -227,7 +278,7 @@ async def cancel(
         assert asset is not None
         await _held_asset(conn, tenant_id, asset_id, "cancelled")
         saga_id = str(asset["saga_id"])
-        saga = await _claim(conn, engine, saga_id)
+        saga = await engine.claim_in(conn, saga_id)
         if saga is None:
             raise _busy(asset_id)
         await close_entries(conn, asset_id, "discarded")

@@ -23,9 +23,10 @@ from proveniq_core.errors import (
     LockerUnreachableError,
     NotFoundError,
 )
-from proveniq_core.ledger import assets, audit
-from proveniq_core.ops import alerts
-from proveniq_core.saga.engine import HOLD, SagaEngine, error_doc
+from proveniq_core.ledger import alerts, assets, audit
+from proveniq_core.resilience.backoff import Backoff
+from proveniq_core.saga.engine import SagaEngine
+from proveniq_core.saga.model import HOLD, error_doc
 
 log = structlog.get_logger(__name__)
 
@@ -42,7 +43,7 @@ class RetryPolicy:
     unreachable_limit: float = 3600.0
 
     def delay(self, retry_count: int) -> float:
-        return float(self.base * 2**retry_count)
+        return Backoff(self.base).delay(retry_count)
 
 
 @dataclass(frozen=True, slots=True)
