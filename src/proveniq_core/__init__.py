@@ -4,7 +4,7 @@ The packages stand in layers, drawn top to bottom. A module imports from its own
 those below it, never from one above (``tests/unit/test_layers.py`` reads this drawing and
 fails on an import that climbs)::
 
-    api · cli · cli_ops · console · demo   the faces: HTTP API, command line, web console
+    api · cli · console · demo             the faces: HTTP API, command line, web console
     service                                the composition root: builds a Core, starts workers
     saga                                   the durable registration saga, retry queue, operator
     verify                                 evidence analysis, the Verify worker, human review

@@ -43,6 +43,13 @@ class Served:
                 text=True,
             )
         self.lines: list[str] = []
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.kill()  # close the pipe too: a failed start must not leak it into later tests
+            raise
+
+    def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
         assert self.proc.stdout is not None
         while not any(line.startswith("Ctrl-C") for line in self.lines):
