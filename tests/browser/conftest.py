@@ -212,6 +212,7 @@ async def stack(
             PROVENIQ_PORT=str(port),
             PROVENIQ_POLL_INTERVAL="0.2",
             PROVENIQ_RETRY_BASE="3600",  # entries wait for the operator in these tests
+            PROVENIQ_WEBHOOK_ALLOW_PRIVATE="true",  # the tests' subscriber is on this host
         )
         procs.append(serve)
         await serve.wait_for("Ctrl-C stops")

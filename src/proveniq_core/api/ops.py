@@ -202,7 +202,8 @@ async def retry_entry(
 ) -> RetryEntryOutcome:
     """Retry the entry's locker operation now, due or not, exhausted or discarded alike.
 
-    409 when it is resolved or its asset is no longer held."""
+    409 when it is resolved, its asset is no longer held, or another operator or a worker
+    is retrying it right now."""
     row = await operator.retry_entry(
         core.retry_queue,
         entry_id,
@@ -226,7 +227,9 @@ async def discard_entry(
     body: DiscardRequest | None = None,
 ) -> RetryEntryOutcome:
     """Stop retrying: the asset stays held until an operator retries or cancels it. The
-    reason, if given, is audited with the discard."""
+    reason, if given, is audited with the discard.
+
+    409 when it is resolved or discarded already, or being retried right now."""
     row = await operator.discard_entry(
         core.retry_queue,
         entry_id,
@@ -241,11 +244,11 @@ async def discard_entry(
 @router.post(
     "/api/ops/retry-queue/retry-exhausted", response_model=BulkRetryOutcome, responses=ERRORS
 )
-async def retry_exhausted(request: Request, principal: Writer) -> BulkRetryOutcome:
+async def retry_exhausted(request: Request, core: CoreDep, principal: Writer) -> BulkRetryOutcome:
     """Retry every exhausted entry now (up to 500), as "retry now" does one: the answer
     counts them, how many linked, and which could not be retried and why."""
     retried, refused = await operator.retry_exhausted(
-        request.app.state.core.retry_queue,
+        core.retry_queue,
         principal.tenant_id,
         actor=_actor(principal),
         request_id=request.state.request_id,

@@ -126,11 +126,10 @@ def revoke(
     shows it.
     """
 
-    async def go(pool: db.Pool) -> int:
-        from proveniq_core import db
+    async def go(pool: db.Pool) -> bool:
+        from proveniq_core.ledger import keys
 
-        async with db.connection(pool) as conn:
-            return await db.execute(conn, "revoke_api_key", {"id": key_id})
+        return await keys.revoke_key(pool, key_id)
 
     if not with_database(home, database_url, go):
         raise CliError(f"no active key {key_id!r}")

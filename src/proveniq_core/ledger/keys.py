@@ -97,6 +97,24 @@ async def create_key(
     return f"pk_{key_id}_{secret}"
 
 
+async def revoke_key(pool: db.Pool, key_id: str, *, actor: str = "system:cli") -> bool:
+    """Revoke an active key, audited in the same transaction; False if none is active."""
+    async with db.transaction(pool) as conn:
+        row = await db.fetch_one(conn, "revoke_api_key", {"id": key_id})
+        if row is None:
+            return False
+        await audit.record(
+            conn,
+            actor=actor,
+            action="api_key.revoked",
+            entity_type="api_key",
+            entity_id=key_id,
+            tenant_id=row["tenant_id"],
+            after={"scopes": row["scopes"], "name": row["name"]},
+        )
+    return True
+
+
 class KeyCache:
     """Keys the database verified lately, to authenticate while the ledger is down.
 

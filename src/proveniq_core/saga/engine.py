@@ -447,16 +447,23 @@ class SagaEngine:
         """Claim up to ``limit`` due sagas — scheduled, deferred, or whose owner's lease
         expired — under a new epoch; or, with ``saga_id``, that one saga if nobody holds it,
         due or not. Interrupted attempts are marked in the same commit."""
+        async with db.connection(self.pool) as conn:
+            return await db.fetch_all(conn, "claim_sagas", self._claim_params(limit, saga_id))
+
+    async def claim_in(self, conn: db.Conn, saga_id: str) -> db.Row | None:
+        """Claim one saga, due or not, inside the caller's transaction, so the claim
+        commits (or rolls back) with the caller's change; None if another process holds it."""
+        return await db.fetch_one(conn, "claim_sagas", self._claim_params(1, saga_id))
+
+    def _claim_params(self, limit: int, saga_id: str | None) -> dict[str, Any]:
         offset = self.clock.offset()
-        params = {
+        return {
             "owner": self.owner,
             "lease": self.lease + offset,
             "offset": offset,
             "limit": limit,
             "id": saga_id,
         }
-        async with db.connection(self.pool) as conn:
-            return await db.fetch_all(conn, "claim_sagas", params)
 
     async def run_now(self, saga_id: str) -> SagaResult | None:
         """Claim one parked saga, due or not, and drive it here; None if another holds it."""
@@ -471,14 +478,20 @@ class SagaEngine:
                 await db.execute(conn, "notify_sagas")
         return woken is not None
 
-    async def cancel(self, saga_id: str, cause: CoreError) -> SagaResult | None:
+    async def cancel(
+        self, saga_id: str, cause: CoreError, *, claimed: db.Row | None = None
+    ) -> SagaResult | None:
         """Compensate a parked saga now (an operator's cancel), by the same undo plan as a
         failure: its completed steps, last first, and the waiting step too when it may
-        have taken effect. None if another process holds the saga or it is not parked."""
-        claimed = await self.claim(1, saga_id)
-        if not claimed:
-            return None
-        saga = claimed[0]
+        have taken effect. None if another process holds the saga or it is not parked.
+        ``claimed``: the saga as the caller already claimed it (``claim_in``, in the
+        caller's transaction)."""
+        if claimed is None:
+            rows = await self.claim(1, saga_id)
+            if not rows:
+                return None
+            claimed = rows[0]
+        saga = claimed
         if saga["status"] != SagaStatus.RUNNING:
             return await self.resume(saga)
         run = self._claimed(saga, self.definitions[saga["name"]])

@@ -2,9 +2,12 @@
 
 Retry or discard a retry-queue entry, retry a link the locker refused (``link_failed``)
 with a fresh command, cancel a held registration (its saga compensates), and put a locker
-in maintenance. Each one is audited under the operator's key. Actions that run a saga run it
-here and now, so the caller sees where it ended; one that finds the saga held by another
-process raises ``ConflictError`` (try again shortly).
+in maintenance. Each one checks, changes and audits under the operator's key in one
+transaction, with the rows it decides on locked, so a crash or a concurrent action can
+never leave a change without its audit row, nor two operators both pass the check. Actions
+that run a saga claim it in that transaction and run it here and now, so the caller sees
+where it ended; one that finds the saga held by another process raises ``ConflictError``
+(try again shortly).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from proveniq_core.errors import ConflictError, CoreError, NotFoundError, Partia
 from proveniq_core.ledger import assets, audit
 from proveniq_core.saga.engine import SagaEngine
 from proveniq_core.saga.model import SagaResult
-from proveniq_core.saga.retry_queue import RetryQueue
+from proveniq_core.saga.retry_queue import RetryQueue, close_entries, wake_entries
 
 HELD = ("pending_link", "link_failed")
 MAX_MAINTENANCE = timedelta(days=30)
@@ -48,43 +51,74 @@ async def _held_asset(conn: db.Conn, tenant_id: str, asset_id: str, action: str)
     return asset
 
 
-async def _audit(
-    pool: db.Pool,
+async def _entry_for_update(conn: db.Conn, entry_id: str, tenant_id: str) -> db.Row:
+    """The tenant's retry-queue entry, locked until the transaction ends: else 404."""
+    try:
+        uuid.UUID(entry_id)
+    except ValueError:
+        raise NotFoundError(f"retry-queue entry {entry_id} not found") from None
+    entry = await db.fetch_one(conn, "get_retry_entry_for_update", {"id": entry_id})
+    if entry is None or entry["tenant_id"] != tenant_id:
+        raise NotFoundError(f"retry-queue entry {entry_id} not found")
+    return entry
+
+
+async def _audit_entry(
+    conn: db.Conn,
     action: str,
-    entry: db.Row,
+    before: db.Row,
+    after: db.Row,
     *,
     actor: str,
     request_id: str | None,
     reason: str | None = None,
 ) -> None:
-    async with db.transaction(pool) as conn:
-        await audit.record(
-            conn,
-            actor=actor,
-            action=action,
-            entity_type="retry_entry",
-            entity_id=str(entry["id"]),
-            tenant_id=entry["tenant_id"],
-            after={"status": entry["status"], "assetId": str(entry["asset_id"])}
-            | ({"reason": reason} if reason else {}),
-            request_id=request_id,
-            saga_id=str(entry["saga_id"]),
-        )
+    await audit.record(
+        conn,
+        actor=actor,
+        action=action,
+        entity_type="retry_entry",
+        entity_id=str(after["id"]),
+        tenant_id=after["tenant_id"],
+        before={"status": before["status"]},
+        after={"status": after["status"], "assetId": str(after["asset_id"])}
+        | ({"reason": reason} if reason else {}),
+        request_id=request_id,
+        saga_id=str(after["saga_id"]),
+    )
 
 
 async def retry_entry(
     queue: RetryQueue, entry_id: str, tenant_id: str, *, actor: str, request_id: str | None
 ) -> db.Row:
     """Retry an entry's link now (even an exhausted or discarded one); returns the entry
-    after. 409 when it is resolved or its asset is no longer held."""
-    entry = await queue.get(entry_id, tenant_id)
-    if entry["status"] == "resolved":
-        raise ConflictError(f"retry-queue entry {entry_id} is resolved: the asset is linked")
-    async with db.connection(queue.pool) as conn:
-        await _held_asset(conn, tenant_id, str(entry["asset_id"]), "retried")
-    entry, _ = await queue.retry(entry_id, tenant_id)
-    await _audit(queue.pool, "retry_entry.retried", entry, actor=actor, request_id=request_id)
-    return entry
+    after. 409 when it is resolved, its asset is no longer held, or another process is
+    running its saga (another operator's retry, or a worker's).
+
+    One transaction locks the entry, claims its saga, marks the entry ``retrying`` and
+    writes the audit row; the saga then runs here, its steps auditing their own moves.
+    """
+    engine = queue.engine
+    async with db.transaction(queue.pool) as conn:
+        before = await _entry_for_update(conn, entry_id, tenant_id)
+        if before["status"] == "resolved":
+            raise ConflictError(f"retry-queue entry {entry_id} is resolved: the asset is linked")
+        saga = await engine.claim_in(conn, str(before["saga_id"]))
+        # Checked after the claim: once the saga is ours nothing else moves the asset, and
+        # when another process has it, an asset no longer held explains more than "busy".
+        await _held_asset(conn, tenant_id, str(before["asset_id"]), "retried")
+        if saga is None:
+            raise ConflictError(
+                f"retry-queue entry {entry_id} is being retried right now by another "
+                "operator or a worker; try again shortly"
+            )
+        after = await db.fetch_one(conn, "retry_entry_now", {"id": entry_id})
+        assert after is not None  # locked above, and not resolved
+        await _audit_entry(
+            conn, "retry_entry.retried", before, after, actor=actor, request_id=request_id
+        )
+    await engine.resume(saga)
+    return await queue.get(entry_id, tenant_id)
 
 
 async def discard_entry(
@@ -97,20 +131,30 @@ async def discard_entry(
     reason: str | None = None,
 ) -> db.Row:
     """Stop retrying an entry; its asset stays held until an operator retries or cancels it.
-    The operator's ``reason`` is audited with the discard."""
-    entry = await queue.get(entry_id, tenant_id)
-    if entry["status"] in ("resolved", "discarded"):
-        raise ConflictError(f"retry-queue entry {entry_id} is already {entry['status']}")
-    entry = await queue.discard(entry_id, tenant_id)
-    await _audit(
-        queue.pool,
-        "retry_entry.discarded",
-        entry,
-        actor=actor,
-        request_id=request_id,
-        reason=reason,
-    )
-    return entry
+
+    One transaction locks the entry, holds its saga (only if no process is running it),
+    closes the entry and writes the audit row, with the operator's ``reason`` if given."""
+    async with db.transaction(queue.pool) as conn:
+        before = await _entry_for_update(conn, entry_id, tenant_id)
+        if before["status"] in ("resolved", "discarded"):
+            raise ConflictError(f"retry-queue entry {entry_id} is already {before['status']}")
+        if await db.fetch_one(conn, "hold_saga", {"id": before["saga_id"]}) is None:
+            raise ConflictError(
+                f"retry-queue entry {entry_id} is being retried right now; try again shortly"
+            )
+        await close_entries(conn, str(before["asset_id"]), "discarded")
+        after = await db.fetch_one(conn, "get_retry_entry", {"id": entry_id})
+        assert after is not None
+        await _audit_entry(
+            conn,
+            "retry_entry.discarded",
+            before,
+            after,
+            actor=actor,
+            request_id=request_id,
+            reason=reason,
+        )
+    return after
 
 
 BULK_LIMIT = 500
@@ -158,12 +202,13 @@ async def retry_exhausted(
 
 async def retry_link(
     engine: SagaEngine, asset_id: str, tenant_id: str, *, actor: str, request_id: str | None
-) -> SagaResult | None:
+) -> SagaResult:
     """Link a ``link_failed`` asset again, with a new locker command, and drive its saga here.
 
-    One transaction bumps the saga's ``linkGeneration``, moves the asset to ``pending_link``
-    and reopens its retry-queue entry — or opens one, as a fault on the first try leaves
-    none. Returns None when another process took the saga before this one could.
+    One transaction locks the asset, bumps the saga's ``linkGeneration`` and claims the saga,
+    moves the asset to ``pending_link`` (audited) and marks its retry-queue entry
+    ``retrying`` — or opens one, as a fault on the first try leaves none. 409 when another
+    process holds the saga.
     """
     async with db.transaction(engine.pool) as conn:
         await assets.get(conn, tenant_id, asset_id)
@@ -176,7 +221,11 @@ async def retry_link(
                 f"link_failed assets{hint}"
             )
         saga_id = str(asset["saga_id"])
+        # The new generation first: the claim returns the saga as the run will see it.
         if not await db.fetch_one(conn, "retry_link_saga", {"id": saga_id, "grace": engine.lease}):
+            raise _busy(asset_id)
+        saga = await engine.claim_in(conn, saga_id)
+        if saga is None:
             raise _busy(asset_id)
         await assets.transition(
             conn,
@@ -189,7 +238,7 @@ async def retry_link(
         )
         entry = await db.fetch_one(conn, "open_retry_entry_for_update", {"asset_id": asset_id})
         if entry is not None:
-            await db.execute(conn, "reopen_retry_entry", {"id": entry["id"]})
+            await db.execute(conn, "retry_entry_now", {"id": entry["id"]})
         else:
             steps = await db.fetch_all(conn, "get_saga_steps", {"saga_id": saga_id})
             error = next((s["error"] for s in reversed(steps) if s["error"]), None)
@@ -203,27 +252,37 @@ async def retry_link(
                     "locker_ref": asset["locker_ref"],
                     "saga_id": saga_id,
                     "retry_count": 0,
-                    "delay": 0,
+                    "delay": None,
                     "last_error": db.jsonb(error) if error else None,
-                    "status": "pending",
+                    "status": "retrying",
                 },
             )
         await db.execute(conn, "resolve_alerts", {"dedup_keys": _alert_keys(asset_id)})
-    return await engine.run_now(saga_id)
+    return await engine.resume(saga)
 
 
 async def cancel(
     engine: SagaEngine, asset_id: str, tenant_id: str, *, actor: str, request_id: str | None
 ) -> SagaResult:
     """Give up a held registration: its saga compensates now (the locker link is undone
-    unless the device refused it; the asset ends ``compensated``, its entries discarded)."""
-    async with db.connection(engine.pool) as conn:
-        asset = await _held_asset(conn, tenant_id, asset_id, "cancelled")
-    saga_id = str(asset["saga_id"])
-    result = await engine.cancel(saga_id, PartialCommitError(f"registration cancelled by {actor}"))
-    if result is None:
-        raise _busy(asset_id)
+    unless the device refused it; the asset ends ``compensated``, its entries discarded).
+
+    One transaction locks the asset, claims its saga, discards its retry-queue entries,
+    resolves the alerts the decision answers and writes the audit row; the compensation
+    then runs here, its steps auditing their own moves. 409 when another process holds the
+    saga.
+    """
     async with db.transaction(engine.pool) as conn:
+        await assets.get(conn, tenant_id, asset_id)
+        asset = await db.fetch_one(conn, "get_asset_for_update", {"id": asset_id})
+        assert asset is not None
+        await _held_asset(conn, tenant_id, asset_id, "cancelled")
+        saga_id = str(asset["saga_id"])
+        saga = await engine.claim_in(conn, saga_id)
+        if saga is None:
+            raise _busy(asset_id)
+        await close_entries(conn, asset_id, "discarded")
+        await db.execute(conn, "resolve_alerts", {"dedup_keys": _alert_keys(asset_id)})
         await audit.record(
             conn,
             actor=actor,
@@ -232,12 +291,13 @@ async def cancel(
             entity_id=asset_id,
             tenant_id=tenant_id,
             before={"status": asset["status"]},
-            after={"sagaStatus": result.status},
+            after={"sagaStatus": "compensating"},
             request_id=request_id,
             saga_id=saga_id,
         )
-        if result.status == "compensated":
-            await db.execute(conn, "resolve_alerts", {"dedup_keys": _alert_keys(asset_id)})
+    cause = PartialCommitError(f"registration cancelled by {actor}")
+    result = await engine.cancel(saga_id, cause, claimed=saga)
+    assert result is not None  # the saga is ours: claimed above
     return result
 
 
@@ -257,16 +317,19 @@ async def set_maintenance(
     """Put a locker in maintenance until ``until``, or end it (None or a time past).
 
     Links to it are deferred meanwhile, uncounted; ending maintenance makes its pending
-    entries due now. Returns the locker and how many entries were woken.
+    entries due now. One transaction locks the locker, changes it, wakes its entries and
+    writes the audit row. Returns the locker and how many entries were woken.
     """
     if until is not None and until <= datetime.now(UTC):
         until = None
     params: dict[str, Any] = {"tenant_id": tenant_id, "locker_ref": locker_ref}
     async with db.transaction(queue.pool) as conn:
-        before = await db.fetch_one(conn, "get_locker", params)
-        row = await db.fetch_one(conn, "set_locker_maintenance", params | {"until": until})
-        if before is None or row is None:
+        before = await db.fetch_one(conn, "get_locker_for_update", params)
+        if before is None:
             raise NotFoundError(f"locker {locker_ref} not found")
+        row = await db.fetch_one(conn, "set_locker_maintenance", params | {"until": until})
+        assert row is not None  # locked above
+        woken = await wake_entries(conn, locker_ref) if until is None else 0
         await audit.record(
             conn,
             actor=actor,
@@ -275,8 +338,7 @@ async def set_maintenance(
             entity_id=locker_ref,
             tenant_id=tenant_id,
             before={"maintenanceUntil": _iso(before["maintenance_until"])},
-            after={"maintenanceUntil": _iso(until)},
+            after={"maintenanceUntil": _iso(until), "wokenEntries": woken},
             request_id=request_id,
         )
-    woken = await queue.wake_locker(locker_ref) if until is None else 0
     return row, woken

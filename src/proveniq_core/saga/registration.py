@@ -51,7 +51,13 @@ from proveniq_core.saga.model import (
     StepContext,
     StepError,
 )
-from proveniq_core.saga.retry_queue import Deferred, RetryPolicy, close_entries, park_link
+from proveniq_core.saga.retry_queue import (
+    Deferred,
+    RetryPolicy,
+    close_entries,
+    exhaust_entries,
+    park_link,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -202,10 +208,7 @@ def registration_saga(
             await assets.transition(
                 conn, link.asset_id, "link_failed", reason=fault.fault, **audit_ctx(ctx)
             )
-            error = db.jsonb({"code": fault.code, "fault": fault.fault})
-            await db.execute(
-                conn, "exhaust_retry_entries", {"asset_id": link.asset_id, "last_error": error}
-            )
+            await exhaust_entries(conn, link, {"code": fault.code, "fault": fault.fault})
             await alerts.raise_alert(
                 conn,
                 code=fault.code,

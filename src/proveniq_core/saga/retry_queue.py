@@ -19,15 +19,14 @@ import structlog
 
 from proveniq_core import db
 from proveniq_core.errors import (
-    ConflictError,
     CoreError,
     LockerUnreachableError,
     NotFoundError,
 )
-from proveniq_core.ledger import alerts, assets
+from proveniq_core.ledger import alerts, assets, audit
 from proveniq_core.resilience.backoff import Backoff
 from proveniq_core.saga.engine import SagaEngine
-from proveniq_core.saga.model import HOLD, SagaResult, error_doc
+from proveniq_core.saga.model import HOLD, error_doc
 
 log = structlog.get_logger(__name__)
 
@@ -115,7 +114,11 @@ async def park_link(
         }
         await db.execute(conn, "insert_retry_entry", params)
     else:
-        await db.execute(conn, "update_retry_entry", params)
+        # The asset was pending_link already (its move audited nothing): audit the entry.
+        row = await db.fetch_one(conn, "update_retry_entry", params)
+        assert row is not None  # locked above
+        action = "retry_entry.exhausted" if delay == HOLD else "retry_entry.deferred"
+        await _audit_entry(conn, link, row, action, error_doc(cause))
     if delay == HOLD:
         await alerts.raise_alert(
             conn,
@@ -132,13 +135,53 @@ async def park_link(
     return delay
 
 
+async def _audit_entry(
+    conn: db.Conn, link: Deferred, row: db.Row, action: str, error: dict[str, Any]
+) -> None:
+    """Audit an entry the saga changed, in its transaction, under the registration's actor."""
+    await audit.record(
+        conn,
+        actor=link.actor,
+        action=action,
+        entity_type="retry_entry",
+        entity_id=str(row["id"]),
+        tenant_id=link.tenant_id,
+        after={
+            "status": row["status"],
+            "retryCount": row["retry_count"],
+            "nextRetryAt": row["next_retry_at"].isoformat() if row["next_retry_at"] else None,
+            "errorCode": error.get("code"),
+        },
+        request_id=link.request_id,
+        saga_id=link.saga_id,
+    )
+
+
 async def close_entries(conn: db.Conn, asset_id: str, status: str) -> int:
     """Close the asset's open entries as ``resolved`` (linked) or ``discarded``."""
     return await db.execute(conn, "close_retry_entries", {"asset_id": asset_id, "status": status})
 
 
+async def wake_entries(conn: db.Conn, locker_ref: str) -> int:
+    """Make the locker's pending entries (and their sagas) due now, in the caller's
+    transaction, unless it is in maintenance; returns how many."""
+    woken = await db.fetch_all(conn, "wake_locker_retries", {"locker_ref": locker_ref})
+    if woken:
+        await db.execute(conn, "notify_sagas")
+    return len(woken)
+
+
+async def exhaust_entries(conn: db.Conn, link: Deferred, error: dict[str, Any]) -> None:
+    """Give up retrying the asset's open entries (an operator must decide), each audited, in
+    the caller's transaction."""
+    params = {"asset_id": link.asset_id, "last_error": db.jsonb(error)}
+    for row in await db.fetch_all(conn, "exhaust_retry_entries", params):
+        await _audit_entry(conn, link, row, "retry_entry.exhausted", error)
+
+
 class RetryQueue:
-    """Operator and worker access to the queue: list, inspect, process, retry, discard."""
+    """Operator and worker access to the queue: list, inspect, process. An operator's retry
+    or discard is ``saga.operator``'s: it audits the change in the same transaction."""
 
     def __init__(self, pool: db.Pool, engine: SagaEngine) -> None:
         self.pool = pool
@@ -170,35 +213,10 @@ class RetryQueue:
                 return await self.get(str(entry["id"]))
         return None
 
-    async def retry(self, entry_id: str, tenant_id: str | None = None) -> tuple[db.Row, Any]:
-        """An operator's "retry now": run the entry's saga here, due or not, even when the
-        entry is exhausted or discarded. Returns the entry after and the saga's result."""
-        entry = await self.get(entry_id, tenant_id)
-        if entry["status"] == "resolved":
-            return entry, None
-        async with db.transaction(self.pool) as conn:
-            await db.execute(conn, "reopen_retry_entry", {"id": entry_id})
-        result: SagaResult | None = await self.engine.run_now(str(entry["saga_id"]))
-        return await self.get(entry_id), result
-
-    async def discard(self, entry_id: str, tenant_id: str | None = None) -> db.Row:
-        """Stop retrying: the entry ends ``discarded`` and its saga stays held (the asset
-        stays ``pending_link`` until an operator retries or cancels it)."""
-        entry = await self.get(entry_id, tenant_id)
-        async with db.transaction(self.pool) as conn:
-            if await db.fetch_one(conn, "hold_saga", {"id": entry["saga_id"]}) is None:
-                raise ConflictError(
-                    f"retry-queue entry {entry_id} is being retried right now; try again shortly"
-                )
-            await close_entries(conn, str(entry["asset_id"]), "discarded")
-        return await self.get(entry_id)
-
     async def wake_locker(self, locker_ref: str) -> int:
         """A device came back online: make its pending entries due now."""
         async with db.transaction(self.pool) as conn:
-            woken = await db.fetch_all(conn, "wake_locker_retries", {"locker_ref": locker_ref})
-            if woken:
-                await db.execute(conn, "notify_sagas")
+            woken = await wake_entries(conn, locker_ref)
         if woken:
-            log.info("retry_queue.locker_online", locker_ref=locker_ref, woken=len(woken))
-        return len(woken)
+            log.info("retry_queue.locker_online", locker_ref=locker_ref, woken=woken)
+        return woken

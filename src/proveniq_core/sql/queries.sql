@@ -17,6 +17,7 @@ ORDER BY created_at, id
 
 -- revoke_api_key --
 UPDATE api_keys SET revoked_at = now() WHERE id = %(id)s AND revoked_at IS NULL
+RETURNING id, tenant_id, name, scopes
 
 -- insert_locker --
 INSERT INTO lockers (id, tenant_id, locker_ref, site_lat, site_lon, geofence_m)
@@ -26,6 +27,10 @@ RETURNING *
 
 -- get_locker --
 SELECT * FROM lockers WHERE tenant_id = %(tenant_id)s AND locker_ref = %(locker_ref)s
+
+-- get_locker_for_update --
+SELECT * FROM lockers WHERE tenant_id = %(tenant_id)s AND locker_ref = %(locker_ref)s
+FOR UPDATE
 
 -- list_lockers --
 SELECT * FROM lockers
@@ -416,6 +421,7 @@ UPDATE retry_queue SET retry_count = %(retry_count)s,
                        next_retry_at = now() + make_interval(secs => %(delay)s),
                        last_error = %(last_error)s, status = %(status)s, updated_at = now()
 WHERE asset_id = %(asset_id)s AND status IN ('pending', 'retrying', 'exhausted')
+RETURNING *
 
 -- mark_retry_entry_retrying --
 UPDATE retry_queue SET status = 'retrying', updated_at = now()
@@ -426,13 +432,19 @@ UPDATE retry_queue SET status = %(status)s, next_retry_at = NULL, updated_at = n
                        closed_at = now()
 WHERE asset_id = %(asset_id)s AND status IN ('pending', 'retrying', 'exhausted')
 
--- reopen_retry_entry --
-UPDATE retry_queue SET status = 'pending', next_retry_at = now(), updated_at = now(),
+-- retry_entry_now --
+-- An operator's retry: the entry (exhausted or discarded ones too) is retrying, by the
+-- process that claimed its saga in the same transaction.
+UPDATE retry_queue SET status = 'retrying', next_retry_at = NULL, updated_at = now(),
                        closed_at = NULL
 WHERE id = %(id)s AND status IN ('pending', 'retrying', 'exhausted', 'discarded')
+RETURNING *
 
 -- get_retry_entry --
 SELECT * FROM retry_queue WHERE id = %(id)s
+
+-- get_retry_entry_for_update --
+SELECT * FROM retry_queue WHERE id = %(id)s FOR UPDATE
 
 -- latest_retry_entry --
 SELECT * FROM retry_queue WHERE asset_id = %(asset_id)s ORDER BY created_at DESC LIMIT 1
@@ -524,10 +536,11 @@ RETURNING *
 UPDATE retry_queue SET status = 'exhausted', next_retry_at = NULL, last_error = %(last_error)s,
                        updated_at = now()
 WHERE asset_id = %(asset_id)s AND status IN ('pending', 'retrying')
+RETURNING *
 
 -- retry_link_saga --
 -- An operator's retry of a held link: a fresh locker command (linkGeneration + 1). The saga
--- falls due after a grace period (seconds), in case the process retrying it now dies first.
+-- falls due after a grace period (seconds), unless claimed in the same transaction.
 UPDATE sagas SET data = jsonb_set(data, '{linkGeneration}',
                                   to_jsonb(COALESCE((data->>'linkGeneration')::integer, 0) + 1)),
                  run_at = now() + make_interval(secs => %(grace)s), updated_at = now()
@@ -625,7 +638,7 @@ RETURNING *
 -- enable_webhook_endpoint --
 UPDATE webhook_endpoints SET status = 'active', disabled_reason = NULL, disabled_at = NULL,
                              updated_at = now()
-WHERE id = %(id)s AND tenant_id = %(tenant_id)s
+WHERE id = %(id)s AND tenant_id = %(tenant_id)s AND status = 'disabled'
 RETURNING *
 
 -- list_webhook_deliveries --

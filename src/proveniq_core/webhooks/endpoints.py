@@ -190,28 +190,28 @@ async def delete(
 async def enable(
     conn: db.Conn, tenant_id: str, webhook_id: str, *, actor: str, request_id: str | None = None
 ) -> Endpoint:
-    """Make a disabled endpoint active again; its waiting deliveries resume."""
+    """Make a disabled endpoint active again; its waiting deliveries resume. One that is
+    active already is left as it is (nothing changes, nothing is audited)."""
     before = await get(conn, tenant_id, webhook_id, lock=True)
     row = await db.fetch_one(
         conn, "enable_webhook_endpoint", {"id": before.id, "tenant_id": tenant_id}
     )
-    if row is None:  # cannot happen under the lock; never an assertion (a 500)
-        raise NotFoundError(f"webhook {webhook_id} not found")
+    if row is None:  # active already (the row is locked): nothing to change or audit
+        return before
     after = Endpoint.from_row(row)
-    if before.status != "active":
-        await audit.record(
-            conn,
-            actor=actor,
-            action="webhook.enabled",
-            entity_type="webhook",
-            entity_id=str(after.id),
-            tenant_id=tenant_id,
-            before=_audited(before),
-            after=_audited(after),
-            request_id=request_id,
-        )
-        await db.execute(conn, "resolve_alerts", {"dedup_keys": [alert_key(after.id)]})
-        await db.execute(conn, "notify_webhooks")
+    await audit.record(
+        conn,
+        actor=actor,
+        action="webhook.enabled",
+        entity_type="webhook",
+        entity_id=str(after.id),
+        tenant_id=tenant_id,
+        before=_audited(before),
+        after=_audited(after),
+        request_id=request_id,
+    )
+    await db.execute(conn, "resolve_alerts", {"dedup_keys": [alert_key(after.id)]})
+    await db.execute(conn, "notify_webhooks")
     return after
 
 
