@@ -8,12 +8,15 @@ from typing import TextIO
 
 import structlog
 
+from proveniq_core.observability.tracing import add_trace_ids
+
 
 def configure(level: str = "info", *, json: bool = True, stream: TextIO | None = None) -> None:
     """Log at ``level`` and above, as JSON lines (else coloured console lines) on stderr.
 
     Every line carries the context bound with ``structlog.contextvars``: ``request_id`` in a
-    request, ``saga_id``/``asset_id``/``locker_ref`` while a saga or verification runs. With
+    request, ``saga_id``/``asset_id``/``locker_ref`` while a saga or verification runs, and
+    ``trace_id``/``span_id`` while a span is recording. With
     ``stream`` (tests) loggers are not cached, so that a later ``configure`` takes effect.
     """
     lvl = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
@@ -23,6 +26,7 @@ def configure(level: str = "info", *, json: bool = True, stream: TextIO | None =
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_trace_ids,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

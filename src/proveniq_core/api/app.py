@@ -22,6 +22,7 @@ from proveniq_core.api import (
     slo,
     webhooks,
 )
+from proveniq_core.observability import tracing
 from proveniq_core.service import Core
 
 
@@ -49,6 +50,7 @@ def create_app(core: Core | None) -> FastAPI:
     app.state.core = core
     envelope.install(app)
     app.add_middleware(metrics.RequestContext)
+    app.add_middleware(tracing.TraceRequests)  # outermost: the request's log lines are in it
     app.include_router(metrics.router)
     app.include_router(assets.router)
     app.include_router(lockers.router)
