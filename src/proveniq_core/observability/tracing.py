@@ -7,9 +7,10 @@
 come from the API's no-op tracer, and the work done only for traces (trace-context lookups,
 ``traceparent`` fields) is skipped: ``enabled()`` is false.
 
-A trace crosses process boundaries by the W3C ``traceparent``: in an HTTP request's headers,
-in a locker command (``docs/architecture.md`` §4), in a saga's data (so that a saga resumed
-by another process after a crash stays in its trace) and in a webhook delivery's headers.
+A trace crosses process boundaries by the W3C ``traceparent``: in an HTTP request's headers
+(FastAPI's own request span continues it), in a locker command (``docs/architecture.md``
+§4), in a saga's data (so that a saga resumed by another process after a crash stays in its
+trace) and in a webhook delivery's headers.
 """
 
 from __future__ import annotations
@@ -20,19 +21,20 @@ from contextlib import contextmanager
 from typing import Any, Final
 
 import structlog
+from fastapi.telemetry import TelemetryConfig
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
     "TRACEPARENT",
-    "TraceRequests",
     "add_trace_ids",
+    "app_telemetry",
     "configure",
     "context_of",
     "enabled",
+    "event",
     "exemplar",
     "failed",
     "inject",
@@ -40,6 +42,7 @@ __all__ = [
     "shutdown",
     "span",
     "traceparent",
+    "uninstall",
 ]
 
 TRACEPARENT: Final = "traceparent"
@@ -92,10 +95,16 @@ def configure(env: Mapping[str, str] | None = None) -> bool:
 
 
 def install(provider: trace.TracerProvider) -> None:
-    """Make ``provider`` this process's tracer provider (once per process: the API refuses a
-    second one)."""
-    trace.set_tracer_provider(provider)
+    """Make ``provider`` this process's tracer provider and turn tracing on (one provider
+    per process: the API refuses a second one)."""
+    if trace.get_tracer_provider() is not provider:
+        trace.set_tracer_provider(provider)
     _state["provider"] = provider
+
+
+def uninstall() -> None:
+    """Turn the work done only for traces off again (the provider stays: tests)."""
+    _state["provider"] = None
 
 
 def shutdown() -> None:
@@ -113,10 +122,19 @@ def span(
     *,
     parent: Context | None = None,
     kind: SpanKind = SpanKind.INTERNAL,
+    errors: bool = True,
 ) -> Iterator[Span]:
-    """A span around the block, current inside it; an exception escaping it marks it failed."""
+    """A span around the block, current inside it; an exception escaping it marks it failed
+    unless ``errors`` is false (the caller says how it ended)."""
     attrs = {k: v for k, v in (attributes or {}).items() if v is not None}
-    with tracer.start_as_current_span(name, context=parent, kind=kind, attributes=attrs) as s:
+    with tracer.start_as_current_span(
+        name,
+        context=parent,
+        kind=kind,
+        attributes=attrs,
+        record_exception=errors,
+        set_status_on_exception=errors,
+    ) as s:
         yield s
 
 
@@ -147,6 +165,18 @@ def context_of(value: str | None) -> Context | None:
     return ctx if trace.get_current_span(ctx).get_span_context().is_valid else None
 
 
+def event(s: Span, name: str, attributes: Mapping[str, Any]) -> None:
+    """Add an event to ``s`` with the attributes a span can hold (scalars; others as text)."""
+    if not s.is_recording():
+        return
+    attrs = {
+        k: v if isinstance(v, str | bool | int | float) else str(v)
+        for k, v in attributes.items()
+        if v is not None
+    }
+    s.add_event(name, attrs)
+
+
 def exemplar() -> dict[str, str] | None:
     """A histogram exemplar naming the current trace, when the span is sampled."""
     ctx = trace.get_current_span().get_span_context()
@@ -166,41 +196,22 @@ def add_trace_ids(
     return event_dict
 
 
-class TraceRequests:
-    """Plain ASGI middleware, outermost: one server span per HTTP request, continuing a
-    client's ``traceparent``; passes straight through when tracing is off."""
+_UNTRACED: Final = frozenset({"/metrics", "/healthz", "/readyz"})
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not enabled():
-            await self.app(scope, receive, send)
-            return
-        headers = {
-            k.decode("latin-1"): v.decode("latin-1")
-            for k, v in scope["headers"]
-            if k == b"traceparent" or k == b"tracestate"
-        }
-        parent = _PROPAGATOR.extract(headers) if headers else None
-        method = scope.get("method", "")
-        attrs = {"http.request.method": method, "url.path": scope.get("path", "")}
-        status = 500
+def _untraced(scope: MutableMapping[str, Any]) -> bool:
+    return scope.get("path") in _UNTRACED or str(scope.get("path", "")).startswith("/static")
 
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
 
-        with span(method, attrs, parent=parent, kind=SpanKind.SERVER) as s:
-            try:
-                await self.app(scope, receive, send_status)
-            finally:
-                route = getattr(scope.get("route"), "path", None)
-                if route:
-                    s.update_name(f"{method} {route}")
-                    s.set_attribute("http.route", route)
-                s.set_attribute("http.response.status_code", status)
-                if status >= 500:
-                    s.set_status(Status(StatusCode.ERROR))
+def app_telemetry() -> TelemetryConfig:
+    """FastAPI's own request spans (the server span, continuing a client's ``traceparent``),
+    and nothing else of its telemetry: no probe or scrape spans, no per-dependency spans,
+    no OpenTelemetry metrics or logs (Prometheus and structlog have those)."""
+    return {
+        "tracing": True,
+        "operation_spans": False,
+        "metrics": False,
+        "logs": False,
+        "auto_configure": False,
+        "exclude": _untraced,
+    }
