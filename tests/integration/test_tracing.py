@@ -154,7 +154,8 @@ async def test_one_registration_is_one_trace_across_the_device_verify_and_webhoo
 ) -> None:
     """A registration continues the client's trace: the request, the saga and every step,
     the locker command and the device's own span under it, the verification with its checks
-    and the webhook delivery (which sends ``traceparent``) all share its trace id."""
+    and the webhook delivery (which sends ``traceparent``) all share its trace id, which the
+    request's latency sample carries as an exemplar."""
     key = await keys.create_key(core.pool, TENANT, keys.SCOPES, name="tracing")
     receiver = receivers()
     async with api_client(core, key) as client:
@@ -165,6 +166,9 @@ async def test_one_registration_is_one_trace_across_the_device_verify_and_webhoo
             headers={"traceparent": CLIENT_PARENT},
         )
         assert resp.status_code == 201, resp.text
+        scraped = await client.get(
+            "/metrics", headers={"accept": "application/openmetrics-text; version=1.0.0"}
+        )
     await eventually(lambda: bool(receiver.received()))
     await eventually(lambda: bool(named(spans, "webhook.deliver")))
 
@@ -208,6 +212,15 @@ async def test_one_registration_is_one_trace_across_the_device_verify_and_webhoo
     sent = receiver.received()[0].headers["traceparent"]
     assert sent.split("-")[1] == CLIENT_TRACE
     assert int(sent.split("-")[2], 16) == span_id(delivery)
+
+    # The request's latency sample names its trace (an OpenMetrics exemplar).
+    assert scraped.headers["content-type"].startswith("application/openmetrics-text")
+    assert any(
+        line.startswith("core_orchestration_latency_seconds_bucket")
+        and 'operation="POST /api/assets"' in line
+        and f'# {{trace_id="{CLIENT_TRACE}"}}' in line
+        for line in scraped.text.splitlines()
+    ), scraped.text
 
     trace_spans = [s for s in spans.get_finished_spans() if trace_of(s) == CLIENT_TRACE]
     for s in [request, saga, link, device, verify, collect, delivery]:
