@@ -7,8 +7,18 @@ import sys
 from typing import TextIO
 
 import structlog
+from opentelemetry import trace
 
-from proveniq_core.observability.tracing import add_trace_ids
+
+def add_trace_ids(
+    logger: object, method: str, event_dict: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """structlog processor: ``trace_id`` and ``span_id`` of the span active, if any."""
+    ctx = trace.get_current_span().get_span_context()
+    if ctx.is_valid:
+        event_dict.setdefault("trace_id", format(ctx.trace_id, "032x"))
+        event_dict.setdefault("span_id", format(ctx.span_id, "016x"))
+    return event_dict
 
 
 def configure(level: str = "info", *, json: bool = True, stream: TextIO | None = None) -> None:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
+from proveniq_core import logs
 from proveniq_core.locker.protocol import Command, decode_command, encode
 from proveniq_core.observability import tracing
 
@@ -49,9 +50,9 @@ def test_a_stored_traceparent_is_continued_and_a_bad_one_ignored() -> None:
 def test_log_lines_carry_the_ids_of_the_active_span() -> None:
     """The structlog processor adds trace_id/span_id inside a recording span, nothing outside."""
     tracer = TracerProvider().get_tracer("test")
-    assert tracing.add_trace_ids(None, "info", {"event": "x"}) == {"event": "x"}
+    assert logs.add_trace_ids(None, "info", {"event": "x"}) == {"event": "x"}
     with tracer.start_as_current_span("work") as s:
-        line = tracing.add_trace_ids(None, "info", {"event": "x"})
+        line = logs.add_trace_ids(None, "info", {"event": "x"})
         assert line["trace_id"] == format(s.get_span_context().trace_id, "032x")
         assert line["span_id"] == format(s.get_span_context().span_id, "016x")
         sent = tracing.traceparent()

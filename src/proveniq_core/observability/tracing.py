@@ -20,7 +20,6 @@ from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import Any, Final
 
-import structlog
 from fastapi.telemetry import TelemetryConfig
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -29,7 +28,6 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 __all__ = [
     "TRACEPARENT",
-    "add_trace_ids",
     "app_telemetry",
     "configure",
     "context_of",
@@ -183,17 +181,6 @@ def exemplar() -> dict[str, str] | None:
     if not ctx.trace_flags.sampled:
         return None
     return {"trace_id": format(ctx.trace_id, "032x")}
-
-
-def add_trace_ids(
-    logger: Any, method: str, event_dict: structlog.typing.EventDict
-) -> structlog.typing.EventDict:
-    """structlog processor: ``trace_id`` and ``span_id`` of the span active, if any."""
-    ctx = trace.get_current_span().get_span_context()
-    if ctx.is_valid:
-        event_dict.setdefault("trace_id", format(ctx.trace_id, "032x"))
-        event_dict.setdefault("span_id", format(ctx.span_id, "016x"))
-    return event_dict
 
 
 _UNTRACED: Final = frozenset({"/metrics", "/healthz", "/readyz"})
