@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,12 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
 from proveniq_core import db
+from proveniq_core.errors import LockerTimeoutError
 from proveniq_core.ledger import keys
+from proveniq_core.locker.gateway import LockerGateway
 from proveniq_core.observability import tracing
 from proveniq_core.saga import SagaDefinition, SagaEngine, Step, StepContext
 from proveniq_core.saga.registration import NAME as REGISTRATION
@@ -290,3 +294,61 @@ async def test_tracing_off_adds_nothing_to_the_saga_or_the_command(pool: db.Pool
     async with db.connection(pool) as conn:
         row = await db.fetch_one(conn, "get_saga", {"id": result.saga_id})
     assert row is not None and "traceparent" not in row["data"]
+
+
+async def test_a_command_without_reply_fails_its_span_its_step_and_its_saga(
+    pool: db.Pool, mqtt_url: str, spans: InMemorySpanExporter
+) -> None:
+    """A locker command nobody answers marks its span, its step attempt and its saga failed,
+    with the error's code."""
+    gateway = LockerGateway(mqtt_url)
+    await gateway.start()
+
+    async def ping(ctx: StepContext) -> dict[str, Any]:
+        return await gateway.send(
+            f"nobody-{uuid.uuid4().hex[:8]}", "ping", command_id=ctx.idempotency_key, timeout=0.2
+        )
+
+    try:
+        definition = SagaDefinition("pinging", (Step("ping", ping),))
+        result = await SagaEngine(pool).run(definition, {})
+    finally:
+        await gateway.stop()
+    assert result.status == "failed"
+
+    command = one(spans, "locker.command ping")
+    assert command.status.status_code is StatusCode.ERROR
+    assert command.attributes is not None
+    assert command.attributes["error.code"] == LockerTimeoutError.code
+    step = one(spans, "saga.step ping")
+    assert parent_of(command) == span_id(step)
+    assert step.status.status_code is StatusCode.ERROR
+    assert step.attributes is not None
+    assert step.attributes["saga.step.outcome"] == "failed"
+    assert step.attributes["error.code"] == LockerTimeoutError.code
+    saga = one(spans, "saga pinging")
+    assert saga.attributes is not None
+    assert saga.attributes["saga.outcome"] == "failed"
+
+
+async def test_a_refused_webhook_attempt_is_a_failed_span_with_its_status(
+    core: Core, spans: InMemorySpanExporter, receivers: Callable[..., Receiver]
+) -> None:
+    """A delivery attempt the receiver answers 500 is a failed span, outcome pending (it will
+    be retried), with the receiver's status."""
+    key = await keys.create_key(core.pool, TENANT, keys.SCOPES, name="tracing")
+    receiver = receivers((500, {}))
+    async with api_client(core, key) as client:
+        await subscribe(client, receiver.url, ["asset.created"])
+        resp = await client.post(
+            "/api/assets",
+            json={"name": "Leica M6", "category": "camera", "lockerRef": first_ref(core)},
+        )
+        assert resp.status_code == 201, resp.text
+    await eventually(lambda: bool(named(spans, "webhook.deliver")))
+    delivery = one(spans, "webhook.deliver")
+    assert delivery.status.status_code is StatusCode.ERROR
+    assert delivery.attributes is not None
+    assert delivery.attributes["http.response.status_code"] == 500
+    assert delivery.attributes["webhook.outcome"] == "pending"
+    assert trace_of(delivery) == trace_of(one(spans, "POST /api/assets"))
