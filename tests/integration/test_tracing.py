@@ -26,6 +26,7 @@ from opentelemetry.trace import StatusCode
 from proveniq_core import db
 from proveniq_core.errors import LockerTimeoutError
 from proveniq_core.ledger import keys
+from proveniq_core.ledger.outbox import emit
 from proveniq_core.locker.gateway import LockerGateway
 from proveniq_core.observability import tracing
 from proveniq_core.saga import SagaDefinition, SagaEngine, Step, StepContext
@@ -352,3 +353,22 @@ async def test_a_refused_webhook_attempt_is_a_failed_span_with_its_status(
     assert delivery.attributes["http.response.status_code"] == 500
     assert delivery.attributes["webhook.outcome"] == "pending"
     assert trace_of(delivery) == trace_of(one(spans, "POST /api/assets"))
+
+
+async def test_an_event_about_no_asset_of_ours_is_delivered_in_a_trace_of_its_own(
+    core: Core, spans: InMemorySpanExporter, receivers: Callable[..., Receiver]
+) -> None:
+    """An event whose ``assetId`` names no asset (not even a UUID) is still delivered, in a
+    new trace whose ``traceparent`` the receiver gets."""
+    key = await keys.create_key(core.pool, TENANT, keys.SCOPES, name="tracing")
+    receiver = receivers()
+    async with api_client(core, key) as client:
+        await subscribe(client, receiver.url, ["asset.created"])
+    async with db.transaction(core.pool) as conn:
+        await emit(conn, TENANT, "asset.created", {"assetId": "a-9"})
+    await eventually(lambda: bool(named(spans, "webhook.deliver")))
+    delivery = one(spans, "webhook.deliver")
+    assert delivery.parent is None
+    assert delivery.attributes is not None
+    assert delivery.attributes["webhook.outcome"] == "delivered"
+    assert receiver.received()[0].headers["traceparent"].split("-")[1] == trace_of(delivery)

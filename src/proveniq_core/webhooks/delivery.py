@@ -161,7 +161,11 @@ class DeliveryWorker:
     async def _trace(self, job: db.Row) -> Context | None:
         """The trace of the registration whose asset the event is about, if it is about one."""
         asset_id = job["data"].get("assetId") if isinstance(job["data"], dict) else None
-        if not asset_id:
+        try:
+            asset_id = uuid.UUID(str(asset_id)) if asset_id else None
+        except ValueError:  # not an asset of ours: the delivery starts its own trace
+            asset_id = None
+        if asset_id is None:
             return None
         async with db.connection(self.pool) as conn:
             row = await db.fetch_one(conn, "asset_trace", {"asset_id": asset_id})
