@@ -123,7 +123,11 @@ def span(
     errors: bool = True,
 ) -> Iterator[Span]:
     """A span around the block, current inside it; an exception escaping it marks it failed
-    unless ``errors`` is false (the caller says how it ended)."""
+    unless ``errors`` is false (the caller says how it ended). With tracing off, the API's
+    invalid span, and nothing made current: no cost beyond the call."""
+    if _state["provider"] is None:
+        yield trace.INVALID_SPAN
+        return
     attrs = {k: v for k, v in (attributes or {}).items() if v is not None}
     with tracer.start_as_current_span(
         name,
@@ -145,6 +149,8 @@ def failed(s: Span, code: str | None, message: str = "") -> None:
 
 def traceparent() -> str | None:
     """The W3C ``traceparent`` of the current span when it is sampled, else None."""
+    if _state["provider"] is None:
+        return None
     carrier: dict[str, str] = {}
     _PROPAGATOR.inject(carrier)
     return carrier.get(TRACEPARENT)
@@ -177,6 +183,8 @@ def event(s: Span, name: str, attributes: Mapping[str, Any]) -> None:
 
 def exemplar() -> dict[str, str] | None:
     """A histogram exemplar naming the current trace, when the span is sampled."""
+    if _state["provider"] is None:
+        return None
     ctx = trace.get_current_span().get_span_context()
     if not ctx.trace_flags.sampled:
         return None
