@@ -22,13 +22,19 @@ from proveniq_core.api import (
     slo,
     webhooks,
 )
+from proveniq_core.observability import tracing
 from proveniq_core.service import Core
 
 
 def create_worker_app(core: Core) -> FastAPI:
     """What a ``--role worker`` process serves: ``/metrics``, ``/healthz`` and ``/readyz``,
     so each worker is a scrape target and a probe like any other process."""
-    app = FastAPI(title="Proveniq Core worker", version="0.1.0", openapi_url=None)
+    app = FastAPI(
+        title="Proveniq Core worker",
+        version="0.1.0",
+        openapi_url=None,
+        telemetry=tracing.app_telemetry(),
+    )
     app.state.core = core
     envelope.install(app)
     app.include_router(metrics.router)
@@ -45,6 +51,7 @@ def create_app(core: Core | None) -> FastAPI:
         description="Registers physical assets across lockers (MQTT), the ledger and Verify.",
         docs_url=None,  # served by the console with local assets: works offline
         redoc_url=None,
+        telemetry=tracing.app_telemetry(),
     )
     app.state.core = core
     envelope.install(app)

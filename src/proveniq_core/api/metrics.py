@@ -18,6 +18,7 @@ import structlog
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.openmetrics import exposition as openmetrics
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proveniq_core.api.deps import CoreDep
@@ -48,6 +49,12 @@ async def prometheus_metrics(request: Request, core: CoreDep) -> Response:
             gateway=core.gateway,
         )
     await state.scrape_gauges.refresh()
+    if "application/openmetrics-text" in request.headers.get("accept", ""):
+        # OpenMetrics carries the latency histograms' exemplars (trace ids of sampled spans).
+        return Response(
+            openmetrics.generate_latest(metrics.REGISTRY),  # type: ignore[no-untyped-call]
+            media_type=openmetrics.CONTENT_TYPE_LATEST,
+        )
     return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -165,6 +165,7 @@ def serve(
     print the file that keeps it.
     """
     from proveniq_core import logs
+    from proveniq_core.observability import tracing
 
     config = settings(
         home=home,
@@ -181,8 +182,10 @@ def serve(
     sock = listen(config.host, config.port)
     try:
         logs.configure(config.log_level, json=config.log_json)
+        tracing.configure()
         run(_serve(config, sock), loop=event_loop.value)
     finally:
+        tracing.shutdown()  # exports the spans still batched
         sock.close()
 
 

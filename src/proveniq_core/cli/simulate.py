@@ -81,12 +81,14 @@ def simulate(
     from proveniq_core import logs
     from proveniq_core.locker.faults import FaultBook
     from proveniq_core.locker.simulator import LatencyProfile, fleet_specs, run_fleet
+    from proveniq_core.observability import tracing
 
     try:
         prof = LatencyProfile.parse(profile)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--profile") from None
     logs.configure("warning")
+    tracing.configure()  # the devices' own spans, continuing Core's commands
     specs = fleet_specs(lockers, prefix)
     faults = FaultBook.seeded(seed)
     sock = None
@@ -130,4 +132,7 @@ def simulate(
                 mqtt_url, specs, prof, stop, seed=seed, state_file=state_file, faults=faults
             )
 
-    run(go())
+    try:
+        run(go())
+    finally:
+        tracing.shutdown()

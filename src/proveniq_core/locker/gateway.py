@@ -27,9 +27,11 @@ from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 import structlog
+from opentelemetry.trace import SpanKind
 
 from proveniq_core.errors import (
     BrokerUnreachableError,
+    CoreError,
     LockerHardwareError,
     LockerOfflineError,
     LockerTimeoutError,
@@ -48,7 +50,7 @@ from proveniq_core.locker.protocol import (
     ref_from_topic,
     validate_ref,
 )
-from proveniq_core.observability import metrics
+from proveniq_core.observability import metrics, tracing
 from proveniq_core.resilience.backoff import Backoff
 from proveniq_core.resilience.breaker import (
     LOCKER,
@@ -218,12 +220,20 @@ class LockerGateway:
         """
         validate_ref(ref)
         context: dict[str, Any] = {"lockerRef": ref, "commandId": command_id, "type": type}
-        with (
-            metrics.timed("locker", type, metrics.locker_status),
-            self._admit(FLEET_CIRCUIT, context, asset_id) as fleet,
-            self._admit(device_circuit(ref), context, asset_id),
-        ):
-            return await self._send(ref, type, command_id, asset_id, timeout, context, fleet)
+        attributes = {"locker.ref": ref, "locker.command": type, "locker.command_id": command_id}
+        with tracing.span(f"locker.command {type}", attributes, kind=SpanKind.CLIENT) as span:
+            try:
+                with (
+                    metrics.timed("locker", type, metrics.locker_status),
+                    self._admit(FLEET_CIRCUIT, context, asset_id) as fleet,
+                    self._admit(device_circuit(ref), context, asset_id),
+                ):
+                    return await self._send(
+                        ref, type, command_id, asset_id, timeout, context, fleet
+                    )
+            except CoreError as exc:
+                tracing.failed(span, exc.code, str(exc))
+                raise
 
     def _admit(self, circuit: str, context: dict[str, Any], asset_id: str | None) -> Permit:
         config = FLEET_BREAKER if circuit == FLEET_CIRCUIT else DEVICE_BREAKER
@@ -255,7 +265,11 @@ class LockerGateway:
         if self._presence.get(ref) is False:
             raise LockerOfflineError("locker offline", details=context, asset_id=asset_id)
         command = Command(
-            commandId=command_id, type=type, assetId=asset_id, issuedAt=datetime.now(UTC)
+            commandId=command_id,
+            type=type,
+            assetId=asset_id,
+            issuedAt=datetime.now(UTC),
+            traceparent=tracing.traceparent(),
         )
         key = (ref, command_id)
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()

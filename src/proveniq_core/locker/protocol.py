@@ -3,6 +3,7 @@
 Core publishes a ``Command`` on ``proveniq/lockers/{ref}/commands``; the device answers
 with a ``Reply`` carrying the same ``commandId`` on ``.../replies`` and keeps a retained
 ``online`` / ``offline`` on ``.../status`` (its last will is ``offline``). All QoS 1, JSON.
+A command may carry the W3C ``traceparent`` of the span that sent it (optional field).
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ class Command(_Wire):
     type: CommandType
     assetId: str | None = None
     issuedAt: AwareDatetime
+    traceparent: str | None = Field(None, max_length=256)
+    """Optional W3C trace context of the command; a device that traces continues it, one
+    that does not ignores it, and a malformed one is ignored, never refused."""
 
 
 class ReplyError(_Wire):

@@ -32,6 +32,7 @@ from typing import Any
 
 import aiomqtt
 import structlog
+from opentelemetry.trace import SpanKind
 from PIL import Image, ImageDraw
 
 from proveniq_core.locker.faults import (
@@ -64,6 +65,7 @@ from proveniq_core.locker.protocol import (
     status_topic,
     validate_ref,
 )
+from proveniq_core.observability import tracing
 
 log = structlog.get_logger(__name__)
 
@@ -452,6 +454,24 @@ class LockerFleet:
         except ValueError as exc:
             log.warning("locker.sim_malformed_command", locker_ref=device.ref, error=str(exc))
             return
+        parent = tracing.context_of(command.traceparent)
+        if parent is None:
+            await self._answer(device, command)
+            return
+        # The device's own time, from receiving the command to publishing its answer, in
+        # the trace of the command that asked for it.
+        attributes = {
+            "locker.ref": device.ref,
+            "locker.command": command.type,
+            "locker.command_id": command.commandId,
+        }
+        with tracing.span(
+            f"locker.device {command.type}", attributes, parent=parent, kind=SpanKind.SERVER
+        ):
+            await self._answer(device, command)
+
+    async def _answer(self, device: LockerDevice, command: Command) -> None:
+        """Answer one command: its first answer again for a repeated ``commandId``."""
         device.received[command.type] += 1
         answer = device.answer_for(command.commandId)
         if answer is None:

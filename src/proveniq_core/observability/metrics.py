@@ -40,6 +40,7 @@ from proveniq_core.errors import (
     LockerTimeoutError,
     LockerUnreachableError,
 )
+from proveniq_core.observability import tracing
 
 __all__ = [
     "AUDIT_OLDEST_UNSEALED",
@@ -252,7 +253,7 @@ OPS_ALERTS_LAST_RAISED: Final = Gauge(
 
 def observe(subsystem: str, operation: str, status: str, seconds: float) -> None:
     """Count one operation and its latency."""
-    LATENCY.labels(subsystem, operation, status).observe(seconds)
+    LATENCY.labels(subsystem, operation, status).observe(seconds, tracing.exemplar())
     REQUESTS.labels(subsystem, operation, status).inc()
 
 
@@ -309,7 +310,7 @@ def declare_saga(saga: str, steps: Iterable[str]) -> None:
 
 def saga_run(saga: str, outcome: str, seconds: float) -> None:
     """One run of a saga stopped at ``outcome``: an end (counted once) or deferred/error."""
-    SAGA_DURATION.labels(saga, outcome).observe(seconds)
+    SAGA_DURATION.labels(saga, outcome).observe(seconds, tracing.exemplar())
     if outcome in SAGA_OUTCOMES:
         SAGAS.labels(saga, outcome).inc()
 
@@ -321,7 +322,7 @@ def saga_step(saga: str, step: str) -> Iterator[None]:
     try:
         yield
     finally:
-        STEP_DURATION.labels(saga, step).observe(time.perf_counter() - started)
+        STEP_DURATION.labels(saga, step).observe(time.perf_counter() - started, tracing.exemplar())
 
 
 def saga_compensated(saga: str, step: str) -> None:

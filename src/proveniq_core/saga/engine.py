@@ -37,7 +37,7 @@ import structlog
 from proveniq_core import db
 from proveniq_core.errors import CoreError
 from proveniq_core.ledger import alerts
-from proveniq_core.observability import metrics
+from proveniq_core.observability import metrics, tracing
 from proveniq_core.resilience.backoff import Backoff
 from proveniq_core.saga import planner
 from proveniq_core.saga._journal import (
@@ -117,6 +117,25 @@ def _log_context(run: SagaRun) -> dict[str, Any]:
     }
 
 
+def _span_attributes(run: SagaRun) -> dict[str, Any]:
+    """A saga's span attributes: its ids and those its definition names (``asset_id`` is
+    ``asset.id``); none when tracing is off."""
+    if not tracing.enabled():
+        return {}
+    extra = run.definition.log_context(run.data)
+    return {"saga.id": run.saga_id, "saga.name": run.definition.name} | {
+        key.replace("_", "."): value for key, value in extra.items()
+    }
+
+
+def _traced(input: dict[str, Any]) -> dict[str, Any]:
+    """A new saga's data, with the trace context it starts in (kept for its resumption)."""
+    if not tracing.enabled() or tracing.TRACEPARENT in input:
+        return input
+    current = tracing.traceparent()
+    return input if current is None else {**input, tracing.TRACEPARENT: current}
+
+
 def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
@@ -175,6 +194,7 @@ class SagaEngine:
         """Start a saga now, in this process, and drive it as far as it goes."""
         self.register(definition)
         saga_id = saga_id or str(uuid.uuid4())
+        input = _traced(input)
         run = SagaRun(
             saga_id,
             1,
@@ -213,6 +233,7 @@ class SagaEngine:
         """
         self.register(definition)
         saga_id = saga_id or str(uuid.uuid4())
+        input = _traced(input)
         params = self.journal.saga_row(
             saga_id, definition, input, tenant_id, owner=None, delay=delay
         )
@@ -257,72 +278,89 @@ class SagaEngine:
         while True:
             ctx = StepContext(run.saga_id, index, step.name, attempt, dict(run.data))
             row = attempt_row(index, phase, attempt, step.name)
-            try:
-                if step.transactional:
-                    # The attempt is begun and finished in the step's own transaction: one
-                    # checkpoint after the step's writes fences them all (a stale owner's
-                    # commit fails and takes the writes with it).
-                    async with self.journal.transaction(run, pipeline=True) as conn:
-                        ctx.conn = conn
-                        await self.journal.create(conn, run)
-                        out = await _call(step, ctx)
+            attributes = {
+                "saga.step": step.name,
+                "saga.step.phase": phase.value,
+                "saga.step.attempt": attempt,
+                **_span_attributes(run),
+            }
+            with tracing.span(f"saga.step {step.name}", attributes, errors=False) as span:
+                try:
+                    if step.transactional:
+                        # The attempt is begun and finished in the step's own transaction: one
+                        # checkpoint after the step's writes fences them all (a stale owner's
+                        # commit fails and takes the writes with it).
+                        async with self.journal.transaction(run, pipeline=True) as conn:
+                            ctx.conn = conn
+                            await self.journal.create(conn, run)
+                            out = await _call(step, ctx)
+                            await self.journal.checkpoint(
+                                conn,
+                                run,
+                                begin=row,
+                                end=end_row(row, AttemptStatus.COMPLETED, out),
+                                data=out if execute else None,
+                                **then,
+                            )
+                        run.record(action, attempt, AttemptStatus.COMPLETED)
+                        span.set_attribute("saga.step.outcome", "completed")
+                        return out
+                    if not begun:
+                        await self.journal.commit(run, begin=row)
+                    out = await _call(step, ctx)
+                except Defer as deferral:
+                    cause = error_doc(deferral.cause) if deferral.cause else {}
+                    async with self.journal.transaction(run) as conn:
+                        # Fence first, then the step's own writes, in one transaction.
                         await self.journal.checkpoint(
                             conn,
                             run,
-                            begin=row,
-                            end=end_row(row, AttemptStatus.COMPLETED, out),
-                            data=out if execute else None,
-                            **then,
+                            begin=row if step.transactional else None,
+                            end=end_row(
+                                row,
+                                AttemptStatus.DEFERRED,
+                                error={**cause, "message": str(deferral)},
+                            ),
                         )
-                    run.record(action, attempt, AttemptStatus.COMPLETED)
-                    return out
-                if not begun:
-                    await self.journal.commit(run, begin=row)
-                out = await _call(step, ctx)
-            except Defer as deferral:
-                cause = error_doc(deferral.cause) if deferral.cause else {}
-                async with self.journal.transaction(run) as conn:
-                    # Fence first, then the step's own writes, in one transaction.
-                    await self.journal.checkpoint(
-                        conn,
+                        if deferral.write is not None:
+                            deferral.delay = await deferral.write(conn)
+                        await self.journal.checkpoint(conn, run, defer=deferral.delay)
+                    span.set_attribute("saga.step.outcome", "deferred")
+                    if deferral.cause is not None:
+                        span.set_attribute("error.code", deferral.cause.code)
+                    raise
+                except _StepFailedError as failure:
+                    again = attempt - first < step.retries and (
+                        not execute or retryable(failure.error)
+                    )
+                    await self.journal.commit(
                         run,
                         begin=row if step.transactional else None,
-                        end=end_row(
-                            row,
-                            AttemptStatus.DEFERRED,
-                            error={**cause, "message": str(deferral)},
+                        end=end_row(row, AttemptStatus.FAILED, error=error_doc(failure.error)),
+                        next=(
+                            attempt_row(index, phase, attempt + 1, step.name)
+                            if again and not step.transactional
+                            else None
                         ),
                     )
-                    if deferral.write is not None:
-                        deferral.delay = await deferral.write(conn)
-                    await self.journal.checkpoint(conn, run, defer=deferral.delay)
-                raise
-            except _StepFailedError as failure:
-                again = attempt - first < step.retries and (not execute or retryable(failure.error))
-                await self.journal.commit(
-                    run,
-                    begin=row if step.transactional else None,
-                    end=end_row(row, AttemptStatus.FAILED, error=error_doc(failure.error)),
-                    next=(
-                        attempt_row(index, phase, attempt + 1, step.name)
-                        if again and not step.transactional
-                        else None
-                    ),
-                )
-                run.record(action, attempt, AttemptStatus.FAILED, StepError.of(failure.error))
-                if not again:
-                    raise
-                await self.clock.sleep(backoff.delay(attempt - first))
-                attempt, begun = attempt + 1, not step.transactional
-                continue
-            await self.journal.commit(
-                run,
-                end=end_row(row, AttemptStatus.COMPLETED, out),
-                data=out if execute else None,
-                **then,
-            )
-            run.record(action, attempt, AttemptStatus.COMPLETED)
-            return out
+                    run.record(action, attempt, AttemptStatus.FAILED, StepError.of(failure.error))
+                    span.set_attribute("saga.step.outcome", "failed")
+                    tracing.failed(span, error_doc(failure.error)["code"], str(failure.error))
+                    if not again:
+                        raise
+                else:
+                    await self.journal.commit(
+                        run,
+                        end=end_row(row, AttemptStatus.COMPLETED, out),
+                        data=out if execute else None,
+                        **then,
+                    )
+                    run.record(action, attempt, AttemptStatus.COMPLETED)
+                    span.set_attribute("saga.step.outcome", "completed")
+                    return out
+            # A failed attempt to retry: the wait is between the attempts' spans.
+            await self.clock.sleep(backoff.delay(attempt - first))
+            attempt, begun = attempt + 1, not step.transactional
 
     async def _drive(self, run: SagaRun, *, begun: bool) -> SagaResult:
         """Do what the planner says, step by step, until the saga ends or parks.
@@ -555,10 +593,18 @@ class SagaEngine:
         or error when it raised: it will be resumed). Log lines meanwhile carry its ids."""
         started = time.perf_counter()
         outcome = "error"
+        # A resumed saga continues the trace it started in, in whichever process resumes it.
+        parent = tracing.context_of(run.data.get(tracing.TRACEPARENT))
         try:
-            with structlog.contextvars.bound_contextvars(**_log_context(run)):
+            with (
+                tracing.span(
+                    f"saga {run.definition.name}", _span_attributes(run), parent=parent
+                ) as span,
+                structlog.contextvars.bound_contextvars(**_log_context(run)),
+            ):
                 result = await drive
-            outcome = "deferred" if result.deferred is not None else str(result.status)
+                outcome = "deferred" if result.deferred is not None else str(result.status)
+                span.set_attribute("saga.outcome", outcome)
             return result
         finally:
             metrics.saga_run(run.definition.name, outcome, time.perf_counter() - started)

@@ -894,3 +894,10 @@ LIMIT 200
 SELECT e.*, a.name AS asset_name FROM evidence e JOIN assets a ON a.id = e.asset_id
 WHERE e.asset_id = %(asset_id)s AND e.tenant_id = %(tenant_id)s
 ORDER BY e.created_at, e.sha256
+
+-- asset_trace --
+-- The trace context an asset's registration saga started in (``traceparent`` in its data):
+-- the work that follows the registration (verification, webhook deliveries) joins its trace.
+SELECT s.data->>'traceparent' AS traceparent
+FROM assets a JOIN sagas s ON s.id = a.saga_id
+WHERE a.id = %(asset_id)s::uuid

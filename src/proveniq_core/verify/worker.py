@@ -14,13 +14,15 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 
 import structlog
+from opentelemetry import trace
+from opentelemetry.context import Context
 
 from proveniq_core import db
 from proveniq_core.config import Settings
 from proveniq_core.errors import CoreError, LockerError
 from proveniq_core.ledger import alerts, assets, audit, outbox
 from proveniq_core.locker.gateway import LockerGateway
-from proveniq_core.observability import metrics
+from proveniq_core.observability import metrics, tracing
 from proveniq_core.resilience.backoff import Backoff
 from proveniq_core.verify import reviews
 from proveniq_core.verify.analysis import (
@@ -104,8 +106,21 @@ class VerifyWorker:
         return True
 
     async def _process(self, job: db.Row) -> None:
-        with _log_context(job):
+        parent = await self._trace(job) if tracing.enabled() else None
+        attributes = {
+            "verification.id": str(job["id"]),
+            "verification.attempt": job["attempts"],
+            "asset.id": str(job["asset_id"]),
+            "locker.ref": job["locker_ref"],
+        }
+        with _log_context(job), tracing.span("verify", attributes, parent=parent):
             await self._handle(job)
+
+    async def _trace(self, job: db.Row) -> Context | None:
+        """The trace of the registration that asked for this verification."""
+        async with db.connection(self.pool) as conn:
+            row = await db.fetch_one(conn, "asset_trace", {"asset_id": job["asset_id"]})
+        return tracing.context_of(row["traceparent"] if row else None)
 
     async def _claim(self) -> db.Row | None:
         """One due verification, claimed under a lease, with its locker's ref and site."""
@@ -236,6 +251,10 @@ class VerifyWorker:
                     timeout=self.settings.review_timeout,
                 )
         metrics.verification_outcome(status)
+        span = trace.get_current_span()
+        span.set_attribute("verification.outcome", status)
+        for name, check in outcome.checks.items():
+            tracing.event(span, f"check {name}", check)
         log.info("verification_completed", verification_id=str(job["id"]), status=status)
 
     async def _retry_or_escalate(self, job: db.Row, exc: Exception) -> None:

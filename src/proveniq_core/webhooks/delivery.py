@@ -33,9 +33,11 @@ from typing import Final, Literal
 
 import httpx
 import structlog
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind
 
 from proveniq_core import db
-from proveniq_core.observability import metrics
+from proveniq_core.observability import metrics, tracing
 from proveniq_core.resilience.backoff import stretch
 from proveniq_core.webhooks import destinations, endpoints, signing
 from proveniq_core.webhooks.crypto import SecretBox, SecretKeyError
@@ -145,6 +147,31 @@ class DeliveryWorker:
             )
 
     async def _deliver(self, job: db.Row) -> None:
+        parent = await self._trace(job) if tracing.enabled() else None
+        attributes = {
+            "webhook.delivery_id": str(job["id"]),
+            "webhook.event_type": job["type"],
+            "webhook.attempt": job["attempts"],
+        }
+        with tracing.span(
+            "webhook.deliver", attributes, parent=parent, kind=SpanKind.CLIENT
+        ) as span:
+            await self._attempt(job, span)
+
+    async def _trace(self, job: db.Row) -> Context | None:
+        """The trace of the registration whose asset the event is about, if it is about one."""
+        asset_id = job["data"].get("assetId") if isinstance(job["data"], dict) else None
+        try:
+            asset_id = uuid.UUID(str(asset_id)) if asset_id else None
+        except ValueError:  # not an asset of ours: the delivery starts its own trace
+            asset_id = None
+        if asset_id is None:
+            return None
+        async with db.connection(self.pool) as conn:
+            row = await db.fetch_one(conn, "asset_trace", {"asset_id": asset_id})
+        return tracing.context_of(row["traceparent"] if row else None)
+
+    async def _attempt(self, job: db.Row, span: Span) -> None:
         body = json.dumps(
             signing.payload(job["type"], job["event_at"], job["data"]), separators=(",", ":")
         )
@@ -152,6 +179,11 @@ class DeliveryWorker:
             job["url"], job["secret"], signing.message_id(job["event_id"]), body
         )
         outcome = decide(job["attempts"], result, self.rand)
+        if result.status_code is not None:
+            span.set_attribute("http.response.status_code", result.status_code)
+        span.set_attribute("webhook.outcome", outcome.status)
+        if not result.ok:
+            tracing.failed(span, None, result.error or "")
         async with db.transaction(self.pool) as conn:
             recorded = await db.fetch_one(
                 conn,
@@ -207,6 +239,7 @@ class DeliveryWorker:
             "host": dest.host_header(),
             **signing.headers(secret, msg_id, at, body),
         }
+        tracing.inject(headers)  # the receiver may continue the trace (W3C traceparent)
         extensions = {"sni_hostname": dest.sni} if dest.sni else {}
         failure = "no address"
         for address in dest.addresses:
