@@ -1,11 +1,15 @@
-"""Helpers shared by the test suites: waiting on a condition with a deadline."""
+"""Helpers shared by the test suites: waiting on a condition with a deadline, running the CLI."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+import subprocess
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 
@@ -35,3 +39,30 @@ def until(check: Callable[[], Any], what: str = "condition", within: float = 30.
         assert time.monotonic() < deadline, f"timed out waiting for {what} (last: {found!r})"
         time.sleep(0.05)
     return found
+
+
+def run_cli(
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    home: Path | None = None,
+    columns: int = 200,
+    inherit: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m proveniq_core ARGS`` to completion (60 s at most) and capture its output.
+
+    The child sees this process's environment (without its ``PROVENIQ_*`` variables unless
+    ``inherit``), ``COLUMNS``, ``PROVENIQ_HOME`` when ``home`` is given, then ``env``.
+    """
+    environ = {k: v for k, v in os.environ.items() if inherit or not k.startswith("PROVENIQ_")}
+    environ["COLUMNS"] = str(columns)
+    if home is not None:
+        environ["PROVENIQ_HOME"] = str(home)
+    environ.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "proveniq_core", *args],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
