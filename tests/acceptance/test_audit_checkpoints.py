@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,26 +20,15 @@ from psycopg.rows import dict_row
 
 from proveniq_core.ledger import checkpoints
 from proveniq_core.ledger.audit import GENESIS, chain_hash
+from tests.helpers import run_cli
 
 
 def proveniq(
     *args: str, database_url: str, home: Path, **env: str
 ) -> subprocess.CompletedProcess[str]:
-    environ = {
-        **os.environ,
-        "PROVENIQ_DATABASE_URL": database_url,
-        "PROVENIQ_HOME": str(home),
-        "COLUMNS": "80",  # messages must stay one line even on a narrow terminal
-        **env,
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "proveniq_core", *args],
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    # COLUMNS=80: messages must stay one line even on a narrow terminal.
+    environ = {"PROVENIQ_DATABASE_URL": database_url, **env}
+    return run_cli(*args, env=environ, home=home, columns=80)
 
 
 def add_rows(database_url: str, n: int, entity: str = "thing") -> None:

@@ -21,7 +21,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +34,7 @@ from psycopg.rows import dict_row
 from proveniq_core.embedded import free_port
 from proveniq_core.locker.simulator import fleet_specs
 from tests.conftest import seed_lockers, unique_prefix
+from tests.helpers import eventually
 
 TENANT = "acme"
 LOCKERS = 3
@@ -72,13 +73,6 @@ def _accepts(port: int) -> bool:
         return False
 
 
-async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 class PrivateBroker:
     """An MQTT broker process on a fixed loopback port, stopped and restarted at will."""
 
@@ -111,7 +105,7 @@ class PrivateBroker:
             assert self.proc is not None and self.proc.returncode is None, self.log.read_text()
             return await asyncio.to_thread(_accepts, self.port)
 
-        await until(listening, f"the broker on port {self.port}")
+        await eventually(listening, f"the broker on port {self.port}", within=WAIT_S)
 
     async def stop(self) -> None:
         proc, self.proc = self.proc, None
@@ -130,7 +124,7 @@ class Proc:
             assert self.proc.returncode is None, f"exited: {self.log.read_text()[-3000:]}"
             return text in self.log.read_text()
 
-        await until(printed, repr(text))
+        await eventually(printed, repr(text), within=WAIT_S)
 
     async def stop(self) -> int:
         if self.proc.returncode is None:
@@ -180,7 +174,7 @@ class Stack:
         async with await psycopg.AsyncConnection.connect(
             self.database_url, autocommit=True, row_factory=dict_row
         ) as conn:
-            cur = await conn.execute(sql, params)  # type: ignore[arg-type]
+            cur = await conn.execute(sql, params)
             return await cur.fetchall() if cur.description else []
 
     def fleet(self) -> dict[str, Any]:
@@ -218,7 +212,9 @@ async def stack(database_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
             "--faults-port",
             str(s.faults_port),
         )
-        await until(lambda: asyncio.to_thread(s.state_file.exists), "the fleet's state file")
+        await eventually(
+            lambda: asyncio.to_thread(s.state_file.exists), "the fleet's state file", within=WAIT_S
+        )
         await sim.wait_for_line("fault injection")
         port = free_port()
         core = await s.spawn("core", "serve", PROVENIQ_PORT=str(port))
@@ -261,9 +257,9 @@ async def test_broker_down_defers_links_and_they_drain_when_it_returns(
         in_flight = asyncio.create_task(register(http, slow))
 
         async def received() -> bool:
-            return s.fleet()[slow]["received"].get("link") == 2
+            return bool(s.fleet()[slow]["received"].get("link") == 2)
 
-        await until(received, "the slow link to reach the device")
+        await eventually(received, "the slow link to reach the device", within=WAIT_S)
         await s.broker.stop()
 
         deferred: dict[str, str] = {}  # assetId -> lockerRef
@@ -289,7 +285,9 @@ async def test_broker_down_defers_links_and_they_drain_when_it_returns(
             return slow_asset in s.fleet()[slow]["links"]
 
         # The outage lasts until the device has linked the slow asset; its reply is lost.
-        await until(carried_out_while_cut_off, "the device to carry out the slow link")
+        await eventually(
+            carried_out_while_cut_off, "the device to carry out the slow link", within=WAIT_S
+        )
         ready = await http.get("/readyz")
         assert ready.status_code == 200, ready.text  # the ledger is up: degraded, not down
         assert ready.json()["checks"]["broker"] == "degraded"
@@ -317,7 +315,7 @@ async def test_broker_down_defers_links_and_they_drain_when_it_returns(
                     return False
             return True
 
-        await until(drained, "the deferred links to drain")
+        await eventually(drained, "the deferred links to drain", within=WAIT_S)
         drain_s = time.monotonic() - back_at
         print(
             f"{len(deferred)} deferred links ({sorted(set(reasons))}) drained "
@@ -330,7 +328,7 @@ async def test_broker_down_defers_links_and_they_drain_when_it_returns(
             r = await http.get("/readyz")
             return r.status_code == 200 and r.json()["checks"]["broker"] == "ok"
 
-        await until(broker_ok, "the gateway to report the broker connected")
+        await eventually(broker_ok, "the gateway to report the broker connected", within=WAIT_S)
         entries = await s.query("SELECT status FROM retry_queue")
         assert [e["status"] for e in entries] == ["resolved"] * len(deferred)
         sagas = await s.query("SELECT status FROM sagas WHERE name = 'asset_registration'")

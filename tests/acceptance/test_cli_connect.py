@@ -8,7 +8,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,19 +19,12 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from proveniq_core.embedded import free_port
+from tests.helpers import run_cli
 
 
 def proveniq(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """The real command, with no ``PROVENIQ_*`` variable but those given."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("PROVENIQ_")}
-    return subprocess.run(
-        [sys.executable, "-m", "proveniq_core", *args],
-        env=clean | {"COLUMNS": "200"} | env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli(*args, env=env, inherit=False)
 
 
 def one_error_line(result: subprocess.CompletedProcess[str]) -> str:

@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,6 +20,7 @@ from proveniq_core.api.app import create_app
 from proveniq_core.embedded import free_port
 from proveniq_core.ledger import keys
 from proveniq_core.service import Core
+from tests.helpers import run_cli
 from tests.integration.conftest import TENANT, core_running, first_ref
 
 LINKED = ("linked", "verified")  # the verify worker may have verified a linked asset already
@@ -60,16 +59,8 @@ async def proveniq(
     url: str, key: str, *args: str, columns: int = 250
 ) -> subprocess.CompletedProcess[str]:
     """Run the CLI in a thread, so this event loop keeps serving its requests."""
-    env = {**os.environ, "PROVENIQ_URL": url, "PROVENIQ_API_KEY": key, "COLUMNS": str(columns)}
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "proveniq_core", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    env = {"PROVENIQ_URL": url, "PROVENIQ_API_KEY": key}
+    return await asyncio.to_thread(run_cli, *args, env=env, columns=columns)
 
 
 def rows(stdout: str) -> list[list[str]]:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
 import uuid
 from typing import Any
 
@@ -15,18 +13,11 @@ import psycopg
 from proveniq_core import db
 from proveniq_core.errors import LockerHardwareError
 from proveniq_core.saga import SagaDefinition, SagaEngine, Step, StepContext
+from tests.helpers import run_cli
 
 
 def proveniq(*args: str, database_url: str, columns: int = 200) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PROVENIQ_DATABASE_URL": database_url, "COLUMNS": str(columns)}
-    return subprocess.run(
-        [sys.executable, "-m", "proveniq_core", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli(*args, env={"PROVENIQ_DATABASE_URL": database_url}, columns=columns)
 
 
 def test_keys_create_list_revoke(database_url: str) -> None:

@@ -28,6 +28,7 @@ from psycopg.rows import dict_row
 from proveniq_core.embedded import free_port
 from proveniq_core.locker.simulator import fleet_specs
 from tests.conftest import seed_lockers, unique_prefix
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -107,16 +108,13 @@ class Cluster:
         async with await psycopg.AsyncConnection.connect(
             self.database_url, autocommit=True, row_factory=dict_row
         ) as conn:
-            cur = await conn.execute(sql, params)  # type: ignore[arg-type]
+            cur = await conn.execute(sql, params)
             return await cur.fetchall() if cur.description else []
 
     async def until(
         self, check: Callable[[], Awaitable[bool]], what: str, timeout: float = 30.0
     ) -> None:
-        deadline = time.monotonic() + timeout
-        while not await check():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            await asyncio.sleep(0.05)
+        await eventually(check, what, timeout)
 
     async def step_log(self, saga_id: str) -> list[tuple[str, str, int, str, str]]:
         rows = await self.query(

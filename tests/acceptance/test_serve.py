@@ -12,13 +12,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
 from proveniq_core.embedded import free_port
+from tests.helpers import until
 
 READY_TIMEOUT = 60.0
 
@@ -95,13 +95,6 @@ def serve_once(home: Path, port: int) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
-
-
-def until(check: Callable[[], bool], what: str, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def postgres_in(pgdata: Path) -> list[int]:

@@ -26,7 +26,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proveniq_core.embedded import free_port
 from tests.conftest import port_open, unique_prefix
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -173,20 +174,13 @@ async def topology(database_url: str, tmp_path: Path) -> AsyncIterator[Topology]
             assert broker.proc.returncode is None, broker.tail()
             return await asyncio.to_thread(port_open, "127.0.0.1", t.broker_port)
 
-        await until(listening, "the broker")
+        await eventually(listening, "the broker", within=WAIT_S)
         yield t
     finally:
         for proc in reversed(t.procs):
             if proc.proc.returncode is None:
                 proc.proc.kill()
                 await proc.proc.wait()
-
-
-async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not await check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
 
 
 def scrape(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -283,13 +277,17 @@ async def test_one_api_and_two_workers_register_link_and_verify(
             async def all_verified(ids: list[str]) -> bool:
                 return await statuses(ids) == ["verified"] * len(ids)
 
-            await until(lambda: all_verified(early_ids), "the deferred assets to be verified")
+            await eventually(
+                lambda: all_verified(early_ids), "the deferred assets to be verified", within=WAIT_S
+            )
 
             # With the fleet online, the API links in the request: 201 linked.
             late = [await register(i) for i in range(LINKED_NOW)]
             assert [r.status_code for r in late] == [201] * LINKED_NOW, [r.text for r in late]
             late_ids = [r.json()["assetId"] for r in late]
-            await until(lambda: all_verified(late_ids), "the linked assets to be verified")
+            await eventually(
+                lambda: all_verified(late_ids), "the linked assets to be verified", within=WAIT_S
+            )
 
             # Who did what: the saga timelines name the processes.
             link_owners = []

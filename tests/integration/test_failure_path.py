@@ -9,7 +9,6 @@ the asset's final state, its retry-queue entry, the ops alert, and what the lock
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
@@ -24,6 +23,7 @@ from proveniq_core import db
 from proveniq_core.ledger import keys
 from proveniq_core.locker.faults import parse_rule
 from proveniq_core.service import Core
+from tests.helpers import eventually
 from tests.integration.conftest import TENANT, api_client, core_running, first_ref
 
 # Short clocks so each path plays out in about a second: the request waits 0.2 s for the
@@ -75,13 +75,6 @@ async def status_of(http: httpx.AsyncClient, asset_id: str) -> str:
     return str(resp.json()["status"])
 
 
-async def wait_until(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
-
-
 LINKED = frozenset({"linked", "verified", "rejected", "manual_review"})  # linked, or past it
 
 
@@ -91,7 +84,7 @@ async def wait_linked(http: httpx.AsyncClient, asset_id: str) -> None:
     async def reached() -> bool:
         return await status_of(http, asset_id) in LINKED
 
-    await wait_until(reached)
+    await eventually(reached)
 
 
 async def entry(core: Core, asset_id: str) -> db.Row:
@@ -105,7 +98,7 @@ async def wait_due(core: Core, asset_id: str) -> None:
         row = await entry(core, asset_id)
         return row["next_retry_at"] is not None and row["next_retry_at"] <= datetime.now(UTC)
 
-    await wait_until(due)
+    await eventually(due)
 
 
 async def alerts(http: httpx.AsyncClient, code: str) -> list[dict[str, Any]]:
@@ -126,7 +119,7 @@ def assert_envelope(resp: httpx.Response, status: int, code: str, severity: str)
 
 async def sql(core: Core, statement: str) -> None:
     async with db.connection(core.pool) as conn:
-        await conn.execute(statement)  # type: ignore[arg-type]
+        await conn.execute(statement)
 
 
 # -- E_LOCKER_TIMEOUT ------------------------------------------------------------------------
@@ -225,7 +218,7 @@ async def test_an_offline_locker_is_retried_as_soon_as_it_comes_back(make: Make)
 
     lost = await register(http, ref, "lost in flight")
     assert lost.status_code == 202, lost.text
-    await wait_until(lambda: _offline(core, ref))
+    await eventually(lambda: _offline(core, ref))
     refused = await register(http, ref, "while offline")
     assert refused.status_code == 202, refused.text
     assert refused.json()["reason"] == "E_LOCKER_UNREACHABLE"
@@ -383,7 +376,7 @@ async def test_a_compensation_that_keeps_failing_ends_in_an_alert(make: Make) ->
         page = (await http.get("/api/ops/sagas", params={"status": "compensation_failed"})).json()
         return len(page["items"]) == 1
 
-    await wait_until(failed)
+    await eventually(failed)
     [alert] = await alerts(http, "E_PARTIAL_COMMIT")
     assert alert["severity"] == "critical"
     assert await status_of(http, asset_id) == "pending"  # as far as it could be undone
@@ -416,9 +409,10 @@ async def test_a_slow_verification_insert_answers_201_with_a_warning(
 
     async def queued() -> bool:
         asset = (await http.get(f"/api/assets/{body['assetId']}")).json()
-        return (asset.get("verification") or {}).get("verificationId") == body["verificationId"]
+        verification = asset.get("verification") or {}
+        return bool(verification.get("verificationId") == body["verificationId"])
 
-    await wait_until(queued)
+    await eventually(queued)
 
 
 # -- Idempotency-Key on POST /api/assets ---------------------------------------------------

@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,6 +24,7 @@ from proveniq_core.locker.protocol import CONTROL_TOPIC
 from proveniq_core.locker.simulator import LatencyProfile, LockerFleet, fleet_specs
 from proveniq_core.service import Core
 from tests.conftest import unique_prefix
+from tests.helpers import eventually
 from tests.integration.conftest import TENANT, first_ref
 
 
@@ -78,13 +79,6 @@ async def outcome(gateway: LockerGateway, ref: str, timeout: float = 0.3) -> str
     except LockerUnreachableError:
         return "unreachable"
     return "ok"
-
-
-async def eventually(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 @asynccontextmanager

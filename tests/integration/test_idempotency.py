@@ -48,7 +48,7 @@ class Harness:
 
     async def sql(self, query: str) -> None:
         async with db.connection(self.core.pool) as conn:
-            await conn.execute(query)  # type: ignore[arg-type]
+            await conn.execute(query)
 
     async def client_for(self, tenant: str) -> httpx.AsyncClient:
         key = await keys.create_key(self.core.pool, tenant, ["assets:write"], name="other")

@@ -100,8 +100,8 @@ async def test_database_refuses_illegal_transitions_from_pending(
             async with db.transaction(pool) as conn:
                 await assets.transition(conn, asset_id, target, actor="test")
         async with db.connection(pool) as conn:
-            row = await db.fetch_one(conn, "get_asset_for_update", {"id": asset_id})
-        assert row is not None and row["status"] == "pending"
+            found = await db.fetch_one(conn, "get_asset_for_update", {"id": asset_id})
+        assert found is not None and found["status"] == "pending"
 
 
 async def test_terminal_states_are_final(pool: db.Pool) -> None:

@@ -10,7 +10,7 @@ import math
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -36,6 +36,7 @@ from proveniq_core.locker.simulator import (
     SimulatedLocker,
     fleet_specs,
 )
+from tests.helpers import eventually
 
 
 def unique_specs(n: int = 1) -> list[SimulatedLocker]:
@@ -79,13 +80,6 @@ async def running(
         yield fleet
     finally:
         await fleet.stop()
-
-
-async def eventually(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_link_round_trip(mqtt_url: str, gateway: LockerGateway) -> None:

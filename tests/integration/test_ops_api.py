@@ -3,10 +3,8 @@ the retry queue, retry-link and cancel of held assets, and locker maintenance.""
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ import pytest_asyncio
 
 from proveniq_core.ledger import keys
 from proveniq_core.service import Core
+from tests.helpers import eventually
 from tests.integration.conftest import TENANT, api_client, core_running, first_ref
 
 
@@ -28,13 +27,6 @@ async def register(client: httpx.AsyncClient, ref: str, name: str = "Watch") -> 
 
 async def inject(client: httpx.AsyncClient, **rule: Any) -> None:
     assert (await client.post("/sim/faults", json=rule)).status_code == 201
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 async def asset_status(client: httpx.AsyncClient, asset_id: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import httpx
 
@@ -12,9 +13,9 @@ from proveniq_core.service import Core
 from tests.integration.conftest import first_ref
 
 
-async def wait_status(client: httpx.AsyncClient, asset_id: str, status: str) -> dict:
+async def wait_status(client: httpx.AsyncClient, asset_id: str, status: str) -> dict[str, Any]:
     for _ in range(100):
-        body = (await client.get(f"/api/assets/{asset_id}")).json()
+        body: dict[str, Any] = (await client.get(f"/api/assets/{asset_id}")).json()
         if body["status"] == status:
             return body
         await asyncio.sleep(0.1)

@@ -18,11 +18,11 @@ import psycopg
 from proveniq_core import db
 from proveniq_core.ledger import keys
 from proveniq_core.service import Core
+from tests.helpers import eventually
 from tests.integration.conftest import TENANT, api_client, core_running, first_ref
 from tests.integration.test_verify_outcomes import (
     delivered,
     events_to,
-    eventually,
     register,
     settled,
     spoil,

@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -26,6 +25,7 @@ from proveniq_core.saga import (
     StepError,
     store,
 )
+from tests.helpers import eventually
 
 N_STEPS = 4
 
@@ -524,7 +524,7 @@ async def test_keepalive_keeps_a_long_step_from_being_claimed(pool: db.Pool) -> 
         for _ in range(6):  # 30 s: twice the lease
             before = await lease_until(pool, owner)
             clock.advance(5.0)
-            await wait_until(lambda before=before: renewed_since(pool, owner, before))
+            await eventually(lambda before=before: renewed_since(pool, owner, before))
             claimed += await rival.claim(10)
         finish.set()
         result = await task
@@ -543,14 +543,6 @@ async def lease_until(pool: db.Pool, engine: SagaEngine) -> Any:
 
 async def renewed_since(pool: db.Pool, engine: SagaEngine, before: Any) -> bool:
     return bool(await lease_until(pool, engine) > before)
-
-
-async def wait_until(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
-    """Wait until ``await check()`` holds; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not await check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 async def test_a_lease_left_unrenewed_is_claimed_once_it_runs_out(pool: db.Pool) -> None:
@@ -651,7 +643,7 @@ async def test_a_worker_drives_at_most_its_concurrency_and_stopping_it_leaves_th
     ids = [await first.schedule(saga, {}) for _ in range(5)]
     worker = asyncio.create_task(first.work(concurrency=2, poll=0.05))
     try:
-        await wait_until(lambda: settled(running, 2))
+        await eventually(lambda: settled(running, 2))
         assert await owners(pool, ids) == {"first": 2, None: 3}
     finally:
         worker.cancel()

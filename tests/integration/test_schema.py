@@ -60,7 +60,7 @@ def snapshot_db(pg_admin_url: str) -> Iterator[str]:
     try:
         sql = resources.files("proveniq_core.sql").joinpath("schema.sql").read_text("utf-8")
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(sql)  # type: ignore[call-overload]  # a trusted file of our own
+            conn.execute(sql)  # a trusted file of our own
         yield url
     finally:
         with psycopg.connect(pg_admin_url, autocommit=True) as conn:

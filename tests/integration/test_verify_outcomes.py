@@ -6,10 +6,7 @@ which spoils only ``collect_evidence`` answers, so the link before it is unaffec
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +16,10 @@ import pytest
 from proveniq_core.ledger import keys
 from proveniq_core.locker.simulator import evidence_photo
 from proveniq_core.service import Core
+from tests.helpers import eventually
 from tests.integration.conftest import api_client, core_running, first_ref
 
 SETTLED = ("verified", "rejected", "manual_review", "failed")
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], within: float = 20.0) -> Any:
-    """Poll ``check`` until it returns something truthy; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not (found := await check()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.1)
-    return found
 
 
 async def register(client: httpx.AsyncClient, ref: str) -> str:

@@ -240,7 +240,7 @@ async def test_secrets_stored_plain_before_the_upgrade_are_sealed_at_start(
             )
             for mig in db.migrations():
                 if mig.version < 11:
-                    conn.execute(mig.sql)  # type: ignore[arg-type]
+                    conn.execute(mig.sql)
                     conn.execute(
                         "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
                         (mig.version, mig.name),

@@ -14,8 +14,7 @@ import asyncio
 import base64
 import email.utils
 import threading
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -35,6 +34,7 @@ from proveniq_core.locker.faults import parse_rule
 from proveniq_core.service import Core
 from proveniq_core.webhooks import crypto
 from proveniq_core.webhooks.delivery import MAX_ATTEMPTS, SCHEDULE, DeliveryWorker
+from tests.helpers import eventually
 from tests.integration.conftest import TENANT, api_client, core_running, first_ref
 from tests.integration.test_verify_outcomes import spoil
 
@@ -160,13 +160,6 @@ async def other_tenant(core: Core) -> AsyncIterator[httpx.AsyncClient]:
     key = await keys.create_key(core.pool, "globex", keys.SCOPES, name="other tenant")
     async with api_client(core, key) as http:
         yield http
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 async def subscribe(

@@ -1,8 +1,6 @@
-"""PostgreSQL access: the pool, named queries, migrations, and error translation.
+"""The pool, connections and transactions, named queries, and error translation.
 
 Named queries live in ``sql/queries.sql`` under ``-- name --`` headers and are loaded once.
-Migrations are the numbered files in ``sql/migrations``, applied in order under an advisory
-lock, so several processes may run ``migrate`` at once.
 
 A pool may be put behind the ledger circuit breaker (``guard``): ``connection`` and
 ``transaction`` then ask the breaker first and, while it is open, raise ``LedgerDownError``
@@ -12,17 +10,15 @@ at once, without waiting on the pool.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any, Final, LiteralString, TypeVar
+from typing import Any, Final, LiteralString
 
 import psycopg
 import structlog
@@ -33,7 +29,6 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from proveniq_core.errors import (
-    CoreError,
     LedgerConflictError,
     LedgerConstraintError,
     LedgerDownError,
@@ -42,10 +37,7 @@ from proveniq_core.errors import (
 from proveniq_core.observability import metrics
 from proveniq_core.resilience.breaker import LEDGER, CircuitBreaker, CircuitOpenError, State
 
-log = structlog.get_logger(__name__)
-T = TypeVar("T")
-
-MIGRATION_LOCK = 0x50524F56  # "PROV": advisory lock key for migrations
+log = structlog.get_logger("proveniq_core.db")
 
 Row = dict[str, Any]
 Conn = psycopg.AsyncConnection[Row]
@@ -75,61 +67,6 @@ queries = _Queries()
 
 def jsonb(value: Any) -> Jsonb:
     return Jsonb(value)
-
-
-@dataclass(frozen=True, slots=True)
-class Migration:
-    version: int
-    name: str
-    sql: str
-
-
-def migrations() -> list[Migration]:
-    folder = resources.files("proveniq_core.sql").joinpath("migrations")
-    found = []
-    for entry in folder.iterdir():
-        m = re.fullmatch(r"(\d{4})_(\w+)\.sql", entry.name)
-        if m:
-            found.append(Migration(int(m[1]), m[2], entry.read_text("utf-8")))
-    return sorted(found, key=lambda m: m.version)
-
-
-async def migrate(conninfo: str) -> list[int]:
-    """Apply pending migrations; return the versions applied by this call."""
-    applied: list[int] = []
-    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
-        await conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
-        try:
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                " version integer PRIMARY KEY, name text NOT NULL,"
-                " applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            cur = await conn.execute("SELECT version FROM schema_migrations")
-            done = {r[0] for r in await cur.fetchall()}
-            for mig in migrations():
-                if mig.version in done:
-                    continue
-                async with conn.transaction():
-                    await conn.execute(mig.sql)
-                    await conn.execute(
-                        "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
-                        (mig.version, mig.name),
-                    )
-                applied.append(mig.version)
-                log.info("migration_applied", version=mig.version, name=mig.name)
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
-    return applied
-
-
-async def pending_migrations(conn: Conn) -> list[int]:
-    try:
-        cur = await conn.execute("SELECT version FROM schema_migrations")
-        done = {r["version"] for r in await cur.fetchall()}
-    except pg_errors.UndefinedTable:
-        done = set()
-    return [m.version for m in migrations() if m.version not in done]
 
 
 NEVER: Final = datetime.max.replace(tzinfo=UTC)
@@ -339,131 +276,3 @@ async def fetch_all(conn: Conn, name: str, params: dict[str, Any] | None = None)
 async def execute(conn: Conn, name: str, params: dict[str, Any] | None = None) -> int:
     cur = await conn.execute(queries[name], params or {})
     return cur.rowcount
-
-
-class Waker:
-    """Wakes workers on ``NOTIFY`` of ``channel``; the payload names the topic (a table).
-
-    Each topic has its own event, so several workers can share one listening connection.
-    Workers wait with a timeout, so polling covers any missed notification.
-    """
-
-    def __init__(self, conninfo: str, channel: str = "proveniq_work") -> None:
-        self.conninfo = conninfo
-        self.channel = channel
-        self._events: dict[str, asyncio.Event] = {}
-
-    def _event(self, topic: str) -> asyncio.Event:
-        return self._events.setdefault(topic, asyncio.Event())
-
-    async def run(self) -> None:
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(
-                    self.conninfo, autocommit=True
-                ) as conn:
-                    await conn.execute(f"LISTEN {self.channel}")
-                    for event in self._events.values():  # catch up on anything missed
-                        event.set()
-                    async for note in conn.notifies():
-                        self._event(note.payload).set()
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                log.warning("listen_reconnect", channel=self.channel, error=str(exc))
-                await asyncio.sleep(1.0)
-
-    async def wait(self, topic: str, timeout: float) -> None:
-        event = self._event(topic)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):  # not wait_for: 3.11's can drop a cancel
-                await event.wait()
-        event.clear()
-
-
-async def claim_loop(
-    claim: Callable[[int], AsyncIterator[T]],
-    handle: Callable[[T], Awaitable[None]],
-    *,
-    concurrency: int,
-    waker: Waker | None,
-    topic: str,
-    poll: float,
-    name: str,
-    next_due: Callable[[], Awaitable[float | None]] | None = None,
-) -> None:
-    """The one worker loop: claim due work, handle it, up to ``concurrency`` items at once,
-    until cancelled.
-
-    ``claim(n)`` yields up to ``n`` items (as many as there are free slots), each handled as
-    soon as it is yielded; yielding fewer means nothing more is due, and the loop sleeps
-    until a NOTIFY on ``topic`` (with a ``waker``) or ``poll`` seconds — or, with
-    ``next_due``, no longer than the seconds it says the next item is due in. A
-    ``CoreError`` (the database down, a lease lost) is logged, never fatal: the claim's
-    lease runs out and the work is claimed again. Cancelling cancels the handlers in flight.
-    """
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def guarded(item: T) -> None:
-        try:
-            await handle(item)
-        except CoreError as exc:
-            log.warning(f"{name}_error", error=str(exc), code=exc.code)
-
-    try:
-        while True:
-            free = concurrency - len(tasks)
-            if free <= 0:
-                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                continue
-            claimed, wait = 0, poll
-            try:
-                async for item in claim(free):
-                    claimed += 1
-                    task = asyncio.create_task(guarded(item))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                if claimed == free:
-                    continue
-                due = await next_due() if next_due is not None else None
-                if due is not None:  # about to sleep: no longer than the next timer
-                    wait = min(poll, max(due, 0.0) + 0.005)
-            except CoreError as exc:
-                log.warning(f"{name}_error", error=str(exc), code=exc.code)
-            if waker is not None:
-                await waker.wait(topic, wait)
-            else:
-                await asyncio.sleep(wait)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def work_loop(
-    claim: Callable[[], Awaitable[T | None]],
-    handle: Callable[[T], Awaitable[None]],
-    *,
-    concurrency: int,
-    waker: Waker,
-    topic: str,
-    poll: float,
-    name: str,
-) -> None:
-    """``claim_loop`` for work claimed one item per call (``claim`` returns None when
-    nothing is due)."""
-
-    async def one_by_one(limit: int) -> AsyncIterator[T]:
-        for _ in range(limit):
-            item = await claim()
-            if item is None:
-                return
-            yield item
-
-    await claim_loop(
-        one_by_one,
-        handle,
-        concurrency=concurrency,
-        waker=waker,
-        topic=topic,
-        poll=poll,
-        name=name,
-    )
