@@ -50,7 +50,7 @@ class Collector:
 
     def spans(self) -> list[tuple[str, Any]]:
         """(service.name, span) for every span received."""
-        out = []
+        out: list[tuple[str, Any]] = []
         with self.lock:
             bodies = list(self.bodies)
         for body in bodies:

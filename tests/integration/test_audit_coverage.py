@@ -448,7 +448,7 @@ def hidden_mutations() -> set[str]:
         for route in routes:
             if isinstance(route, APIRoute):
                 if not route.include_in_schema:
-                    found.update(f"{m} {route.path}" for m in route.methods if m in MUTATING)
+                    found.update(f"{m} {route.path}" for m in route.methods or () if m in MUTATING)
                 continue
             included = getattr(route, "original_router", None)  # FastAPI's included router
             walk(list(getattr(included or route, "routes", [])))

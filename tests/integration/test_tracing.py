@@ -129,7 +129,7 @@ def parent_of(span: ReadableSpan) -> int | None:
 
 def span_id(span: ReadableSpan) -> int:
     assert span.context is not None
-    return span.context.span_id
+    return int(span.context.span_id)
 
 
 def trace_of(span: ReadableSpan) -> str:
@@ -278,7 +278,9 @@ async def test_a_saga_resumed_by_another_process_after_a_crash_stays_in_its_trac
     assert {parent_of(s) for s in runs} == {client.get_span_context().span_id}
     attempts = named(spans, "saga.step second")
     assert {trace_of(s) for s in attempts} == {client_trace}
-    assert sorted(s.attributes["saga.step.attempt"] for s in attempts if s.attributes) == [1, 2]
+    assert sorted(
+        int(str(s.attributes["saga.step.attempt"])) for s in attempts if s.attributes
+    ) == [1, 2]
 
 
 async def test_tracing_off_adds_nothing_to_the_saga_or_the_command(pool: db.Pool) -> None:
