@@ -1,38 +1,48 @@
 -- Named queries, loaded once by proveniq_core.db. Parameters are %(name)s.
 
 -- insert_tenant --
+-- A tenant, once: a second insert of the same id is a no-op.
 INSERT INTO tenants (id, name) VALUES (%(id)s, %(name)s) ON CONFLICT (id) DO NOTHING
 
 -- insert_api_key --
+-- A new API key with its secret's hash (never the secret) and scopes.
 INSERT INTO api_keys (id, tenant_id, name, secret_hash, scopes)
 VALUES (%(id)s, %(tenant_id)s, %(name)s, %(secret_hash)s, %(scopes)s)
 
 -- get_api_key --
+-- A live key by id, for authentication; NULL when unknown or revoked.
 SELECT id, tenant_id, name, secret_hash, scopes FROM api_keys
 WHERE id = %(id)s AND revoked_at IS NULL
 
 -- list_api_keys --
+-- Every key of every tenant, revoked ones too, oldest first; never the hash.
 SELECT id, tenant_id, name, scopes, created_at, revoked_at FROM api_keys
 ORDER BY created_at, id
 
 -- revoke_api_key --
+-- Revoke a live key; no row when it is unknown or already revoked.
 UPDATE api_keys SET revoked_at = now() WHERE id = %(id)s AND revoked_at IS NULL
 RETURNING id, tenant_id, name, scopes
 
 -- insert_locker --
+-- Register a locker and its site geofence; no row when its locker_ref is taken
+-- (by any tenant).
 INSERT INTO lockers (id, tenant_id, locker_ref, site_lat, site_lon, geofence_m)
 VALUES (%(id)s, %(tenant_id)s, %(locker_ref)s, %(site_lat)s, %(site_lon)s, %(geofence_m)s)
 ON CONFLICT (locker_ref) DO NOTHING
 RETURNING *
 
 -- get_locker --
+-- One of the tenant's lockers by its ref; NULL when unknown.
 SELECT * FROM lockers WHERE tenant_id = %(tenant_id)s AND locker_ref = %(locker_ref)s
 
 -- get_locker_for_update --
+-- The tenant's locker by ref, row-locked for the caller's transaction.
 SELECT * FROM lockers WHERE tenant_id = %(tenant_id)s AND locker_ref = %(locker_ref)s
 FOR UPDATE
 
 -- list_lockers --
+-- The tenant's lockers in locker_ref order, a page after the cursor ref.
 SELECT * FROM lockers
 WHERE tenant_id = %(tenant_id)s AND locker_ref > %(after)s
 ORDER BY locker_ref LIMIT %(limit)s
@@ -43,15 +53,20 @@ SELECT * FROM asset_create(%(id)s, %(tenant_id)s, %(name)s, %(category)s, %(lock
                            %(saga_id)s, %(actor)s, %(request_id)s)
 
 -- get_asset --
+-- One of the tenant's assets with its verification's status and reasons (NULL when
+-- none yet); NULL when the asset is unknown or another tenant's.
 SELECT a.*, v.id AS verification_id, v.status AS verification_status,
        v.reasons AS verification_reasons, v.completed_at AS verification_completed_at
 FROM assets a LEFT JOIN verifications v ON v.asset_id = a.id
 WHERE a.id = %(id)s AND a.tenant_id = %(tenant_id)s
 
 -- get_asset_for_update --
+-- The asset row-locked, any tenant (callers check it); NULL when unknown.
 SELECT * FROM assets WHERE id = %(id)s FOR UPDATE
 
 -- list_assets --
+-- The tenant's assets newest first, optionally by status, with their verification,
+-- in keyset pages (created_at, id).
 SELECT a.*, v.id AS verification_id, v.status AS verification_status,
        v.reasons AS verification_reasons, v.completed_at AS verification_completed_at
 FROM assets a LEFT JOIN verifications v ON v.asset_id = a.id
@@ -68,15 +83,18 @@ SELECT * FROM asset_transition(%(id)s, %(status)s, %(locker_id)s, %(actor)s, %(r
                                %(saga_id)s, %(reason)s, %(event)s)
 
 -- insert_audit --
+-- An audit row, unsealed (seq NULL) until the sealer chains it.
 INSERT INTO audit_log (tenant_id, actor, action, entity_type, entity_id, before, after,
                        request_id, saga_id)
 VALUES (%(tenant_id)s, %(actor)s, %(action)s, %(entity_type)s, %(entity_id)s, %(before)s,
         %(after)s, %(request_id)s, %(saga_id)s)
 
 -- audit_last_sealed --
+-- The head of the hash chain: the highest sealed seq and its hash.
 SELECT seq, hash FROM audit_log WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT 1
 
 -- audit_unsealed --
+-- The next rows to seal, in insertion order.
 SELECT * FROM audit_log WHERE seq IS NULL ORDER BY id LIMIT %(limit)s
 
 -- audit_seal --
@@ -87,12 +105,15 @@ FROM unnest(%(ids)s::bigint[], %(seqs)s::bigint[], %(prev_hashes)s::text[],
 WHERE a.id = s.id AND a.seq IS NULL
 
 -- audit_chain --
+-- Sealed rows after a seq, in chain order, for verifying the chain page by page.
 SELECT * FROM audit_log WHERE seq > %(after)s ORDER BY seq LIMIT %(limit)s
 
 -- audit_unsealed_count --
+-- How many audit rows await sealing.
 SELECT count(*) AS n FROM audit_log WHERE seq IS NULL
 
 -- audit_hash_at --
+-- The hash of the sealed row at a seq; NULL when there is none.
 SELECT hash FROM audit_log WHERE seq = %(seq)s
 
 -- audit_checkpoint_lock --
@@ -108,17 +129,22 @@ SELECT seq, head_hash, key_id, signed_at, signature,
 FROM audit_checkpoints ORDER BY id DESC LIMIT 1
 
 -- audit_checkpoint_clock --
+-- The database's clock (to the millisecond) that signs a checkpoint.
 SELECT date_trunc('milliseconds', clock_timestamp()) AS now
 
 -- insert_audit_checkpoint --
+-- A signed checkpoint of the chain head (seq, hash, key, time).
 INSERT INTO audit_checkpoints (seq, head_hash, key_id, signed_at, signature)
 VALUES (%(seq)s, %(head_hash)s, %(key_id)s, %(signed_at)s, %(signature)s)
 
 -- audit_for_entity --
+-- The audit trail of one entity, oldest first.
 SELECT id, at, actor, action, before, after, request_id, saga_id FROM audit_log
 WHERE entity_type = %(entity_type)s AND entity_id = %(entity_id)s ORDER BY id
 
 -- insert_saga --
+-- A new running saga, owned (with a lease) or left for a worker to claim after
+-- the delay, and its first step's running attempt when it has one.
 WITH saga AS (
     INSERT INTO sagas (id, name, tenant_id, status, input, data, owner, epoch, lease_until,
                        run_at)
@@ -134,10 +160,13 @@ SELECT id, 0, 'execute', 1, %(first_step)s, 'running', owner, epoch FROM saga
 WHERE %(first_step)s::text IS NOT NULL
 
 -- saga_checkpoint --
+-- saga_checkpoint(): a step's outcome and the saga's next state, in one commit, fenced by
+-- epoch: a worker whose lease was taken over writes nothing and gets PVL01 (migration 0007).
 SELECT saga_checkpoint(%(saga)s, %(epoch)s, %(begin)s, %(end)s, %(next)s,
                        %(data)s, %(status)s, %(error)s, %(undo)s, %(defer)s, %(rounds)s)
 
 -- notify_sagas --
+-- Wake the saga workers (NOTIFY proveniq_work 'sagas') when the caller commits.
 SELECT pg_notify('proveniq_work', 'sagas')
 
 -- claim_sagas --
@@ -171,11 +200,14 @@ WITH claimed AS (
 SELECT * FROM claimed
 
 -- wake_saga --
+-- An unowned saga falls due now; no row when a worker holds it or it has ended.
 UPDATE sagas SET run_at = now(), updated_at = now()
 WHERE id = %(id)s AND owner IS NULL AND status IN ('running', 'compensating')
 RETURNING id
 
 -- renew_leases --
+-- Extend the leases of the sagas this worker holds, fenced by epoch; returns
+-- those still held (a missing id lost its lease).
 UPDATE sagas s SET lease_until = now() + make_interval(secs => %(lease)s)
 FROM unnest(%(ids)s::uuid[], %(epochs)s::integer[]) AS held (id, epoch)
 WHERE s.id = held.id AND s.epoch = held.epoch AND s.lease_until IS NOT NULL
@@ -187,9 +219,11 @@ SELECT EXTRACT(EPOCH FROM min(run_at) - now()) AS seconds FROM sagas
 WHERE status IN ('running', 'compensating') AND lease_until IS NULL AND run_at < 'infinity'
 
 -- get_saga --
+-- One saga by id, any tenant; NULL when unknown.
 SELECT * FROM sagas WHERE id = %(id)s
 
 -- get_saga_steps --
+-- A saga's step log: every attempt of every step, in the order they ran.
 SELECT * FROM saga_steps WHERE saga_id = %(saga_id)s ORDER BY started_at, step_index, attempt
 
 -- list_sagas --
@@ -214,6 +248,8 @@ ORDER BY s.created_at DESC, s.id DESC
 LIMIT %(limit)s
 
 -- insert_alert --
+-- Raise an ops alert, or bump the count, last_at and message of the open one
+-- with the same dedup_key.
 INSERT INTO ops_alerts (id, dedup_key, code, severity, message, tenant_id, subject)
 VALUES (%(id)s, %(dedup_key)s, %(code)s, %(severity)s, %(message)s, %(tenant_id)s, %(subject)s)
 ON CONFLICT (dedup_key) WHERE resolved_at IS NULL
@@ -227,17 +263,21 @@ WHERE id = %(id)s AND (tenant_id = %(tenant_id)s OR tenant_id IS NULL)
 FOR UPDATE
 
 -- acknowledge_alert --
+-- Acknowledge an alert; the first acknowledgement (time, who) is kept.
 UPDATE ops_alerts SET acknowledged_at = COALESCE(acknowledged_at, now()),
                       acknowledged_by = COALESCE(acknowledged_by, %(actor)s)
 WHERE id = %(id)s
 RETURNING *
 
 -- resolve_alert --
+-- Resolve an open alert by id; no row when it was already resolved.
 UPDATE ops_alerts SET resolved_at = now(), resolved_by = %(actor)s
 WHERE id = %(id)s AND resolved_at IS NULL
 RETURNING *
 
 -- list_alerts --
+-- Alerts the tenant sees (its own and system ones; NULL tenant: all), by code and
+-- open/resolved, most recently raised first, in keyset pages.
 SELECT * FROM ops_alerts
 WHERE (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s OR tenant_id IS NULL)
   AND (%(code)s::text IS NULL OR code = %(code)s)
@@ -248,11 +288,13 @@ ORDER BY last_at DESC, id DESC
 LIMIT %(limit)s
 
 -- insert_verification --
+-- Queue an asset's verification; at most one per asset (a repeat is a no-op).
 INSERT INTO verifications (id, asset_id, tenant_id, status)
 VALUES (%(id)s, %(asset_id)s, %(tenant_id)s, 'queued')
 ON CONFLICT (asset_id) DO NOTHING
 
 -- cancel_verification --
+-- Cancel an asset's verification while it is still queued or collecting.
 UPDATE verifications SET status = 'cancelled', updated_at = now(), completed_at = now()
 WHERE asset_id = %(asset_id)s AND status IN ('queued', 'collecting')
 RETURNING id
@@ -278,22 +320,29 @@ SELECT job.*, a.locker_ref, a.saga_id, l.site_lat, l.site_lon, l.geofence_m
 FROM job JOIN assets a ON a.id = job.asset_id JOIN lockers l ON l.locker_ref = a.locker_ref
 
 -- get_verification_for_update --
+-- A verification with its asset's status and locker, the
+-- verification row-locked (FOR UPDATE OF v).
 SELECT v.*, a.status AS asset_status, a.locker_ref
 FROM verifications v JOIN assets a ON a.id = v.asset_id
 WHERE v.id = %(id)s FOR UPDATE OF v
 
 -- finish_verification --
+-- A verification's outcome: status, reasons, checks and evidence; its lease ends.
 UPDATE verifications SET status = %(status)s, reasons = %(reasons)s, checks = %(checks)s,
                          evidence = %(evidence)s, lease_until = NULL, last_error = NULL,
                          updated_at = now(), completed_at = now()
 WHERE id = %(id)s
 
 -- reschedule_verification --
+-- Put a verification back (with the error) to run again after the delay;
+-- its lease ends.
 UPDATE verifications SET status = %(status)s, lease_until = NULL, last_error = %(error)s,
                          run_at = now() + make_interval(secs => %(delay)s), updated_at = now()
 WHERE id = %(id)s
 
 -- insert_evidence --
+-- A photo's metadata (hash, phash, GPS) for a verification; the same photo
+-- twice (same sha256) is stored once.
 INSERT INTO evidence (id, verification_id, asset_id, tenant_id, kind, sha256, content_type,
                       size_bytes, phash, captured_at, lat, lon, accuracy_m)
 VALUES (%(id)s, %(verification_id)s, %(asset_id)s, %(tenant_id)s, 'photo', %(sha256)s,
@@ -311,19 +360,24 @@ ORDER BY distance
 LIMIT 1
 
 -- list_evidence --
+-- The tenant's photos of an asset, oldest first.
 SELECT * FROM evidence WHERE asset_id = %(asset_id)s AND tenant_id = %(tenant_id)s
 ORDER BY created_at, sha256
 
 -- get_evidence --
+-- One of the tenant's photos of an asset by its sha256; NULL when unknown.
 SELECT * FROM evidence
 WHERE asset_id = %(asset_id)s AND tenant_id = %(tenant_id)s AND sha256 = %(sha256)s
 LIMIT 1
 
 -- evidence_of_verifications --
+-- The photos of several verifications at once, oldest first.
 SELECT * FROM evidence WHERE verification_id = ANY(%(ids)s::uuid[])
 ORDER BY created_at, sha256
 
 -- insert_review --
+-- Open a manual review of a verification, due after the timeout; at most one
+-- per verification (no row on a repeat).
 INSERT INTO reviews (id, verification_id, asset_id, tenant_id, reasons, due_at)
 VALUES (%(id)s, %(verification_id)s, %(asset_id)s, %(tenant_id)s, %(reasons)s,
         now() + make_interval(secs => %(timeout)s))
@@ -343,6 +397,7 @@ ORDER BY r.created_at, r.id
 LIMIT %(limit)s
 
 -- get_review_for_update --
+-- One of the tenant's reviews with its checks, row-locked (FOR UPDATE OF r).
 SELECT r.*, v.checks, COALESCE(r.claimed_until > now(), false) AS claim_live
 FROM reviews r JOIN verifications v ON v.id = r.verification_id
 WHERE r.id = %(id)s AND r.tenant_id = %(tenant_id)s
@@ -378,12 +433,15 @@ SELECT c.*, v.checks, true AS claim_live
 FROM claimed c JOIN verifications v ON v.id = c.verification_id
 
 -- release_review --
+-- Give up one's own hold on an undecided review; no row when not held by this key.
 UPDATE reviews SET claimed_key = NULL, claimed_by = NULL, claimed_until = NULL
 WHERE id = %(id)s AND tenant_id = %(tenant_id)s AND claimed_key = %(key_id)s
   AND status IN ('pending', 'expired')
 RETURNING id
 
 -- decide_review --
+-- Approve or reject an undecided review, clearing its hold; no row when it was
+-- already decided.
 UPDATE reviews SET status = %(status)s, decided_by = %(decided_by)s, note = %(note)s,
                    reason = %(reason)s, decided_at = now(),
                    claimed_key = NULL, claimed_by = NULL, claimed_until = NULL
@@ -396,6 +454,8 @@ UPDATE verifications SET status = %(status)s, updated_at = now()
 WHERE id = %(id)s AND status = 'manual_review'
 
 -- expire_due_reviews --
+-- Pending reviews past their deadline become expired (still undecided), a
+-- batch at a time; FOR UPDATE SKIP LOCKED: one sweeper per review.
 UPDATE reviews SET status = 'expired', expired_at = now()
 WHERE id IN (
     SELECT id FROM reviews WHERE status = 'pending' AND due_at <= now()
@@ -406,17 +466,22 @@ WHERE id IN (
 RETURNING *
 
 -- open_retry_entry_for_update --
+-- An asset's open retry-queue entry (pending, retrying or exhausted),
+-- row-locked; NULL when it has none.
 SELECT * FROM retry_queue
 WHERE asset_id = %(asset_id)s AND status IN ('pending', 'retrying', 'exhausted')
 FOR UPDATE
 
 -- insert_retry_entry --
+-- Queue a failed locker link for retry, due after the delay.
 INSERT INTO retry_queue (id, asset_id, tenant_id, locker_ref, operation, saga_id, retry_count,
                          next_retry_at, last_error, status)
 VALUES (%(id)s, %(asset_id)s, %(tenant_id)s, %(locker_ref)s, 'link', %(saga_id)s,
         %(retry_count)s, now() + make_interval(secs => %(delay)s), %(last_error)s, %(status)s)
 
 -- update_retry_entry --
+-- An asset's open entry after another failed attempt: count, next time, error,
+-- status.
 UPDATE retry_queue SET retry_count = %(retry_count)s,
                        next_retry_at = now() + make_interval(secs => %(delay)s),
                        last_error = %(last_error)s, status = %(status)s, updated_at = now()
@@ -424,10 +489,12 @@ WHERE asset_id = %(asset_id)s AND status IN ('pending', 'retrying', 'exhausted')
 RETURNING *
 
 -- mark_retry_entry_retrying --
+-- An asset's pending or exhausted entry is being retried now.
 UPDATE retry_queue SET status = 'retrying', updated_at = now()
 WHERE asset_id = %(asset_id)s AND status IN ('pending', 'exhausted')
 
 -- close_retry_entries --
+-- Close an asset's open entries (resolved or discarded): no next retry.
 UPDATE retry_queue SET status = %(status)s, next_retry_at = NULL, updated_at = now(),
                        closed_at = now()
 WHERE asset_id = %(asset_id)s AND status IN ('pending', 'retrying', 'exhausted')
@@ -441,12 +508,15 @@ WHERE id = %(id)s AND status IN ('pending', 'retrying', 'exhausted', 'discarded'
 RETURNING *
 
 -- get_retry_entry --
+-- One retry-queue entry by id, any tenant (callers check it); NULL when unknown.
 SELECT * FROM retry_queue WHERE id = %(id)s
 
 -- get_retry_entry_for_update --
+-- One retry-queue entry by id, row-locked; NULL when unknown.
 SELECT * FROM retry_queue WHERE id = %(id)s FOR UPDATE
 
 -- latest_retry_entry --
+-- An asset's newest retry-queue entry, open or closed; NULL when none.
 SELECT * FROM retry_queue WHERE asset_id = %(asset_id)s ORDER BY created_at DESC LIMIT 1
 
 -- count_open_retry_entries --
@@ -487,12 +557,15 @@ FROM ops_alerts WHERE resolved_at IS NULL
 GROUP BY code, severity
 
 -- due_retry_entries --
+-- Pending entries due now whose saga no worker holds, most overdue first.
 SELECT r.* FROM retry_queue r JOIN sagas s ON s.id = r.saga_id
 WHERE r.status = 'pending' AND r.next_retry_at <= now() AND s.owner IS NULL
 ORDER BY r.next_retry_at
 LIMIT %(limit)s
 
 -- list_retry_entries --
+-- The tenant's retry-queue entries newest first, by status and asset, in
+-- keyset pages.
 SELECT * FROM retry_queue
 WHERE tenant_id = %(tenant_id)s
   AND (%(status)s::text IS NULL OR status = %(status)s)
@@ -503,6 +576,8 @@ ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s
 
 -- hold_saga --
+-- Park an unowned running saga (run_at 'infinity') so no worker claims it; no row
+-- when a process is running it right now.
 UPDATE sagas SET run_at = 'infinity', updated_at = now()
 WHERE id = %(id)s AND owner IS NULL AND status = 'running'
 RETURNING id
@@ -524,15 +599,18 @@ FROM woken WHERE r.saga_id = woken.id AND r.status = 'pending'
 RETURNING r.saga_id AS id
 
 -- locker_maintenance --
+-- When a locker's maintenance window ends; NULL when it is not in one.
 SELECT maintenance_until FROM lockers
 WHERE locker_ref = %(locker_ref)s AND maintenance_until > now()
 
 -- set_locker_maintenance --
+-- Set or clear (NULL) the tenant's locker's maintenance window end.
 UPDATE lockers SET maintenance_until = %(until)s
 WHERE tenant_id = %(tenant_id)s AND locker_ref = %(locker_ref)s
 RETURNING *
 
 -- exhaust_retry_entries --
+-- An asset's pending or retrying entries gave up: exhausted, no next retry.
 UPDATE retry_queue SET status = 'exhausted', next_retry_at = NULL, last_error = %(last_error)s,
                        updated_at = now()
 WHERE asset_id = %(asset_id)s AND status IN ('pending', 'retrying')
@@ -548,6 +626,7 @@ WHERE id = %(id)s AND owner IS NULL AND status = 'running'
 RETURNING id
 
 -- resolve_alerts --
+-- Resolve the open alerts with these dedup keys (the condition went away).
 UPDATE ops_alerts SET resolved_at = now()
 WHERE dedup_key = ANY(%(dedup_keys)s) AND resolved_at IS NULL
 
@@ -556,6 +635,7 @@ WHERE dedup_key = ANY(%(dedup_keys)s) AND resolved_at IS NULL
 SELECT outbox_emit(%(id)s, %(tenant_id)s, %(type)s, %(data)s)
 
 -- notify_webhooks --
+-- Wake the webhook workers (NOTIFY proveniq_work 'webhooks') on commit.
 SELECT pg_notify('proveniq_work', 'webhooks')
 
 -- claim_webhook_delivery --
@@ -598,11 +678,13 @@ FROM d
 RETURNING delivery_id
 
 -- insert_webhook_endpoint --
+-- Subscribe a URL to event types with its (sealed) signing secret.
 INSERT INTO webhook_endpoints (id, tenant_id, url, events, secret)
 VALUES (%(id)s, %(tenant_id)s, %(url)s, %(events)s, %(secret)s)
 RETURNING *
 
 -- get_webhook_endpoint --
+-- One of the tenant's endpoints; NULL when unknown or another tenant's.
 SELECT * FROM webhook_endpoints WHERE id = %(id)s AND tenant_id = %(tenant_id)s
 
 -- lock_webhook_endpoint --
@@ -615,9 +697,11 @@ SELECT * FROM webhook_endpoints WHERE id = %(id)s AND tenant_id = %(tenant_id)s 
 SELECT id, secret FROM webhook_endpoints WHERE starts_with(secret, 'whsec_') FOR UPDATE
 
 -- seal_webhook_secret --
+-- Replace a plaintext secret with its sealed form, only if still plaintext.
 UPDATE webhook_endpoints SET secret = %(sealed)s WHERE id = %(id)s AND secret = %(plain)s
 
 -- list_webhook_endpoints --
+-- The tenant's endpoints newest first, in keyset pages.
 SELECT * FROM webhook_endpoints
 WHERE tenant_id = %(tenant_id)s
   AND (%(before_at)s::timestamptz IS NULL
@@ -626,22 +710,29 @@ ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s
 
 -- delete_webhook_endpoint --
+-- Delete one of the tenant's endpoints; no row when unknown.
 DELETE FROM webhook_endpoints WHERE id = %(id)s AND tenant_id = %(tenant_id)s
 RETURNING *
 
 -- disable_webhook_endpoint --
+-- Stop delivering to an active endpoint, with the reason; no row when
+-- already disabled.
 UPDATE webhook_endpoints SET status = 'disabled', disabled_reason = %(reason)s,
                              disabled_at = now(), updated_at = now()
 WHERE id = %(id)s AND status = 'active'
 RETURNING *
 
 -- enable_webhook_endpoint --
+-- Deliver to a disabled endpoint of the tenant again; no row when it is
+-- unknown or active.
 UPDATE webhook_endpoints SET status = 'active', disabled_reason = NULL, disabled_at = NULL,
                              updated_at = now()
 WHERE id = %(id)s AND tenant_id = %(tenant_id)s AND status = 'disabled'
 RETURNING *
 
 -- list_webhook_deliveries --
+-- An endpoint's deliveries with their events, newest first, by status, in
+-- keyset pages.
 SELECT d.*, ev.type, ev.data, ev.created_at AS event_at
 FROM webhook_deliveries d JOIN webhook_events ev ON ev.id = d.event_id
 WHERE d.endpoint_id = %(endpoint_id)s
@@ -652,14 +743,17 @@ ORDER BY d.created_at DESC, d.id DESC
 LIMIT %(limit)s
 
 -- get_webhook_delivery --
+-- One delivery of an endpoint with its event; NULL when unknown.
 SELECT d.*, ev.type, ev.data, ev.created_at AS event_at
 FROM webhook_deliveries d JOIN webhook_events ev ON ev.id = d.event_id
 WHERE d.id = %(id)s AND d.endpoint_id = %(endpoint_id)s
 
 -- list_webhook_attempts --
+-- The attempts of several deliveries, by delivery and attempt number.
 SELECT * FROM webhook_attempts WHERE delivery_id = ANY (%(ids)s) ORDER BY delivery_id, attempt
 
 -- redeliver_webhook --
+-- A new delivery of the same event to the same endpoint, linked to the original.
 INSERT INTO webhook_deliveries (id, event_id, endpoint_id, redelivery_of)
 SELECT %(id)s, event_id, endpoint_id, id FROM webhook_deliveries WHERE id = %(of)s
 RETURNING id
@@ -668,6 +762,8 @@ RETURNING id
 -- that is 24 h old or in flight with a lapsed lease (same route and body only); it returns
 -- a row only when this request now owns the key.
 -- idempotency_claim --
+-- Own an Idempotency-Key: insert it, or take over an expired or abandoned one
+-- (see above); the token when this request owns it, no row otherwise.
 INSERT INTO idempotency_keys AS k (tenant_id, key, route, request_hash, token, locked_until)
 VALUES (%(tenant_id)s, %(key)s, %(route)s, %(request_hash)s, %(token)s,
         now() + make_interval(secs => %(lease)s))
@@ -688,6 +784,8 @@ WHERE k.created_at <= now() - make_interval(secs => %(ttl)s)
 RETURNING k.token
 
 -- idempotency_lookup --
+-- A key's stored request and response, whether it expired, and whether its
+-- in-flight owner's lease lapsed; NULL when unknown.
 SELECT route, request_hash, status, response_status, response_headers, response_body,
        created_at <= now() - make_interval(secs => %(ttl)s) AS expired,
        status = 'in_flight' AND locked_until <= now() AS lease_lapsed
@@ -695,6 +793,7 @@ FROM idempotency_keys
 WHERE tenant_id = %(tenant_id)s AND key = %(key)s
 
 -- idempotency_complete --
+-- Store the response for replay; only the owner (token) of an in-flight key.
 UPDATE idempotency_keys SET
     status = 'completed',
     locked_until = NULL,
@@ -706,16 +805,19 @@ WHERE tenant_id = %(tenant_id)s AND key = %(key)s AND token = %(token)s
   AND status = 'in_flight'
 
 -- idempotency_renew --
+-- Extend the owner's lease on an in-flight key (a slow request).
 UPDATE idempotency_keys SET locked_until = now() + make_interval(secs => %(lease)s)
 WHERE tenant_id = %(tenant_id)s AND key = %(key)s AND token = %(token)s
   AND status = 'in_flight'
 
 -- idempotency_release --
+-- Forget an in-flight key the owner gave up on, so a retry may run.
 DELETE FROM idempotency_keys
 WHERE tenant_id = %(tenant_id)s AND key = %(key)s AND token = %(token)s
   AND status = 'in_flight'
 
 -- idempotency_purge --
+-- Delete expired keys, a batch at a time, oldest first; SKIP LOCKED.
 DELETE FROM idempotency_keys
 WHERE (tenant_id, key) IN (
     SELECT tenant_id, key FROM idempotency_keys
@@ -728,6 +830,7 @@ WHERE (tenant_id, key) IN (
 -- The console (src/proveniq_core/console): its sessions and the reads behind its pages.
 
 -- console_session_create --
+-- A console sign-in: the session id's hash, its API key, CSRF token.
 INSERT INTO console_sessions (id_hash, key_id, csrf_token)
 VALUES (%(id_hash)s, %(key_id)s, %(csrf_token)s)
 
@@ -748,9 +851,11 @@ WITH live AS (
 SELECT key_id, csrf_token, tenant_id, name, scopes FROM live
 
 -- console_session_delete --
+-- Sign out: forget the session.
 DELETE FROM console_sessions WHERE id_hash = %(id_hash)s
 
 -- console_session_purge --
+-- Forget sessions idle longer than the timeout.
 DELETE FROM console_sessions WHERE last_seen_at <= now() - make_interval(secs => %(idle)s)
 
 -- console_review_backlog --
@@ -762,6 +867,7 @@ FROM reviews
 WHERE tenant_id = %(tenant_id)s AND status IN ('pending', 'expired')
 
 -- console_reviews_decided_since --
+-- How many of the tenant's reviews were approved or rejected since a time.
 SELECT count(*) AS n FROM reviews
 WHERE tenant_id = %(tenant_id)s AND status IN ('approved', 'rejected')
   AND decided_at >= %(since)s
@@ -803,23 +909,30 @@ SELECT
      ORDER BY open.due_at, open.id LIMIT 1) AS first_id
 
 -- console_review_of_asset --
+-- The tenant's review of an asset; NULL when it has none.
 SELECT * FROM reviews WHERE asset_id = %(asset_id)s AND tenant_id = %(tenant_id)s
 
 -- console_verification_of_asset --
+-- The tenant's verification of an asset; NULL when it has none.
 SELECT * FROM verifications WHERE asset_id = %(asset_id)s AND tenant_id = %(tenant_id)s
 
 -- console_retry_counts --
+-- The tenant's retry-queue entries by status: open ones, and closed ones of
+-- the last 24 h.
 SELECT status, count(*) AS n FROM retry_queue
 WHERE tenant_id = %(tenant_id)s
   AND (status IN ('pending', 'retrying', 'exhausted') OR updated_at > now() - interval '24 hours')
 GROUP BY status
 
 -- console_held_counts --
+-- The tenant's assets held by the failure path (pending_link, link_failed)
+-- by status.
 SELECT status::text AS status, count(*) AS n FROM assets
 WHERE tenant_id = %(tenant_id)s AND status IN ('pending_link', 'link_failed')
 GROUP BY status
 
 -- console_alert_counts --
+-- Open alerts the tenant sees (its own and system ones) by severity.
 SELECT severity, count(*) AS n FROM ops_alerts
 WHERE resolved_at IS NULL AND (tenant_id = %(tenant_id)s OR tenant_id IS NULL)
 GROUP BY severity
@@ -875,6 +988,7 @@ WHERE (entity_type = 'asset' AND entity_id = %(asset_id)s)
 ORDER BY id
 
 -- console_audit_hashes --
+-- The chain hashes at these seqs, to show a row's seal.
 SELECT seq, hash FROM audit_log WHERE seq = ANY(%(seqs)s)
 
 -- console_asset_webhooks --
