@@ -214,6 +214,23 @@ async def test_after_and_count_pick_the_commands(mqtt_url: str, gateway: LockerG
         assert len(fleet.faults) == 0
 
 
+async def test_a_command_rule_picks_the_third_link(mqtt_url: str, gateway: LockerGateway) -> None:
+    """command link, after 2, count 1: pings between links do not count; the 3rd link fails."""
+    async with fleet_of(mqtt_url, gateway) as (fleet, (ref,)):
+        inject(fleet, lockerRef=ref, fault="hardware_fault", after=2, count=1, command="link")
+        seen = []
+        for n in range(4):
+            assert await outcome(gateway, ref) == "ok"
+            try:
+                await gateway.send(ref, "link", command_id=new_id(), asset_id=f"a-{n}", timeout=3)
+                seen.append("ok")
+            except LockerHardwareError as exc:
+                seen.append(exc.fault)
+        assert seen == ["ok", "ok", "hardware_fault", "ok"]
+        assert len(fleet.device(ref).links) == 3
+        assert len(fleet.faults) == 0
+
+
 async def test_star_targets_every_locker(mqtt_url: str, gateway: LockerGateway) -> None:
     """A "*" rule counts and hits the commands of every locker in the fleet."""
     async with fleet_of(mqtt_url, gateway, 2) as (fleet, refs):
