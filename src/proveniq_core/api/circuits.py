@@ -4,6 +4,11 @@ Both routes read this process's memory only, so they answer while the database i
 (keys the database verified lately still authenticate, see ``keys.KeyCache``), which is when
 an operator needs them. A reset is logged with the key that asked rather than audited: the
 audit trail lives in the database that may be the reason for the reset.
+
+Tenants share the process: a key sees the fleet circuits (``ledger``, ``locker``) and the
+``locker:<ref>`` circuits of its tenant's lockers, and resets only the latter; scope ``admin``
+sees and resets every circuit. Without ``admin`` the routes read the tenant's lockers from
+the database, so while it is down only an ``admin`` key can use them.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from proveniq_core.api.auth import require
 from proveniq_core.api.deps import CoreDep
+from proveniq_core.api.tenancy import check_locker, is_admin, require_admin, tenant_locker_refs
 from proveniq_core.errors import NotFoundError
 from proveniq_core.ledger.keys import Principal
 from proveniq_core.resilience.breaker import BreakerRegistry, BreakerSnapshot
@@ -29,8 +35,8 @@ CircuitState = Literal["closed", "open", "half_open"]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "missing or invalid API key"},
-    403: {"description": "the key lacks the scope"},
-    404: {"description": "no circuit of that name"},
+    403: {"description": "the key lacks the scope (admin for the fleet circuits' reset)"},
+    404: {"description": "no circuit of that name among the caller's"},
 }
 
 
@@ -74,10 +80,23 @@ async def list_circuits(
     principal: Annotated[Principal, Depends(require("ops:read"))],
     state: Annotated[CircuitState | None, Query(description="Only circuits in this state.")] = None,
 ) -> CircuitPage:
-    """Every circuit of this process, by name; a locker's appears once it has been used."""
+    """Every circuit of this process the caller may see, by name; a locker's appears once it
+    has been used."""
     breakers = core.breakers
-    views = [circuit_view(s, breakers) for s in breakers.snapshots()]
+    snapshots = breakers.snapshots()
+    if not is_admin(principal):
+        refs = await tenant_locker_refs(core.pool, principal)
+        snapshots = [s for s in snapshots if _device(s["name"]) in refs | {None}]
+    views = [circuit_view(s, breakers) for s in snapshots]
     return CircuitPage(items=[v for v in views if state is None or v.state == state])
+
+
+_DEVICE_PREFIX = "locker:"
+
+
+def _device(name: str) -> str | None:
+    """The locker ref of a per-device circuit; ``None`` for a fleet circuit."""
+    return name.removeprefix(_DEVICE_PREFIX) if name.startswith(_DEVICE_PREFIX) else None
 
 
 @router.post("/api/ops/circuits/{name}/reset", response_model=CircuitView, responses=_ERRORS)
@@ -88,8 +107,13 @@ async def reset_circuit(
 ) -> CircuitView:
     """Close a circuit now and forget its counts: calls go through again at once."""
     breakers = core.breakers
+    ref = _device(name)
+    if ref is not None:
+        await check_locker(core.pool, principal, ref)
     if name not in breakers:
         raise NotFoundError(f"No circuit named {name!r}.")
+    if ref is None:
+        require_admin(principal, f"Resetting the fleet circuit {name!r}")
     breaker = breakers[name]
     log.warning("circuit_reset", circuit=name, was=breaker.state.value, actor=principal.actor)
     breaker.reset()

@@ -34,7 +34,7 @@ def create(
             envvar="PROVENIQ_KEY_SCOPES",
             metavar="SCOPES",
             help="Comma-separated: assets:read, assets:write, reviews:decide, "
-            "webhooks:manage, ops:read, ops:write.",
+            "webhooks:manage, ops:read, ops:write, admin (every tenant's lockers).",
         ),
     ] = "assets:read,assets:write",
     name: Annotated[

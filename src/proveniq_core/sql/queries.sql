@@ -27,6 +27,9 @@ RETURNING *
 -- get_locker --
 SELECT * FROM lockers WHERE tenant_id = %(tenant_id)s AND locker_ref = %(locker_ref)s
 
+-- tenant_locker_refs --
+SELECT locker_ref FROM lockers WHERE tenant_id = %(tenant_id)s
+
 -- list_lockers --
 SELECT * FROM lockers
 WHERE tenant_id = %(tenant_id)s AND locker_ref > %(after)s
