@@ -25,7 +25,8 @@ from proveniq_core.api.deps import CoreDep
 from proveniq_core.api.tenancy import check_locker, is_admin, require_admin, tenant_locker_refs
 from proveniq_core.errors import NotFoundError
 from proveniq_core.ledger.keys import Principal
-from proveniq_core.resilience.breaker import BreakerRegistry, BreakerSnapshot
+from proveniq_core.resilience.breaker import BreakerRegistry, BreakerSnapshot, CircuitBreaker
+from proveniq_core.service import Core
 
 log = structlog.get_logger(__name__)
 
@@ -83,12 +84,30 @@ async def list_circuits(
     """Every circuit of this process the caller may see, by name; a locker's appears once it
     has been used."""
     breakers = core.breakers
-    snapshots = breakers.snapshots()
-    if not is_admin(principal):
-        refs = await tenant_locker_refs(core.pool, principal)
-        snapshots = [s for s in snapshots if _device(s["name"]) in refs | {None}]
-    views = [circuit_view(s, breakers) for s in snapshots]
+    views = [circuit_view(s, breakers) for s in await visible_snapshots(core, principal)]
     return CircuitPage(items=[v for v in views if state is None or v.state == state])
+
+
+async def visible_snapshots(core: Core, principal: Principal) -> list[BreakerSnapshot]:
+    """The circuits ``principal`` may see: the fleet's and its tenant's lockers' (all: admin)."""
+    snapshots = core.breakers.snapshots()
+    if is_admin(principal):
+        return snapshots
+    refs = await tenant_locker_refs(core.pool, principal)
+    return [s for s in snapshots if _device(s["name"]) in refs | {None}]
+
+
+async def resettable(core: Core, principal: Principal, name: str) -> CircuitBreaker:
+    """The circuit ``name`` if ``principal`` may reset it: 404 for none of the caller's, 403 for
+    a fleet circuit without ``admin``."""
+    ref = _device(name)
+    if ref is not None:
+        await check_locker(core.pool, principal, ref)
+    if name not in core.breakers:
+        raise NotFoundError(f"No circuit named {name!r}.")
+    if ref is None:
+        require_admin(principal, f"Resetting the fleet circuit {name!r}")
+    return core.breakers[name]
 
 
 _DEVICE_PREFIX = "locker:"
@@ -107,17 +126,17 @@ async def reset_circuit(
 ) -> CircuitView:
     """Close a circuit now and forget its counts: calls go through again at once."""
     breakers = core.breakers
-    ref = _device(name)
-    if ref is not None:
-        await check_locker(core.pool, principal, ref)
-    if name not in breakers:
-        raise NotFoundError(f"No circuit named {name!r}.")
-    if ref is None:
-        require_admin(principal, f"Resetting the fleet circuit {name!r}")
-    breaker = breakers[name]
+    breaker = await resettable(core, principal, name)
     log.warning("circuit_reset", circuit=name, was=breaker.state.value, actor=principal.actor)
     breaker.reset()
     return circuit_view(breaker.snapshot(), breakers)
 
 
-__all__ = ["CircuitPage", "CircuitView", "circuit_view", "router"]
+__all__ = [
+    "CircuitPage",
+    "CircuitView",
+    "circuit_view",
+    "resettable",
+    "router",
+    "visible_snapshots",
+]
