@@ -23,7 +23,9 @@ Every error a client can see carries one code from ``TAXONOMY``. The HTTP layer 
         ├── NotFoundError           E_NOT_FOUND
         ├── ConflictError           E_CONFLICT
         ├── IdempotencyMismatchError  E_IDEMPOTENCY_MISMATCH
-        └── IdempotencyInFlightError  E_IDEMPOTENCY_IN_FLIGHT
+        ├── IdempotencyInFlightError  E_IDEMPOTENCY_IN_FLIGHT
+        ├── PayloadTooLargeError    E_PAYLOAD_TOO_LARGE
+        └── RateLimitedError        E_RATE_LIMITED
 """
 
 from __future__ import annotations
@@ -172,6 +174,33 @@ TAXONOMY: dict[str, FailureMode] = {
             "A request with this Idempotency-Key is still in progress. Retry shortly.",
             False,
             409,
+            True,
+        ),
+        FailureMode(
+            "E_PAYLOAD_TOO_LARGE",
+            "error",
+            "reject_request",
+            "The request's body is too large.",
+            False,
+            413,
+            False,
+        ),
+        FailureMode(
+            "E_HEADERS_TOO_LARGE",
+            "error",
+            "reject_request",
+            "The request's headers are too large.",
+            False,
+            431,
+            False,
+        ),
+        FailureMode(
+            "E_RATE_LIMITED",
+            "warning",
+            "retry_with_backoff",
+            "Too many requests. Retry after the time in Retry-After.",
+            False,
+            429,
             True,
         ),
         FailureMode(
@@ -340,6 +369,18 @@ class IdempotencyInFlightError(RequestError):
     code = "E_IDEMPOTENCY_IN_FLIGHT"
 
 
+class PayloadTooLargeError(RequestError):
+    """The body is larger than ``PROVENIQ_MAX_BODY_BYTES``."""
+
+    code = "E_PAYLOAD_TOO_LARGE"
+
+
+class RateLimitedError(RequestError):
+    """The key or the client address sent more requests than its rate limit allows."""
+
+    code = "E_RATE_LIMITED"
+
+
 __all__ = [
     "TAXONOMY",
     "BrokerUnreachableError",
@@ -360,6 +401,8 @@ __all__ = [
     "LockerUnreachableError",
     "NotFoundError",
     "PartialCommitError",
+    "PayloadTooLargeError",
+    "RateLimitedError",
     "RequestError",
     "UnauthorizedError",
     "ValidationFailedError",

@@ -13,6 +13,7 @@ from proveniq_core.api import (
     envelope,
     evidence,
     health,
+    limits,
     lockers,
     metrics,
     ops,
@@ -48,6 +49,8 @@ def create_app(core: Core | None) -> FastAPI:
     )
     app.state.core = core
     envelope.install(app)
+    if core is not None:
+        app.add_middleware(limits.Limits, core=core)
     app.add_middleware(metrics.RequestContext)
     app.include_router(metrics.router)
     app.include_router(assets.router)

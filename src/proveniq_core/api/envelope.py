@@ -21,7 +21,13 @@ from proveniq_core.errors import TAXONOMY, CoreError, RequestError
 
 log = structlog.get_logger(__name__)
 
-_HTTP_CODES = {401: "E_UNAUTHORIZED", 403: "E_FORBIDDEN", 404: "E_NOT_FOUND", 409: "E_CONFLICT"}
+_HTTP_CODES = {
+    401: "E_UNAUTHORIZED",
+    403: "E_FORBIDDEN",
+    404: "E_NOT_FOUND",
+    409: "E_CONFLICT",
+    413: "E_PAYLOAD_TOO_LARGE",
+}
 
 
 def request_id(request: Request) -> str:
