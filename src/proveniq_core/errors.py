@@ -24,6 +24,7 @@ Every error a client can see carries one code from ``TAXONOMY``. The HTTP layer 
         ├── ConflictError           E_CONFLICT
         ├── IdempotencyMismatchError  E_IDEMPOTENCY_MISMATCH
         ├── IdempotencyInFlightError  E_IDEMPOTENCY_IN_FLIGHT
+        ├── MethodNotAllowedError   E_METHOD_NOT_ALLOWED
         ├── PayloadTooLargeError    E_PAYLOAD_TOO_LARGE
         └── RateLimitedError        E_RATE_LIMITED
 """
@@ -175,6 +176,15 @@ TAXONOMY: dict[str, FailureMode] = {
             False,
             409,
             True,
+        ),
+        FailureMode(
+            "E_METHOD_NOT_ALLOWED",
+            "error",
+            "reject_request",
+            "This method is not allowed here; see the Allow header.",
+            False,
+            405,
+            False,
         ),
         FailureMode(
             "E_PAYLOAD_TOO_LARGE",
@@ -369,6 +379,12 @@ class IdempotencyInFlightError(RequestError):
     code = "E_IDEMPOTENCY_IN_FLIGHT"
 
 
+class MethodNotAllowedError(RequestError):
+    """The route exists, without this method."""
+
+    code = "E_METHOD_NOT_ALLOWED"
+
+
 class PayloadTooLargeError(RequestError):
     """The body is larger than ``PROVENIQ_MAX_BODY_BYTES``."""
 
@@ -399,6 +415,7 @@ __all__ = [
     "LockerOfflineError",
     "LockerTimeoutError",
     "LockerUnreachableError",
+    "MethodNotAllowedError",
     "NotFoundError",
     "PartialCommitError",
     "PayloadTooLargeError",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from proveniq_core import console
 from proveniq_core.api import (
@@ -13,6 +13,7 @@ from proveniq_core.api import (
     envelope,
     evidence,
     health,
+    inputs,
     limits,
     lockers,
     metrics,
@@ -46,6 +47,7 @@ def create_app(core: Core | None) -> FastAPI:
         description="Registers physical assets across lockers (MQTT), the ledger and Verify.",
         docs_url=None,  # served by the console with local assets: works offline
         redoc_url=None,
+        dependencies=[Depends(inputs.refuse_nul)],
     )
     app.state.core = core
     envelope.install(app)

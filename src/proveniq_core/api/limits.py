@@ -209,8 +209,7 @@ class Limits:
         message = None
         if retry_after is not None:
             headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
-        if code == "E_UNAUTHORIZED":
-            headers["WWW-Authenticate"] = "Bearer"
+        if code == "E_UNAUTHORIZED":  # the envelope adds WWW-Authenticate
             message = "A valid API key is required before the body is read."
         elif code == "E_PAYLOAD_TOO_LARGE":
             message = f"The body is larger than {self.max_body} bytes."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -54,6 +55,10 @@ def create(
             f"unknown scope(s): {', '.join(unknown)}; known: {', '.join(keys.SCOPES)}",
             param_hint="--scopes",
         )
+
+    if any(unicodedata.category(ch) == "Cc" for ch in name + tenant):
+        problem = "must not contain control characters"
+        raise typer.BadParameter(problem, param_hint="--name/--tenant")
 
     async def go(pool: db.Pool) -> str:
         return await keys.create_key(pool, tenant, wanted, name)
