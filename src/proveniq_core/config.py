@@ -51,10 +51,10 @@ class Settings(BaseSettings):
         32 * 1024, ge=1024, description="largest request line and headers: 431 above"
     )
     rate_limit_per_key: float = Field(
-        200.0, ge=0, description="requests a second per API key (0: no limit), in each process"
+        1000.0, ge=0, description="requests a second per API key (0: no limit), in each process"
     )
     rate_limit_per_ip: float = Field(
-        400.0, ge=0, description="requests a second per client address (0: no limit), per process"
+        2000.0, ge=0, description="requests a second per client address (0: no limit), per process"
     )
     rate_limit_auth_failures_per_ip: float = Field(
         10.0, ge=0, description="failed authentications a second per client address (0: no limit)"
