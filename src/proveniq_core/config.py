@@ -46,6 +46,23 @@ class Settings(BaseSettings):
         3600.0, gt=0, description="how long an unreachable locker is retried before escalating"
     )
 
+    max_body_bytes: int = Field(1 << 20, ge=1, description="largest request body: 413 above")
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, description="largest request line and headers: 431 above"
+    )
+    rate_limit_per_key: float = Field(
+        1000.0, ge=0, description="requests a second per API key (0: no limit), in each process"
+    )
+    rate_limit_per_ip: float = Field(
+        2000.0, ge=0, description="requests a second per client address (0: no limit), per process"
+    )
+    rate_limit_auth_failures_per_ip: float = Field(
+        10.0, ge=0, description="failed authentications a second per client address (0: no limit)"
+    )
+    rate_limit_burst: float = Field(
+        2.0, gt=0, description="burst: this many seconds' worth of requests at once"
+    )
+
     sim_lockers: int = Field(10, ge=0, le=1000, description="embedded fleet size")
     sim_profile: str = "instant"
 

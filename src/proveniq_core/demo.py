@@ -1,5 +1,5 @@
 """``proveniq demo``: drive a running service through registrations and print a timeline,
-then through each failure path with real faults (DESIGN.md §3):
+then through each failure path with real faults (docs/architecture.md §3):
 
 - a locker answers late: 202 ``pending_link``, then linked by the late answer;
 - a locker reports a hardware fault: 502, ``link_failed``, an alert, an operator retry;

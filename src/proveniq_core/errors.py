@@ -1,7 +1,7 @@
-"""The failure taxonomy (seed §4.1) as data, and the exception tree built on it.
+"""The failure taxonomy (docs/architecture.md §3) as data, and the exception tree built on it.
 
 Every error a client can see carries one code from ``TAXONOMY``. The HTTP layer turns a
-``CoreError`` into the envelope of DESIGN.md §3; nothing else decides status codes.
+``CoreError`` into the envelope of docs/architecture.md §3; nothing else decides status codes.
 
     CoreError
     ├── LockerError                 (hardware subsystem; never fails the ledger)
@@ -23,7 +23,10 @@ Every error a client can see carries one code from ``TAXONOMY``. The HTTP layer 
         ├── NotFoundError           E_NOT_FOUND
         ├── ConflictError           E_CONFLICT
         ├── IdempotencyMismatchError  E_IDEMPOTENCY_MISMATCH
-        └── IdempotencyInFlightError  E_IDEMPOTENCY_IN_FLIGHT
+        ├── IdempotencyInFlightError  E_IDEMPOTENCY_IN_FLIGHT
+        ├── MethodNotAllowedError   E_METHOD_NOT_ALLOWED
+        ├── PayloadTooLargeError    E_PAYLOAD_TOO_LARGE
+        └── RateLimitedError        E_RATE_LIMITED
 """
 
 from __future__ import annotations
@@ -122,7 +125,7 @@ TAXONOMY: dict[str, FailureMode] = {
             201,
             False,
         ),
-        # Request errors: not in the seed's taxonomy, same envelope.
+        # Request errors: not in the taxonomy, same envelope.
         FailureMode(
             "E_VALIDATION", "error", "reject_request", "The request is invalid.", False, 422, False
         ),
@@ -172,6 +175,42 @@ TAXONOMY: dict[str, FailureMode] = {
             "A request with this Idempotency-Key is still in progress. Retry shortly.",
             False,
             409,
+            True,
+        ),
+        FailureMode(
+            "E_METHOD_NOT_ALLOWED",
+            "error",
+            "reject_request",
+            "This method is not allowed here; see the Allow header.",
+            False,
+            405,
+            False,
+        ),
+        FailureMode(
+            "E_PAYLOAD_TOO_LARGE",
+            "error",
+            "reject_request",
+            "The request's body is too large.",
+            False,
+            413,
+            False,
+        ),
+        FailureMode(
+            "E_HEADERS_TOO_LARGE",
+            "error",
+            "reject_request",
+            "The request's headers are too large.",
+            False,
+            431,
+            False,
+        ),
+        FailureMode(
+            "E_RATE_LIMITED",
+            "warning",
+            "retry_with_backoff",
+            "Too many requests. Retry after the time in Retry-After.",
+            False,
+            429,
             True,
         ),
         FailureMode(
@@ -340,6 +379,24 @@ class IdempotencyInFlightError(RequestError):
     code = "E_IDEMPOTENCY_IN_FLIGHT"
 
 
+class MethodNotAllowedError(RequestError):
+    """The route exists, without this method."""
+
+    code = "E_METHOD_NOT_ALLOWED"
+
+
+class PayloadTooLargeError(RequestError):
+    """The body is larger than ``PROVENIQ_MAX_BODY_BYTES``."""
+
+    code = "E_PAYLOAD_TOO_LARGE"
+
+
+class RateLimitedError(RequestError):
+    """The key or the client address sent more requests than its rate limit allows."""
+
+    code = "E_RATE_LIMITED"
+
+
 __all__ = [
     "TAXONOMY",
     "BrokerUnreachableError",
@@ -358,8 +415,11 @@ __all__ = [
     "LockerOfflineError",
     "LockerTimeoutError",
     "LockerUnreachableError",
+    "MethodNotAllowedError",
     "NotFoundError",
     "PartialCommitError",
+    "PayloadTooLargeError",
+    "RateLimitedError",
     "RequestError",
     "UnauthorizedError",
     "ValidationFailedError",

@@ -76,7 +76,8 @@ async def ensure_bootstrap_key(pool: db.Pool, home: Path) -> BootstrapKey:
     path = home / BOOTSTRAP_FILE
     if path.exists():
         token = path.read_text().strip()
-        if await keys.authenticate(pool, token) is not None:
+        principal = await keys.authenticate(pool, token)
+        if principal is not None and principal.scopes >= set(keys.SCOPES):  # new scopes: a new key
             return BootstrapKey(token, path, created=False)
     token = await keys.create_key(
         pool, BOOTSTRAP_TENANT, keys.SCOPES, name="bootstrap admin", actor="system:bootstrap"

@@ -53,6 +53,26 @@ def test_keys_create_list_revoke(database_url: str) -> None:
     assert "no active key" in again.stderr
 
 
+def test_keys_create_accepts_the_admin_scope(database_url: str) -> None:
+    """--scopes admin,ops:write creates a key holding both."""
+    args = ["keys", "create", "--tenant", "ops", "--scopes", "admin,ops:write"]
+    made = proveniq(*args, database_url=database_url)
+    assert made.returncode == 0, made.stderr
+    [as_json] = json.loads(proveniq("keys", "list", "--json", database_url=database_url).stdout)
+    assert as_json["scopes"] == ["admin", "ops:write"]
+
+
+def test_keys_create_refuses_control_characters_in_names(database_url: str) -> None:
+    """A key name with a control character is a usage error; nothing is created."""
+    args = ["keys", "create", "--tenant", "acme", "--name", "a\x1bb"]
+    bad = proveniq(*args, database_url=database_url)
+    assert bad.returncode == 2
+    assert "control characters" in bad.stderr
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT count(*) FROM api_keys").fetchone()
+    assert row is not None and row[0] == 0
+
+
 def test_keys_create_refuses_unknown_scopes(database_url: str) -> None:
     """An unknown scope is a usage error naming the known ones; nothing is created."""
     bad = proveniq(

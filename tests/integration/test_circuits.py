@@ -16,7 +16,7 @@ from proveniq_core.api.app import create_app
 from proveniq_core.errors import LedgerDownError, LedgerSaturatedError
 from proveniq_core.ledger import keys
 from proveniq_core.resilience.breaker import LEDGER, LOCKER, CircuitBreaker, State
-from proveniq_core.service import Core
+from proveniq_core.service import BOOTSTRAP_FILE, BOOTSTRAP_TENANT, Core, ensure_bootstrap_key
 from tests.integration.conftest import TENANT, core_running
 
 
@@ -169,6 +169,41 @@ async def test_circuits_api_needs_its_scopes_and_known_names(
     assert (await client.get("/api/ops/circuits", params={"state": "ajar"})).status_code == 422
 
 
+async def test_circuits_are_scoped_to_the_callers_lockers(
+    core: Core, client: httpx.AsyncClient
+) -> None:
+    """Without admin a key lists the fleet circuits and its tenant's device circuits only,
+    resets only the latter (another tenant's is 404, a fleet circuit 403); admin sees all."""
+    acme_ref = refs(core)[0]
+    globex = await keys.create_key(core.pool, "globex", ["ops:read", "ops:write"])
+    acme = await keys.create_key(core.pool, TENANT, ["ops:read", "ops:write"])
+    async with as_key(core, globex) as http:
+        site = {"lockerRef": "globex-locker-1", "site": {"lat": 1.0, "lon": 2.0}, "geofenceM": 50}
+        assert (await http.post("/api/lockers", json=site)).status_code == 201
+    for ref in (acme_ref, "globex-locker-1"):
+        core.breakers.get(f"locker:{ref}", LOCKER)
+
+    async with as_key(core, globex) as http:
+        seen = set(await circuits(http))
+        assert "locker:globex-locker-1" in seen and f"locker:{acme_ref}" not in seen
+        crossed = await http.post(f"/api/ops/circuits/locker:{acme_ref}/reset")
+        assert crossed.status_code == 404
+        assert crossed.json()["error"]["code"] == "E_NOT_FOUND"
+        fleet = await http.post("/api/ops/circuits/ledger/reset")
+        assert fleet.status_code == 403
+        assert "admin" in fleet.json()["error"]["message"]
+        own = await http.post("/api/ops/circuits/locker:globex-locker-1/reset")
+        assert own.status_code == 200 and own.json()["state"] == "closed"
+    async with as_key(core, acme) as http:
+        seen = set(await circuits(http))
+        assert f"locker:{acme_ref}" in seen and "locker:globex-locker-1" not in seen
+        crossed = await http.post("/api/ops/circuits/locker:globex-locker-1/reset")
+        assert crossed.status_code == 404
+        assert (await http.post(f"/api/ops/circuits/locker:{acme_ref}/reset")).status_code == 200
+    assert {f"locker:{acme_ref}", "locker:globex-locker-1", "ledger"} <= set(await circuits(client))
+    assert (await client.post("/api/ops/circuits/locker:globex-locker-1/reset")).status_code == 200
+
+
 async def test_the_ledger_circuit_refuses_without_the_pool_and_probes_once(pool: db.Pool) -> None:
     """Open: a refusal never asks the pool for a connection. Half-open: the probing task's
     nested connections ride on its one permit while another task is refused, and the probe's
@@ -263,3 +298,14 @@ async def test_a_saturated_pool_sheds_load_without_opening_the_ledger_circuit(
         await holder
     finally:
         await small.close()
+
+
+async def test_the_bootstrap_key_holds_the_admin_scope(pool: db.Pool, tmp_path: Path) -> None:
+    """The bootstrap key has every scope, admin too; a kept key that lacks one is replaced."""
+    older = await keys.create_key(pool, BOOTSTRAP_TENANT, ["ops:read", "ops:write"])
+    (tmp_path / BOOTSTRAP_FILE).write_text(older + "\n")
+    made = await ensure_bootstrap_key(pool, tmp_path)
+    assert made.created and made.token != older
+    principal = await keys.authenticate(pool, made.token)
+    assert principal is not None and "admin" in principal.scopes
+    assert not (await ensure_bootstrap_key(pool, tmp_path)).created

@@ -14,6 +14,7 @@ import psycopg
 
 from proveniq_core.api.app import create_app
 from proveniq_core.ledger import keys
+from proveniq_core.resilience.breaker import LOCKER
 from proveniq_core.service import Core
 from tests.integration.conftest import TENANT, first_ref
 from tests.integration.test_ops_actions import exhausted_entry
@@ -242,3 +243,26 @@ async def test_docs_and_redoc_load_their_assets_from_this_process(core: Core) ->
                 assert url.startswith("/"), (path, url)
                 assert (await http.get(url)).status_code == 200, url
             assert "https://" not in html and "http://" not in html, path
+
+
+async def test_the_circuits_page_shows_and_resets_only_the_tenants_circuits(core: Core) -> None:
+    """Another tenant's operator does not see acme's device circuit and cannot reset it or a
+    fleet circuit from the console."""
+    ref = first_ref(core)
+    core.breakers.get(f"locker:{ref}", LOCKER)
+    other = await keys.create_key(core.pool, "globex", ["ops:read", "ops:write"], name="G")
+    async with browser(core) as http:
+        assert (await sign_in(http, other)).status_code == 303
+        page = await http.get("/console/ops/circuits")
+        assert page.status_code == 200 and f"locker:{ref}" not in page.text
+        for name, says in ((f"locker:{ref}", "No locker"), ("ledger", "needs the scope")):
+            done = await http.post(
+                f"/console/ops/circuits/{name}/reset",
+                data={"csrf": csrf_of(page.text)},
+                follow_redirects=True,
+            )
+            assert done.status_code == 200 and says in done.text, done.text
+    admin = await named_key(core, "Admin", keys.SCOPES)
+    async with browser(core) as http:
+        await sign_in(http, admin)
+        assert f"locker:{ref}" in (await http.get("/console/ops/circuits")).text

@@ -251,7 +251,7 @@ async def test_a_hardware_fault_answers_502_and_holds_the_asset_for_an_operator(
     error = assert_envelope(resp, 502, "E_LOCKER_HARDWARE", "critical")
     assert error["retryable"] is False
     assert error["message"] == "Hardware error detected. Operations team notified."
-    assert error["details"]["lockerRef"] == ref
+    assert error["details"][0]["lockerRef"] == ref
     asset_id = error["assetId"]
     assert await status_of(http, asset_id) == "link_failed"
 

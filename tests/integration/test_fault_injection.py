@@ -208,6 +208,23 @@ async def test_after_and_count_pick_the_commands(mqtt_url: str, gateway: LockerG
         assert len(fleet.faults) == 0
 
 
+async def test_a_command_rule_picks_the_third_link(mqtt_url: str, gateway: LockerGateway) -> None:
+    """command link, after 2, count 1: pings between links do not count; the 3rd link fails."""
+    async with fleet_of(mqtt_url, gateway) as (fleet, (ref,)):
+        inject(fleet, lockerRef=ref, fault="hardware_fault", after=2, count=1, command="link")
+        seen = []
+        for n in range(4):
+            assert await outcome(gateway, ref) == "ok"
+            try:
+                await gateway.send(ref, "link", command_id=new_id(), asset_id=f"a-{n}", timeout=3)
+                seen.append("ok")
+            except LockerHardwareError as exc:
+                seen.append(exc.fault)
+        assert seen == ["ok", "ok", "hardware_fault", "ok"]
+        assert len(fleet.device(ref).links) == 3
+        assert len(fleet.faults) == 0
+
+
 async def test_star_targets_every_locker(mqtt_url: str, gateway: LockerGateway) -> None:
     """A "*" rule counts and hits the commands of every locker in the fleet."""
     async with fleet_of(mqtt_url, gateway, 2) as (fleet, refs):
@@ -304,6 +321,36 @@ async def test_http_faults_round_trip(core: Core, api_key: str) -> None:
         assert cleared.json() == {"cleared": 1}
         assert [f["lockerRef"] for f in (await http.get("/sim/faults")).json()["items"]] == ["*"]
         assert (await http.delete("/sim/faults")).json() == {"cleared": 1}
+
+
+async def test_http_faults_are_scoped_to_the_callers_lockers(core: Core, api_key: str) -> None:
+    """ops:write acts on its tenant's lockers only: another tenant's locker is 404, '*' is 403
+    without admin, and the list and a bare clear cover only the caller's rules."""
+    ref = first_ref(core)
+    own = await keys.create_key(core.pool, TENANT, ["ops:write"], name="acme ops")
+    other = await keys.create_key(core.pool, "globex", ["ops:write"], name="globex ops")
+    async with _api(core, api_key) as admin, _api(core, own) as acme, _api(core, other) as globex:
+        everyone = await admin.post("/sim/faults", json={"lockerRef": "*", "fault": "drop"})
+        assert everyone.status_code == 201
+        mine = await acme.post("/sim/faults", json={"lockerRef": ref, "fault": "drop"})
+        assert mine.status_code == 201, mine.text
+        star = await acme.post("/sim/faults", json={"lockerRef": "*", "fault": "drop"})
+        assert star.status_code == 403
+        assert star.json()["error"]["code"] == "E_FORBIDDEN"
+        assert "admin" in star.json()["error"]["message"]
+
+        crossed = await globex.post("/sim/faults", json={"lockerRef": ref, "fault": "drop"})
+        assert crossed.status_code == 404
+        assert crossed.json()["error"]["code"] == "E_NOT_FOUND"
+        assert (await globex.get("/sim/faults")).json() == {"items": []}
+        assert (await globex.delete("/sim/faults")).json() == {"cleared": 0}
+        assert (await globex.delete("/sim/faults", params={"lockerRef": ref})).status_code == 404
+        assert (await globex.delete("/sim/faults", params={"lockerRef": "*"})).status_code == 403
+
+        assert [f["lockerRef"] for f in (await acme.get("/sim/faults")).json()["items"]] == [ref]
+        assert len((await admin.get("/sim/faults")).json()["items"]) == 2
+        assert (await acme.delete("/sim/faults")).json() == {"cleared": 1}
+        assert [f["lockerRef"] for f in (await admin.get("/sim/faults")).json()["items"]] == ["*"]
 
 
 async def test_http_faults_without_a_fleet_is_404(core: Core, api_key: str) -> None:

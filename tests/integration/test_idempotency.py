@@ -201,7 +201,7 @@ async def test_different_body_is_422_mismatch(harness: Harness) -> None:
     assert error["code"] == "E_IDEMPOTENCY_MISMATCH"
     assert error["retryable"] is False
     assert error["message"] == "This Idempotency-Key was used with a different request."
-    assert error["details"] == {"differs": "body"}
+    assert error["details"] == [{"differs": "body"}]
     assert "idempotent-replayed" not in resp.headers
     assert await harness.calls() == 1
 
@@ -212,7 +212,7 @@ async def test_same_key_on_another_route_is_422_mismatch(harness: Harness) -> No
     resp = await harness.client.post("/test/idem/b", json=BODY, headers=keyed("k-route"))
     assert resp.status_code == 422
     assert resp.json()["error"]["code"] == "E_IDEMPOTENCY_MISMATCH"
-    assert resp.json()["error"]["details"] == {"differs": "route"}
+    assert resp.json()["error"]["details"] == [{"differs": "route"}]
     assert await harness.calls() == 1
 
 
@@ -289,7 +289,7 @@ async def test_validation_failure_stores_nothing(harness: Harness) -> None:
     first = await harness.client.post("/test/idem/a", json=BODY, headers=keyed("k-val"))
     assert first.status_code == 422
     assert first.json()["error"]["code"] == "E_VALIDATION"
-    assert first.json()["error"]["details"] == {"field": "name"}
+    assert first.json()["error"]["details"] == [{"field": "name"}]
 
     again = await harness.client.post("/test/idem/a", json=BODY, headers=keyed("k-val"))
     assert again.status_code == 201
@@ -328,7 +328,7 @@ async def test_key_longer_than_255_characters_is_422(harness: Harness) -> None:
     longest = await harness.client.post("/test/idem/a", json=BODY, headers=keyed("k" * 255))
     assert too_long.status_code == empty.status_code == 422
     assert too_long.json()["error"]["code"] == "E_VALIDATION"
-    assert too_long.json()["error"]["details"]["field"] == "Idempotency-Key"
+    assert too_long.json()["error"]["details"][0]["field"] == "Idempotency-Key"
     assert empty.json()["error"]["code"] == "E_VALIDATION"
     assert longest.status_code == 201
     assert await harness.calls() == 1

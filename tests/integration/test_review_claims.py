@@ -38,7 +38,7 @@ async def test_a_claim_holds_the_review_against_another_key_until_released(
         refused = await b.post(f"/api/reviews/{rid}/claim")
         assert refused.status_code == 409
         error = refused.json()["error"]
-        assert error["code"] == "E_CONFLICT" and error["details"]["heldBy"] == "Ana Lima"
+        assert error["code"] == "E_CONFLICT" and error["details"][0]["heldBy"] == "Ana Lima"
         decided = await b.post(f"/api/reviews/{rid}/decision", json={"decision": "approve"})
         assert decided.status_code == 409
         assert "held by Ana Lima" in decided.json()["error"]["message"]

@@ -32,13 +32,14 @@ def hits(book: FaultBook, ref: str, n: int) -> list[int]:
 
 
 def test_design_example_parses_and_echoes() -> None:
-    """The DESIGN.md §4 example is a valid rule, echoed with its id and counter."""
+    """The lab's example (the third link is late) is a valid rule, echoed with id and counter."""
     example = {
         "lockerRef": "locker-003",
         "fault": "delay",
         "delayMs": 35000,
         "count": 1,
         "after": 2,
+        "command": "link",
     }
     entry = FaultBook().add(parse_rule(example))
     assert entry.view() == {**example, "id": entry.id, "seen": 0}
@@ -66,6 +67,13 @@ def test_design_example_parses_and_echoes() -> None:
         ({"fault": "drop", "lockerRef": "a/b"}, "lockerRef", "'*' or a locker ref"),
         ({"fault": "drop", "lockerRef": "#"}, "lockerRef", "'*' or a locker ref"),
         ({"fault": "drop", "lockers": "x"}, "lockers", "unknown field"),
+        ({"fault": "drop", "command": "reboot"}, "command", "'collect_evidence' or 'ping'"),
+        ({"fault": "drop", "command": 1}, "command", "'link', 'unlink'"),
+        (
+            {"fault": "bad_evidence", "defect": "stale", "command": "link"},
+            "command",
+            "only applies to command 'collect_evidence'",
+        ),
         ({"lockerRef": None}, "fault", "Field required"),
     ],
 )
@@ -170,6 +178,27 @@ def test_bad_evidence_counts_only_evidence_collections() -> None:
         rule(fault="bad_evidence", defect="smudged")
     with pytest.raises(FaultRuleError, match="defect"):
         rule(fault="drop", defect="stale")
+
+
+def test_a_command_rule_counts_only_that_command() -> None:
+    """after 2 with command link is the third link, however many other commands come between."""
+    book = FaultBook()
+    late = book.add(rule(fault="delay", delayMs=35000, count=1, after=2, command="link"))
+    sequence = ["link", "collect_evidence", "ping", "link", "collect_evidence", "unlink"]
+    assert [book.decide("locker-001", c) for c in sequence] == [None] * len(sequence)
+    assert book.list()[0].seen == 2
+    hit = book.decide("locker-001", "link")
+    assert hit is not None and hit.id == late.id
+    assert book.list() == []
+    assert book.decide("locker-001", "link") is None
+
+
+def test_a_rule_without_command_counts_every_command() -> None:
+    """Without command, after 2 is the third command of any type."""
+    book = FaultBook()
+    book.add(rule(after=2, count=1))
+    decided = [book.decide("locker-001", c) for c in ["collect_evidence", "ping", "link"]]
+    assert [d is not None for d in decided] == [False, False, True]
 
 
 def test_exhausted_rules_leave_the_book() -> None:

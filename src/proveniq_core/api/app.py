@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from proveniq_core import console
 from proveniq_core.api import (
@@ -13,6 +13,8 @@ from proveniq_core.api import (
     envelope,
     evidence,
     health,
+    inputs,
+    limits,
     lockers,
     metrics,
     ops,
@@ -52,9 +54,12 @@ def create_app(core: Core | None) -> FastAPI:
         docs_url=None,  # served by the console with local assets: works offline
         redoc_url=None,
         telemetry=tracing.app_telemetry(),
+        dependencies=[Depends(inputs.refuse_nul)],
     )
     app.state.core = core
     envelope.install(app)
+    if core is not None:
+        app.add_middleware(limits.Limits, core=core)
     app.add_middleware(metrics.RequestContext)
     app.include_router(metrics.router)
     app.include_router(assets.router)

@@ -51,7 +51,8 @@ async def create_asset(
     principal: Annotated[Principal, Depends(require("assets:write"))],
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
-    """With an ``Idempotency-Key`` header, a retry gets the first answer again (DESIGN.md §3)."""
+    """With an ``Idempotency-Key`` header, a retry gets the first answer again
+    (docs/architecture.md §3)."""
 
     async def register() -> Response:
         async with db.connection(core.pool) as conn:

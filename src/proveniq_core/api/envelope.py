@@ -1,4 +1,4 @@
-"""The one error envelope (DESIGN.md §3) and the handlers that produce it.
+"""The one error envelope (docs/architecture.md §3) and the handlers that produce it.
 
 An unexpected exception becomes a 500 envelope in ``CatchUnexpected``, inside the request-id
 middleware, so that it carries ``X-Request-ID`` like every other answer and the server keeps
@@ -15,13 +15,22 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proveniq_core.errors import TAXONOMY, CoreError, RequestError
 
 log = structlog.get_logger(__name__)
 
-_HTTP_CODES = {401: "E_UNAUTHORIZED", 403: "E_FORBIDDEN", 404: "E_NOT_FOUND", 409: "E_CONFLICT"}
+_HTTP_CODES = {
+    401: "E_UNAUTHORIZED",
+    403: "E_FORBIDDEN",
+    404: "E_NOT_FOUND",
+    405: "E_METHOD_NOT_ALLOWED",
+    409: "E_CONFLICT",
+    413: "E_PAYLOAD_TOO_LARGE",
+}
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}  # RFC 6750: what a 401 asks for
 
 
 def request_id(request: Request) -> str:
@@ -48,9 +57,12 @@ def envelope(
     }
     if asset_id:
         body["assetId"] = asset_id
-    if details is not None:
-        body["details"] = details
-    return JSONResponse({"error": body}, status_code=status or mode.http_status, headers=headers)
+    if details is not None:  # always a list: one shape for clients to read
+        body["details"] = details if isinstance(details, list) else [details]
+    status = status or mode.http_status
+    if status == 401:
+        headers = {**(headers or {}), **_CHALLENGE}
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
 def error_status(exc: CoreError) -> int:
@@ -85,6 +97,19 @@ def error_response(request: Request, exc: CoreError) -> JSONResponse:
         details=details,
         headers=retry_after(exc),
     )
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette's 405 names one route's)."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(r.matches({**request.scope, "method": method})[0] == Match.FULL for r in routes)
+    ]
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 
 class CatchUnexpected:
@@ -148,7 +173,12 @@ def install(app: FastAPI) -> None:
             message = f"Invalid request: body: {exc.detail}"
             return envelope(request, "E_VALIDATION", message=message, details=[problem])
         code = _HTTP_CODES.get(exc.status_code, "E_VALIDATION")
-        return envelope(request, code, message=str(exc.detail), status=exc.status_code)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return envelope(
+            request, code, message=str(exc.detail), status=exc.status_code, headers=headers
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

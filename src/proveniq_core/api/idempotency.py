@@ -1,4 +1,4 @@
-"""``Idempotency-Key`` on POST routes (DESIGN.md §3, Stripe semantics).
+"""``Idempotency-Key`` on POST routes (docs/architecture.md §3, Stripe semantics).
 
 A key is the tenant's: one row per ``(tenant, key)`` in ``idempotency_keys``, bound to the
 route (method and path) and to a SHA-256 of the canonical JSON body of the request that

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -12,11 +13,15 @@ from proveniq_core.api.deps import CoreDep
 from proveniq_core.api.idempotency import IdempotencyKey, idempotent_model
 from proveniq_core.api.models import ERRORS, LockerCreate, LockerPage, LockerView, Site
 from proveniq_core.api.paging import decode_cursor, encode_cursor
+from proveniq_core.errors import ValidationFailedError
 from proveniq_core.ledger import assets
 from proveniq_core.ledger.assets import Locker
 from proveniq_core.ledger.keys import Principal
 from proveniq_core.locker.gateway import LockerGateway
+from proveniq_core.locker.protocol import LOCKER_REF_PATTERN
 from proveniq_core.service import Core
+
+_REF = re.compile(LOCKER_REF_PATTERN)
 
 router = APIRouter()
 
@@ -82,6 +87,8 @@ async def list_lockers(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> LockerPage:
     after = decode_cursor(cursor, 1)[0] if cursor else ""
+    if cursor and not _REF.match(after):  # a cursor holds a locker ref: anything else is forged
+        raise ValidationFailedError("Invalid cursor.", details=[{"field": "cursor"}])
     async with db.connection(core.pool) as conn:
         lockers = await assets.locker_page(conn, principal.tenant_id, after=after, limit=limit + 1)
     next_cursor = None

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from proveniq_core import db
+from proveniq_core.api.inputs import printable
 
 LockerRef = Annotated[
     str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", examples=["locker-001"])
@@ -19,7 +20,11 @@ class Strict(BaseModel):
 
 
 class AssetCreate(Strict):
-    name: Annotated[str, Field(min_length=1, max_length=200, examples=["Rolex Submariner 16610"])]
+    name: Annotated[
+        str,
+        Field(min_length=1, max_length=200, examples=["Rolex Submariner 16610"]),
+        AfterValidator(printable),
+    ]
     category: Annotated[
         str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", examples=["watch", "equipment"])
     ]
@@ -38,11 +43,11 @@ class ErrorBody(BaseModel):
     retryable: bool
     requestId: str
     assetId: str | None = None
-    details: Any = None
+    details: list[Any] | None = Field(default=None, description="always a list when present")
 
 
 class ErrorEnvelope(BaseModel):
-    """Every error response: one envelope (DESIGN.md §3)."""
+    """Every error response: one envelope (docs/architecture.md §3)."""
 
     error: ErrorBody
 
@@ -87,7 +92,8 @@ class AssetCreated(BaseModel):
 
 
 class AssetDeferred(BaseModel):
-    """202: the asset is recorded; the locker link is deferred and retried (DESIGN.md §3)."""
+    """202: the asset is recorded; the locker link is deferred and retried
+    (docs/architecture.md §3)."""
 
     assetId: str
     status: str = Field(description="pending_link")

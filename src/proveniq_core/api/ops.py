@@ -1,4 +1,4 @@
-"""The ops API for the failure path (DESIGN.md §8): the retry queue, held assets, maintenance.
+"""The ops API for the failure path (docs/operations.md): the retry queue, held assets, maintenance.
 
 Reads need scope ``ops:read``, actions ``ops:write``; everything is scoped to the caller's
 tenant (another tenant's entry, asset or locker is a 404). An action that runs a saga runs
@@ -37,7 +37,7 @@ _ACTION_ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 class RetryEntryView(BaseModel):
-    """A deferred locker operation (the seed's DLQ entry)."""
+    """A deferred locker operation (a DLQ entry)."""
 
     id: str
     assetId: str

@@ -1,4 +1,4 @@
-"""Review routes (DESIGN.md §5): the queue of uncertain verifications and their decisions.
+"""Review routes (docs/architecture.md §5): uncertain verifications and their decisions.
 
 Scope ``reviews:decide`` for every route, the review's photos included; another tenant's
 review is a 404. A reviewer claims a review while working it (15 minutes, renewed by

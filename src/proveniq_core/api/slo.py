@@ -30,7 +30,7 @@ BASIS = (
 class Percentile(BaseModel):
     quantile: float
     seconds: float | None = Field(description="the estimate; null before any request")
-    targetSeconds: float = Field(description="the seed's SLO bound")
+    targetSeconds: float = Field(description="the SLO bound")
     met: bool | None = Field(description="the estimate is within the bound; null: no data")
 
 
@@ -44,7 +44,7 @@ class RequestLatency(BaseModel):
 
 class StepTime(BaseModel):
     step: str = Field(description="a step of the asset_registration saga")
-    seedSteps: str = Field(description="the seed's §3.2 steps it stands for")
+    seedSteps: str = Field(description="the budget's steps (docs/architecture.md §9) it stands for")
     count: int = Field(description="runs of the step forward, deferred and failed ones too")
     medianSeconds: float | None
     budgetTargetSeconds: float
@@ -94,7 +94,7 @@ async def slo_report(
     ] = "process",
 ) -> SloReport:
     """P50/P95/P99 of ``POST /api/assets`` against the SLO (0.5 / 1.5 / 3 s), and the median
-    of each registration step beside the seed's budget for it."""
+    of each registration step beside the step budget for it."""
     basis = BASIS
     if window == "hour":
         cumulative, covered = REGISTRATIONS.recent()

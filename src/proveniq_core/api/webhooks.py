@@ -1,4 +1,4 @@
-"""The webhooks API (DESIGN.md §6): a tenant's endpoints, their delivery log, redelivery.
+"""The webhooks API (docs/architecture.md §7): a tenant's endpoints, their delivery log, redelivery.
 
 Every route needs scope ``webhooks:manage`` and sees only the caller's tenant (another
 tenant's endpoint is a 404). An endpoint's secret is shown once, in the answer that creates

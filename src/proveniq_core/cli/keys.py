@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -34,7 +35,7 @@ def create(
             envvar="PROVENIQ_KEY_SCOPES",
             metavar="SCOPES",
             help="Comma-separated: assets:read, assets:write, reviews:decide, "
-            "webhooks:manage, ops:read, ops:write.",
+            "webhooks:manage, ops:read, ops:write, admin (every tenant's lockers).",
         ),
     ] = "assets:read,assets:write",
     name: Annotated[
@@ -54,6 +55,10 @@ def create(
             f"unknown scope(s): {', '.join(unknown)}; known: {', '.join(keys.SCOPES)}",
             param_hint="--scopes",
         )
+
+    if any(unicodedata.category(ch) == "Cc" for ch in name + tenant):
+        problem = "must not contain control characters"
+        raise typer.BadParameter(problem, param_hint="--name/--tenant")
 
     async def go(pool: db.Pool) -> str:
         return await keys.create_key(pool, tenant, wanted, name)

@@ -193,6 +193,7 @@ async def _serve(config: Settings, sock: socket.socket) -> None:
     import psycopg
 
     from proveniq_core.api.app import create_app, create_worker_app
+    from proveniq_core.api.limits import server_config
     from proveniq_core.embedded import EmbeddedError
     from proveniq_core.service import running
 
@@ -203,8 +204,9 @@ async def _serve(config: Settings, sock: socket.socket) -> None:
         ) as core:
             worker = config.role == "worker"
             server = QuietServer(
-                uvicorn.Config(
+                server_config(
                     create_worker_app(core) if worker else create_app(core),
+                    config,
                     log_config=None,
                     access_log=False,
                     lifespan="off",

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 
 from proveniq_core import db
-from proveniq_core.api.circuits import circuit_view
+from proveniq_core.api.circuits import circuit_view, resettable, visible_snapshots
 from proveniq_core.api.paging import decode_position as _decode_position
 from proveniq_core.api.paging import encode_cursor as _encode_cursor
 from proveniq_core.console import timeline
@@ -30,7 +30,7 @@ from proveniq_core.console.web import (
     render,
     safe_next,
 )
-from proveniq_core.errors import CoreError, NotFoundError
+from proveniq_core.errors import CoreError, ForbiddenError, NotFoundError
 from proveniq_core.ledger import alerts, assets
 from proveniq_core.saga import operator, store
 from proveniq_core.webhooks import endpoints
@@ -322,7 +322,8 @@ async def circuits(request: Request, session: Viewer) -> Response:
     """Every circuit of this process with its state and the time to its next probe."""
     need_page(session, READ)
     breakers = core(request).breakers
-    views = [circuit_view(s, breakers) for s in breakers.snapshots()]
+    snapshots = await visible_snapshots(core(request), session.principal)
+    views = [circuit_view(s, breakers) for s in snapshots]
     views.sort(key=lambda v: (v.state == "closed", v.name))
     now = datetime.now(UTC)
     rows = [(v, now + timedelta(seconds=v.retryAfter)) for v in views]
@@ -335,10 +336,10 @@ async def reset_circuit(request: Request, session: Viewer, name: Ref) -> Respons
     the audit trail lives in the database that may be why it opened)."""
     form = await checked_form(request, session, WRITE)
     back = _back(form, "/console/ops/circuits")
-    breakers = core(request).breakers
-    if name not in breakers:
-        return redirect(request, back, ("error", f"No circuit named {name!r}."))
-    breaker = breakers[name]
+    try:
+        breaker = await resettable(core(request), session.principal, name)
+    except (NotFoundError, ForbiddenError) as exc:
+        return redirect(request, back, ("error", exc.message))
     was = breaker.state.value
     log.warning("circuit_reset", circuit=name, was=was, actor=session.principal.actor)
     breaker.reset()

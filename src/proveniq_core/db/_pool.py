@@ -157,7 +157,8 @@ def is_ledger_down(exc: BaseException) -> bool:
 
 
 LEDGER_BREAKER: Final = LEDGER.with_filter(is_ledger_down)
-"""The ledger circuit's config: the seed's thresholds, counting only ``is_ledger_down``."""
+"""The ledger circuit's config: its thresholds (docs/architecture.md §3), counting only
+``is_ledger_down``."""
 
 _circuits: weakref.WeakKeyDictionary[Pool, CircuitBreaker] = weakref.WeakKeyDictionary()
 # When each pool last handed out a connection (time.monotonic()).

@@ -24,6 +24,7 @@ SCOPES: tuple[str, ...] = (
     "webhooks:manage",
     "ops:read",
     "ops:write",
+    "admin",  # fleet-wide: every tenant's lockers, "*" faults, the shared circuits
 )
 
 

@@ -1,9 +1,13 @@
-"""Fault injection for the simulated lockers: the rules of DESIGN.md §4 and the book holding them.
+"""Fault injection for the simulated lockers: the rules (docs/architecture.md §4) and their book.
 
-A rule targets one locker (``lockerRef``) or every locker (``"*"``) and a window of the
-commands that locker receives: it skips the first ``after`` and applies to the next
-``count`` (to all of them without ``count``). Each rule counts the commands it matches on
-its own, from the moment it is added, whatever other rules do. When several rules apply
+A rule targets one locker (``lockerRef``) or every locker (``"*"``), optionally one type of
+command (``command``: ``link``, ``unlink``, ``collect_evidence`` or ``ping``; absent: every
+command), and a window of the matching commands: it skips the first ``after`` and applies
+to the next ``count`` (to all of them without ``count``). Each rule counts only the
+commands it matches, on its own, from the moment it is added, whatever other rules do.
+The lab's late third link is ``{"lockerRef": "locker-003", "fault": "delay", "delayMs":
+35000, "count": 1, "after": 2, "command": "link"}``: evidence collections and pings to
+locker-003 do not move its window. When several rules apply
 to one command, the one added last decides; a ``flaky`` rule whose draw keeps the command
 does not apply. A rule whose window is over leaves the book. A ``bad_evidence`` rule sees
 only ``collect_evidence`` commands: the device answers them with evidence that has the
@@ -26,7 +30,7 @@ from typing import Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-from proveniq_core.locker.protocol import LOCKER_REF_PATTERN
+from proveniq_core.locker.protocol import LOCKER_REF_PATTERN, CommandType
 
 FaultKind = Literal["delay", "drop", "offline", "hardware_fault", "flaky", "bad_evidence"]
 EvidenceDefect = Literal[
@@ -76,6 +80,7 @@ class FaultRule(_Control):
     defect: EvidenceDefect | None = None
     count: int | None = Field(default=None, ge=0)
     after: int = Field(default=0, ge=0)
+    command: CommandType | None = None
 
     @model_validator(mode="after")
     def _parameters_fit_the_fault(self) -> Self:
@@ -93,11 +98,19 @@ class FaultRule(_Control):
                     "only applies to fault '{owner}', not '{fault}'",
                     {"field": param, "owner": owner, "fault": self.fault},
                 )
+        if self.fault == "bad_evidence" and self.command not in (None, "collect_evidence"):
+            raise PydanticCustomError(
+                "fault_command_mismatch",
+                "fault 'bad_evidence' only applies to command 'collect_evidence'",
+                {"field": "command"},
+            )
         return self
 
     def matches(self, locker_ref: str, command: str | None = None) -> bool:
-        """Whether the rule targets ``locker_ref`` (and, for ``bad_evidence``, ``command``)."""
+        """Whether the rule targets ``locker_ref`` and a command of type ``command``."""
         if self.fault == "bad_evidence" and command != "collect_evidence":
+            return False
+        if self.command is not None and command != self.command:
             return False
         return self.lockerRef in (locker_ref, ALL_LOCKERS)
 

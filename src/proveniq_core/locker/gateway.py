@@ -4,7 +4,7 @@ The gateway never raises on a broker outage at start-up: it starts degraded and 
 reconnecting in the background; ``send`` fails fast with ``LockerUnreachableError``
 while it is disconnected.
 
-Circuit breakers (DESIGN.md §3): every ``send`` passes the fleet-wide circuit ``locker``
+Circuit breakers (docs/architecture.md §3): every ``send`` passes the fleet-wide circuit ``locker``
 (the broker connection) and its device's ``locker:<ref>``, created on first use. The fleet
 circuit counts only broker failures (disconnected, publish failed); a device's counts only
 its own (no reply in time, offline). A reply of any kind, a fault answer included, counts

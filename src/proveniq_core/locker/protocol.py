@@ -1,4 +1,4 @@
-"""The locker MQTT protocol, version 1: topics and wire messages (DESIGN.md §4).
+"""The locker MQTT protocol, version 1: topics and wire messages (docs/architecture.md §4).
 
 Core publishes a ``Command`` on ``proveniq/lockers/{ref}/commands``; the device answers
 with a ``Reply`` carrying the same ``commandId`` on ``.../replies`` and keeps a retained

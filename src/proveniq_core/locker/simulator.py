@@ -97,7 +97,7 @@ class LatencyProfile:
 
     @classmethod
     def seed(cls) -> LatencyProfile:
-        """The seed's locker: p50 500 ms, p99 5 s."""
+        """The tail-latency locker profile: p50 500 ms, p99 5 s."""
         return cls(500, 5000)
 
     @classmethod

@@ -1,4 +1,4 @@
-"""The Prometheus metrics (DESIGN.md §8, the seed's §7): their names, labels and buckets.
+"""The Prometheus metrics (docs/architecture.md §9): their names, labels and buckets.
 
 Everything lives in ``REGISTRY`` (with the process and GC collectors), served by
 ``GET /metrics``. Each process is its own scrape target: counters and histograms count what
@@ -9,7 +9,7 @@ Labels are bounded: subsystems, operations (route templates, command types, saga
 names), outcomes and status codes, never an asset, saga or locker id. Per-device circuits
 (``locker:<ref>``) are therefore counted, not labelled: ``core_circuit_breaker_open_devices``.
 
-Latency buckets are the seed's (10 ms … 10 s) plus 1.5 s and 3 s, the SLO's P95 and P99
+Latency buckets are the standard ones (10 ms … 10 s) plus 1.5 s and 3 s, the SLO's P95 and P99
 bounds for ``POST /api/assets``, so the share of requests slower than an objective is a
 bucket, not an interpolation.
 """
@@ -93,9 +93,11 @@ PlatformCollector(registry=REGISTRY)
 GCCollector(registry=REGISTRY)
 
 LATENCY_BUCKETS: Final = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 3.0, 5.0, 10.0)
-"""Seconds: the seed's buckets plus the SLO bounds 1.5 s (P95) and 3 s (P99)."""
+"""Seconds: the standard buckets (docs/architecture.md §9) plus the SLO bounds 1.5 s (P95)
+and 3 s (P99)."""
 STEP_BUCKETS: Final = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
-"""Seconds: the edges of the seed's step budget (§3.2: 5 ms … 2 s) and the link timeout."""
+"""Seconds: the edges of the step budget (docs/architecture.md §9: 5 ms … 2 s) and the link
+timeout."""
 SAGA_BUCKETS: Final = (*LATENCY_BUCKETS, 30.0, 60.0)
 
 SAGA_OUTCOMES: Final = ("completed", "compensated", "failed", "compensation_failed")

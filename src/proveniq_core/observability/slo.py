@@ -1,12 +1,12 @@
-"""The latency SLO read from this process's histograms (DESIGN.md §9, the seed's §3.2).
+"""The latency SLO read from this process's histograms (docs/architecture.md §9).
 
 Percentiles are estimated the way PromQL's ``histogram_quantile`` does: find the bucket that
 holds the rank and interpolate linearly inside it (a rank in the ``+Inf`` bucket gives the
 highest finite bound). They cover this process since it started; a fleet's figure is
 Prometheus' job (``sum by (le)`` over the scrape targets).
 
-The seed times one synchronous transaction in seven steps; the registration saga commits
-each step on its own, so its steps map onto the seed's as ``STEP_BUDGETS`` says. The seed's
+The budget times one synchronous transaction in seven steps; the registration saga commits
+each step on its own, so its steps map onto the budget's as ``STEP_BUDGETS`` says. The budget's
 step 1 (validate and authorize) and step 7 (audit and respond) happen in the API around the
 saga, and its audit rows are written inside each step's own transaction: they have no step.
 """
@@ -22,11 +22,11 @@ __all__ = ["SLO_OPERATION", "SLO_TARGETS", "STEP_BUDGETS", "Budget", "buckets", 
 
 SLO_OPERATION: Final = "POST /api/assets"
 SLO_TARGETS: Final = {"p50": (0.50, 0.5), "p95": (0.95, 1.5), "p99": (0.99, 3.0)}
-"""Name: (quantile, the seed's bound in seconds)."""
+"""Name: (quantile, the SLO bound in seconds)."""
 
 
 class Budget(NamedTuple):
-    """The seed's §3.2 budget of one registration step, in seconds."""
+    """The budget (docs/architecture.md §9) of one registration step, in seconds."""
 
     seed_steps: str
     target: float
@@ -39,7 +39,7 @@ STEP_BUDGETS: Final = {
     "update_status": Budget("5 Commit Transaction", 0.010, 0.050),
     "queue_verification": Budget("6 Queue Verification", 0.005, 0.020),
 }
-"""Registration step: the seed's steps it stands for and their summed target and max."""
+"""Registration step: the budget's steps it stands for and their summed target and max."""
 
 
 def buckets(histogram: Histogram, **labels: str) -> list[tuple[float, float]]:

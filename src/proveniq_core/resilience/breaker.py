@@ -1,6 +1,6 @@
 """Circuit breakers: fail fast while a dependency is down, then probe it one call at a time.
 
-States (seed §6, DESIGN.md §3)::
+States (docs/architecture.md §3)::
 
     closed ──── failures ≥ failure_threshold and calls ≥ volume_threshold ────▶ open
                 (both counted over the rolling window)
@@ -8,11 +8,11 @@ States (seed §6, DESIGN.md §3)::
     half_open ─ success_threshold probes succeed, one after another ──────────▶ closed
     half_open ─ a probe fails ────────────────────────────────────────────────▶ open
 
-*Failure counting.* The seed's answer to "what trips a breaker" is "failure count exceeds
+*Failure counting.* The usual answer to "what trips a breaker" is "failure count exceeds
 threshold within the volume threshold window", so failures are counted over a rolling time
 window, not as a streak: the breaker opens as soon as the window holds at least
 ``failure_threshold`` failures and at least ``volume_threshold`` calls (failures count as
-calls). "At least": the seed's configuration reads "open after 5 failures". The condition is
+calls). "At least": the configuration reads "open after 5 failures". The condition is
 checked when a failure is recorded, never on a success: a success is evidence of health, and
 opening on it would cut off a dependency that has just answered (after 3 failures then 2
 successes the ledger breaker stays closed; its next failure opens it). Entering closed or
@@ -117,7 +117,7 @@ class BreakerConfig:
         return replace(self, counts=counts)
 
 
-# The seed's presets. Pair them with the subsystem's filter, e.g.
+# The presets (docs/architecture.md §3). Pair them with the subsystem's filter, e.g.
 # ``LOCKER.with_filter(is_transport_error)``: left as they are, every exception counts.
 LOCKER: Final = BreakerConfig(
     failure_threshold=5, success_threshold=3, timeout=30.0, volume_threshold=10

@@ -1,4 +1,4 @@
-"""Operator actions on registrations the failure path holds (DESIGN.md §3, §8).
+"""Operator actions on registrations the failure path holds (docs/architecture.md §3).
 
 Retry or discard a retry-queue entry, retry a link the locker refused (``link_failed``)
 with a fresh command, cancel a held registration (its saga compensates), and put a locker

@@ -1,4 +1,4 @@
-"""The asset registration saga (DESIGN.md §2, §3): ledger record, locker link, status,
+"""The asset registration saga (docs/architecture.md §2, §3): ledger record, locker link, status,
 verification — and what each failure of the link does.
 
 The link waits ``sync_budget`` seconds in the request. Past that, or when the device is

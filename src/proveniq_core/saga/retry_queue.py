@@ -1,4 +1,4 @@
-"""The retry queue (the seed's DLQ): locker links deferred by a timeout, an unreachable
+"""The retry queue (the DLQ): locker links deferred by a timeout, an unreachable
 device or maintenance, retried on the saga's durable timer.
 
 An entry is written in the transaction that parks the registration saga (the partial
@@ -203,7 +203,7 @@ class RetryQueue:
             return await db.fetch_one(conn, "latest_retry_entry", {"asset_id": asset_id})
 
     async def process_next(self) -> db.Row | None:
-        """Retry the most overdue pending entry now, in this process (the seed's
+        """Retry the most overdue pending entry now, in this process (the DLQ's
         ``dlqProcessor.processNext()``). Returns the entry as it ended, or None when
         nothing is due."""
         async with db.connection(self.pool) as conn:

@@ -41,6 +41,10 @@ SELECT * FROM lockers WHERE tenant_id = %(tenant_id)s AND locker_ref = %(locker_
 SELECT * FROM lockers WHERE tenant_id = %(tenant_id)s AND locker_ref = %(locker_ref)s
 FOR UPDATE
 
+-- tenant_locker_refs --
+-- The refs of every locker the tenant registered (scopes per-device circuits and faults).
+SELECT locker_ref FROM lockers WHERE tenant_id = %(tenant_id)s
+
 -- list_lockers --
 -- The tenant's lockers in locker_ref order, a page after the cursor ref.
 SELECT * FROM lockers

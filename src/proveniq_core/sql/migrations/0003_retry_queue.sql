@@ -1,4 +1,4 @@
--- The failure path: the retry queue (the seed's DLQ) and locker maintenance.
+-- The failure path: the retry queue (the DLQ) and locker maintenance.
 
 -- One entry per deferred hardware operation. It is written in the transaction that parks
 -- the saga (the partial commit); the saga's run_at is the timer, next_retry_at mirrors it.

@@ -1,4 +1,4 @@
--- Idempotency keys (DESIGN.md §3, Stripe semantics): one row per (tenant, Idempotency-Key).
+-- Idempotency keys (docs/architecture.md §3, Stripe semantics): one row per (tenant, Idempotency-Key).
 --
 -- A row is claimed 'in_flight' by the request that runs the handler, under a lease
 -- (``locked_until``) that its owner renews while the handler runs; a request finding an

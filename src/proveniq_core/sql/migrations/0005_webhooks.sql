@@ -1,4 +1,4 @@
--- Webhooks (DESIGN.md §6): endpoints, the transactional outbox, deliveries and their log.
+-- Webhooks (docs/architecture.md §7): endpoints, the transactional outbox, deliveries and their log.
 --
 -- An event is written by ``webhooks.outbox.emit`` in the transaction of the state change it
 -- reports, together with one delivery per active endpoint of the tenant subscribed to its

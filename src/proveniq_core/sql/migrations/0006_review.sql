@@ -1,4 +1,4 @@
--- Verify (DESIGN.md §5): what each photo showed, and the human review of uncertain outcomes.
+-- Verify (docs/architecture.md §5): what each photo showed, and the human review of uncertain outcomes.
 
 -- Per photo: its perceptual hash (64-bit pHash as a signed bigint; NULL if it does not decode),
 -- and where and when the device says it was taken. ``content_type`` is detected from the bytes.
