@@ -13,6 +13,7 @@ import httpx
 from proveniq_core import db
 from proveniq_core.ledger import keys
 from proveniq_core.service import Core
+from tests.helpers import eventually
 from tests.integration.conftest import TENANT, api_client, first_ref
 from tests.integration.test_ops_api import LINKED, entry_of, in_maintenance, inject, register
 
@@ -139,8 +140,12 @@ async def test_lockers_show_presence_since_and_maintenance(
         f"/api/ops/lockers/{ref}/maintenance", json={"until": until.isoformat()}
     )
     assert started.status_code == 200
-    items = {i["lockerRef"]: i for i in (await client.get("/api/lockers")).json()["items"]}
-    mine = items[ref]
-    assert mine["online"] is True
+
+    async def mine_online() -> dict[str, Any] | None:
+        items = (await client.get("/api/lockers")).json()["items"]
+        mine = {i["lockerRef"]: i for i in items}[ref]
+        return mine if mine["online"] is True else None  # presence arrives over MQTT
+
+    mine = await eventually(mine_online, f"{ref} seen online")
     assert datetime.fromisoformat(mine["presenceSince"]) <= datetime.now(UTC)
     assert datetime.fromisoformat(mine["maintenanceUntil"]) == until
