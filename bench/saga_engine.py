@@ -60,7 +60,7 @@ import psycopg
 
 from proveniq_core import db, logs
 from proveniq_core.config import Settings
-from proveniq_core.saga.engine import SagaDefinition, SagaEngine, Step, StepContext
+from proveniq_core.saga import SagaDefinition, SagaEngine, Step, StepContext
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 SYSTEMS = ("proveniq", "dbos", "raw")

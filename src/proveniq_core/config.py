@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Role = Literal["api", "worker", "all"]
@@ -68,6 +68,19 @@ class Settings(BaseSettings):
         8, ge=0, le=64, description="pHash distance up to this (above duplicate): review"
     )
     review_timeout: float = Field(86400.0, gt=0, description="a review expires, undecided")
+    review_reasons_approve: list[str] = Field(
+        default=["evidence_sufficient", "accuracy_acceptable", "resemblance_explained", "other"],
+        min_length=1,
+        description="reason codes of an approval (JSON list)",
+    )
+    review_reasons_reject: list[str] = Field(
+        default=["wrong_item", "outside_site", "photo_unusable", "duplicate", "other"],
+        min_length=1,
+        description="reason codes of a rejection (JSON list)",
+    )
+    console_idle_timeout: float = Field(
+        1800.0, gt=0, description="a console session ends after this long without activity"
+    )
     poll_interval: float = Field(1.0, gt=0, description="worker fallback poll when no NOTIFY")
 
     saga_lease: float = Field(15.0, gt=0, description="how long a saga claim holds unrenewed")
@@ -77,6 +90,24 @@ class Settings(BaseSettings):
 
     webhook_timeout: float = Field(10.0, gt=0, description="how long one webhook POST may take")
     webhook_concurrency: int = Field(16, ge=1, description="webhook POSTs one worker makes at once")
+    webhook_allow_private: bool = Field(
+        False, description="allow webhooks to loopback and private networks (lab setups only)"
+    )
+    secret_key: SecretStr | None = Field(
+        None,
+        description="seals webhook secrets at rest (32+ characters; 'new,old' to rotate); "
+        "unset: a key file under home",
+    )
+
+    audit_checkpoint_interval: float = Field(
+        300.0, gt=0, description="how often a worker signs an audit checkpoint"
+    )
+    audit_checkpoint_dir: Path | None = Field(
+        None, description="where checkpoints are written (default: <home>/audit-checkpoints)"
+    )
+    audit_signing_key_file: Path | None = Field(
+        None, description="Ed25519 PEM key (default: <home>/audit-signing-key.pem, created)"
+    )
 
     log_level: str = "info"
     log_json: bool = True
@@ -92,3 +123,11 @@ class Settings(BaseSettings):
     @property
     def evidence_dir(self) -> Path:
         return self.home / "evidence"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.audit_checkpoint_dir or self.home / "audit-checkpoints"
+
+    @property
+    def signing_key_file(self) -> Path:
+        return self.audit_signing_key_file or self.home / "audit-signing-key.pem"

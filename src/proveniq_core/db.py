@@ -219,7 +219,6 @@ def is_ledger_down(exc: BaseException) -> bool:
     return isinstance(root, LedgerDownError)
 
 
-LEDGER_CIRCUIT: Final = "ledger"
 LEDGER_BREAKER: Final = LEDGER.with_filter(is_ledger_down)
 """The ledger circuit's config: the seed's thresholds, counting only ``is_ledger_down``."""
 
@@ -380,6 +379,65 @@ class Waker:
         event.clear()
 
 
+async def claim_loop(
+    claim: Callable[[int], AsyncIterator[T]],
+    handle: Callable[[T], Awaitable[None]],
+    *,
+    concurrency: int,
+    waker: Waker | None,
+    topic: str,
+    poll: float,
+    name: str,
+    next_due: Callable[[], Awaitable[float | None]] | None = None,
+) -> None:
+    """The one worker loop: claim due work, handle it, up to ``concurrency`` items at once,
+    until cancelled.
+
+    ``claim(n)`` yields up to ``n`` items (as many as there are free slots), each handled as
+    soon as it is yielded; yielding fewer means nothing more is due, and the loop sleeps
+    until a NOTIFY on ``topic`` (with a ``waker``) or ``poll`` seconds — or, with
+    ``next_due``, no longer than the seconds it says the next item is due in. A
+    ``CoreError`` (the database down, a lease lost) is logged, never fatal: the claim's
+    lease runs out and the work is claimed again. Cancelling cancels the handlers in flight.
+    """
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def guarded(item: T) -> None:
+        try:
+            await handle(item)
+        except CoreError as exc:
+            log.warning(f"{name}_error", error=str(exc), code=exc.code)
+
+    try:
+        while True:
+            free = concurrency - len(tasks)
+            if free <= 0:
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            claimed, wait = 0, poll
+            try:
+                async for item in claim(free):
+                    claimed += 1
+                    task = asyncio.create_task(guarded(item))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                if claimed == free:
+                    continue
+                due = await next_due() if next_due is not None else None
+                if due is not None:  # about to sleep: no longer than the next timer
+                    wait = min(poll, max(due, 0.0) + 0.005)
+            except CoreError as exc:
+                log.warning(f"{name}_error", error=str(exc), code=exc.code)
+            if waker is not None:
+                await waker.wait(topic, wait)
+            else:
+                await asyncio.sleep(wait)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def work_loop(
     claim: Callable[[], Awaitable[T | None]],
     handle: Callable[[T], Awaitable[None]],
@@ -390,39 +448,22 @@ async def work_loop(
     poll: float,
     name: str,
 ) -> None:
-    """Claim due work and handle it, up to ``concurrency`` at once, until cancelled.
+    """``claim_loop`` for work claimed one item per call (``claim`` returns None when
+    nothing is due)."""
 
-    Sleeps until a NOTIFY on ``topic`` or ``poll`` seconds when nothing is due; a
-    ``CoreError`` (the database down, a lease lost) is logged, never fatal: the claim's lease
-    runs out and the work is claimed again. Cancelling cancels the handlers in flight.
-    """
-    slots = asyncio.Semaphore(concurrency)
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def guarded(item: T) -> None:
-        try:
-            await handle(item)
-        except CoreError as exc:
-            log.warning(f"{name}_error", error=str(exc), code=exc.code)
-        finally:
-            slots.release()
-
-    try:
-        while True:
-            await slots.acquire()
-            try:
-                item = await claim()
-            except CoreError as exc:
-                log.warning(f"{name}_error", error=str(exc), code=exc.code)
-                item = None
+    async def one_by_one(limit: int) -> AsyncIterator[T]:
+        for _ in range(limit):
+            item = await claim()
             if item is None:
-                slots.release()
-                await waker.wait(topic, poll)
-                continue
-            task = asyncio.create_task(guarded(item))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+                return
+            yield item
+
+    await claim_loop(
+        one_by_one,
+        handle,
+        concurrency=concurrency,
+        waker=waker,
+        topic=topic,
+        poll=poll,
+        name=name,
+    )

@@ -17,16 +17,20 @@ from proveniq_core import db
 from proveniq_core.config import Settings
 from proveniq_core.embedded import EmbeddedBroker, EmbeddedPostgres
 from proveniq_core.errors import CoreError
-from proveniq_core.ledger import assets, audit, keys
+from proveniq_core.ledger import assets, audit, checkpoints, keys
 from proveniq_core.locker.gateway import LockerGateway, cancel_and_wait
 from proveniq_core.locker.simulator import LatencyProfile, LockerFleet, fleet_specs
+from proveniq_core.observability.gauges import BacklogReader, DatabaseBacklog
+from proveniq_core.observability.window import REGISTRATIONS
 from proveniq_core.resilience.breaker import BreakerRegistry, State
-from proveniq_core.saga.engine import SagaDefinition, SagaEngine
+from proveniq_core.resilience.circuits import LEDGER_CIRCUIT
+from proveniq_core.saga import SagaDefinition, SagaEngine
 from proveniq_core.saga.registration import InFlight, LinkPolicy, registration_saga
 from proveniq_core.saga.retry_queue import RetryPolicy, RetryQueue
 from proveniq_core.verify import reviews
 from proveniq_core.verify.evidence import EvidenceStore
 from proveniq_core.verify.worker import VerifyWorker
+from proveniq_core.webhooks import crypto
 from proveniq_core.webhooks.delivery import DeliveryWorker
 
 log = structlog.get_logger(__name__)
@@ -48,27 +52,42 @@ class Core:
     registration: SagaDefinition
     retry_queue: RetryQueue
     evidence: EvidenceStore
+    read_backlog: BacklogReader
+    """What the ``/metrics`` gauges read of the retry queue."""
     fleet: LockerFleet | None = None
-    bootstrap_key: str | None = None
+    bootstrap: BootstrapKey | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     breakers: BreakerRegistry = field(default_factory=BreakerRegistry)
     """The circuits: ``ledger``, ``locker`` (the broker) and ``locker:<ref>`` per device."""
     key_cache: keys.KeyCache = field(default_factory=keys.KeyCache)
 
 
-async def ensure_bootstrap_key(pool: db.Pool, home: Path) -> str:
+@dataclass(frozen=True)
+class BootstrapKey:
+    """The admin key ``serve`` keeps in ``path``; ``created``: by this start (so shown now)."""
+
+    token: str
+    path: Path
+    created: bool
+
+
+async def ensure_bootstrap_key(pool: db.Pool, home: Path) -> BootstrapKey:
     """Reuse the key in ``<home>/bootstrap-key`` if it still works, else create an admin key."""
     path = home / BOOTSTRAP_FILE
     if path.exists():
         token = path.read_text().strip()
         if await keys.authenticate(pool, token) is not None:
-            return token
+            return BootstrapKey(token, path, created=False)
     token = await keys.create_key(
         pool, BOOTSTRAP_TENANT, keys.SCOPES, name="bootstrap admin", actor="system:bootstrap"
     )
-    path.write_text(token + "\n")
-    path.chmod(0o600)
-    return token
+    # Written aside then renamed: readable by no one else at any moment, never half-written.
+    aside = path.with_name(f".{BOOTSTRAP_FILE}.{os.getpid()}")
+    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    os.replace(aside, path)
+    return BootstrapKey(token, path, created=True)
 
 
 async def register_fleet(pool: db.Pool, fleet: LockerFleet, tenant_id: str) -> None:
@@ -110,6 +129,25 @@ def link_policy(settings: Settings) -> LinkPolicy:
         ),
         post_commit_timeout=settings.post_commit_timeout,
     )
+
+
+def database_backlog(pool: db.Pool) -> BacklogReader:
+    """What a scrape reads from the database (retry-queue depth, the backlogs an operator is
+    paged on, open ops alerts), straight from the pool: a scrape is not a call through the
+    ledger circuit, so observing never opens, probes or closes it."""
+
+    async def read() -> DatabaseBacklog:
+        async with pool.connection() as conn:
+            depth = await db.fetch_all(conn, "count_open_retry_entries")
+            backlog = await db.fetch_one(conn, "scrape_backlog")
+            alerts = await db.fetch_all(conn, "count_open_alerts")
+        return DatabaseBacklog(
+            retry_depth={row["status"]: row["n"] for row in depth},
+            backlog=backlog,
+            alerts=alerts,
+        )
+
+    return read
 
 
 REWAKE_AFTER = 1.0  # seconds
@@ -183,8 +221,10 @@ async def running(
         stack.push_async_callback(pool.close)
         breakers = BreakerRegistry(clock=clock)
         breakers.on_change(_log_circuit_change)
-        db.guard(pool, breakers.get(db.LEDGER_CIRCUIT, db.LEDGER_BREAKER))
+        db.guard(pool, breakers.get(LEDGER_CIRCUIT, db.LEDGER_BREAKER))
         await pool.wait(timeout=10)
+        secrets = crypto.box_for(settings)
+        await crypto.seal_plaintext_rows(pool, secrets)  # rows from before migration 0011
 
         gateway = LockerGateway(
             mqtt_url,
@@ -230,12 +270,17 @@ async def running(
             registration=registration,
             retry_queue=retry_queue,
             evidence=EvidenceStore(settings.evidence_dir),
+            read_backlog=database_backlog(pool),
             fleet=fleet,
             breakers=breakers,
         )
-        core.bootstrap_key = await ensure_bootstrap_key(pool, settings.home)
+        core.bootstrap = await ensure_bootstrap_key(pool, settings.home)
 
         core.tasks.append(asyncio.create_task(engine.keepalive(), name="saga-keepalive"))
+        if settings.role in ("api", "all"):  # the last hour's latency, for the console
+            core.tasks.append(
+                asyncio.create_task(REGISTRATIONS.sample_forever(), name="slo-window")
+            )
         if settings.role in ("worker", "all"):
             waker = db.Waker(conninfo)
             worker = VerifyWorker(
@@ -246,6 +291,8 @@ async def running(
                 timeout=settings.webhook_timeout,
                 concurrency=settings.webhook_concurrency,
                 poll=settings.poll_interval,
+                secrets=secrets,
+                allow_private=settings.webhook_allow_private,
             )
             stack.push_async_callback(webhook_worker.aclose)  # after the tasks are cancelled
             core.tasks += [
@@ -262,6 +309,7 @@ async def running(
                 ),
                 asyncio.create_task(webhook_worker.run(waker), name="webhook-worker"),
                 asyncio.create_task(_seal_forever(pool), name="audit-sealer"),
+                asyncio.create_task(checkpoints.run(pool, settings), name="audit-checkpointer"),
             ]
 
         async def _cancel_tasks() -> None:

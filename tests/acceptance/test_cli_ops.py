@@ -56,9 +56,11 @@ async def service(
             await task
 
 
-async def proveniq(url: str, key: str, *args: str) -> subprocess.CompletedProcess[str]:
+async def proveniq(
+    url: str, key: str, *args: str, columns: int = 250
+) -> subprocess.CompletedProcess[str]:
     """Run the CLI in a thread, so this event loop keeps serving its requests."""
-    env = {**os.environ, "PROVENIQ_URL": url, "PROVENIQ_API_KEY": key, "COLUMNS": "250"}
+    env = {**os.environ, "PROVENIQ_URL": url, "PROVENIQ_API_KEY": key, "COLUMNS": str(columns)}
     return await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "proveniq_core", *args],
@@ -151,10 +153,48 @@ async def test_retry_link_cancel_and_circuits_through_the_service(
 
     circuits = await proveniq(url, key, "circuits")
     assert circuits.returncode == 0, circuits.stderr
-    assert [f"locker:{ref}", "closed", "0"] in rows(circuits.stdout)
+    assert [f"locker:{ref}", "closed", "0"] in [cells[:3] for cells in rows(circuits.stdout)]
     reset = await proveniq(url, key, "circuits", "reset", f"locker:{ref}")
     assert reset.returncode == 0, reset.stderr
     assert reset.stdout.strip() == f"circuit locker:{ref}: closed"
     unknown = await proveniq(url, key, "circuits", "reset", "locker:nowhere")
     assert unknown.returncode == 1
     assert "E_NOT_FOUND" in unknown.stderr
+
+
+async def test_dlq_list_prints_whole_ids_in_80_columns(service: tuple[Core, str, str]) -> None:
+    """COLUMNS=80 dlq list keeps every entry id whole (fewer columns, none cut, no line
+    wider than 80) and says what it left out; --json on list and show has everything."""
+    core, url, key = service
+    ref = first_ref(core)
+    until = (datetime.now(UTC) + timedelta(hours=1)).replace(microsecond=0)
+    started = await proveniq(url, key, "lockers", "maintenance", ref, "--until", until.isoformat())
+    assert started.returncode == 0, started.stderr
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}) as http:
+        for name in ("Watch", "Ring"):
+            body = {"name": name, "category": "watch", "lockerRef": ref}
+            assert (await http.post("/api/assets", json=body)).status_code == 202
+
+    as_json = await proveniq(url, key, "dlq", "list", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    entries = json.loads(as_json.stdout)
+    assert len(entries) == 2
+
+    narrow = await proveniq(url, key, "dlq", "list", columns=80)
+    assert narrow.returncode == 0, narrow.stderr
+    assert "…" not in narrow.stdout
+    assert max(len(line) for line in narrow.stdout.splitlines()) <= 80
+    listed = {cells[0]: cells for cells in rows(narrow.stdout)}
+    for entry in entries:
+        assert listed[entry["id"]][1:] == ["pending", "E_LOCKER_UNREACHABLE"]
+    assert "left out to fit 80 columns" in narrow.stderr
+
+    shown = await proveniq(url, key, "dlq", "show", entries[0]["id"], "--json", columns=80)
+    assert shown.returncode == 0, shown.stderr
+    entry = json.loads(shown.stdout)
+    assert (entry["id"], entry["assetId"], entry["status"]) == (
+        entries[0]["id"],
+        entries[0]["assetId"],
+        "pending",
+    )
+    assert (await proveniq(url, key, "lockers", "maintenance", ref, "--end")).returncode == 0

@@ -14,11 +14,11 @@ import psycopg
 
 from proveniq_core import db
 from proveniq_core.errors import LockerHardwareError
-from proveniq_core.saga.engine import SagaDefinition, SagaEngine, Step, StepContext
+from proveniq_core.saga import SagaDefinition, SagaEngine, Step, StepContext
 
 
-def proveniq(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PROVENIQ_DATABASE_URL": database_url, "COLUMNS": "200"}
+def proveniq(*args: str, database_url: str, columns: int = 200) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PROVENIQ_DATABASE_URL": database_url, "COLUMNS": str(columns)}
     return subprocess.run(
         [sys.executable, "-m", "proveniq_core", *args],
         env=env,
@@ -48,6 +48,14 @@ def test_keys_create_list_revoke(database_url: str) -> None:
     assert key_id in listed.stdout
     assert "acme" in listed.stdout
     assert secret not in listed.stdout
+    [as_json] = json.loads(proveniq("keys", "list", "--json", database_url=database_url).stdout)
+    assert (as_json["id"], as_json["tenantId"], as_json["scopes"], as_json["revokedAt"]) == (
+        key_id,
+        "acme",
+        ["assets:read", "ops:read"],
+        None,
+    )
+    assert secret not in json.dumps(as_json)
     assert proveniq("keys", "revoke", key_id, database_url=database_url).returncode == 0
     again = proveniq("keys", "revoke", key_id, database_url=database_url)
     assert again.returncode == 1
@@ -78,6 +86,8 @@ def test_audit_verify_passes_then_names_a_tampered_row(database_url: str) -> Non
     ok = proveniq("audit", "verify", database_url=database_url)
     assert ok.returncode == 0, ok.stderr
     assert "8 rows verified" in ok.stdout  # 3 key creations + 5 rows
+    report = json.loads(proveniq("audit", "verify", "--json", database_url=database_url).stdout)
+    assert (report["ok"], report["checked"], report["brokenSeq"]) == (True, 8, None)
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("ALTER TABLE audit_log DISABLE TRIGGER audit_append_only")
         conn.execute("UPDATE audit_log SET entity_id = 'forged' WHERE seq = 3")
@@ -86,6 +96,9 @@ def test_audit_verify_passes_then_names_a_tampered_row(database_url: str) -> Non
     assert broken.returncode == 2
     assert "seq=3" in broken.stderr
     assert "BROKEN" in broken.stderr
+    as_json = proveniq("audit", "verify", "--json", database_url=database_url)
+    assert as_json.returncode == 2
+    assert (json.loads(as_json.stdout)["ok"], json.loads(as_json.stdout)["brokenSeq"]) == (False, 3)
 
 
 def test_migrate_is_idempotent(database_url: str) -> None:
@@ -177,6 +190,33 @@ async def test_sagas_show_prints_the_step_timeline(database_url: str, pool: db.P
     ]
 
 
+async def test_sagas_list_and_show_print_whole_ids_in_80_columns(
+    database_url: str, pool: db.Pool
+) -> None:
+    """COLUMNS=80 sagas list keeps every saga id whole with its status and error code (the
+    other columns left out, none cut, no line wider than 80); sagas show fits too."""
+    completed, compensated, scheduled = await _run_sagas(pool)
+    narrow = await asyncio.to_thread(
+        proveniq, "sagas", "list", database_url=database_url, columns=80
+    )
+    assert narrow.returncode == 0, narrow.stderr
+    assert "…" not in narrow.stdout
+    assert max(len(line) for line in narrow.stdout.splitlines()) <= 80
+    by_id = {cells[0]: cells for cells in map(str.split, narrow.stdout.splitlines()) if cells}
+    assert by_id[completed][1:] == ["completed"]
+    assert by_id[compensated][1:] == ["compensated", "E_LOCKER_HARDWARE"]
+    assert by_id[scheduled][1:] == ["running"]
+    assert "left out to fit 80 columns" in narrow.stderr
+
+    shown = await asyncio.to_thread(
+        proveniq, "sagas", "show", compensated, database_url=database_url, columns=80
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "…" not in shown.stdout
+    assert max(len(line) for line in shown.stdout.splitlines()) <= 80
+    assert f"saga                 {compensated}  cli_jammed" in shown.stdout
+
+
 def test_sagas_show_unknown_id_exits_1(database_url: str) -> None:
     """An id that names no saga (or is not an id at all) is an error on stderr, exit 1."""
     for saga_id in (str(uuid.uuid4()), "not-a-saga"):
@@ -187,6 +227,7 @@ def test_sagas_show_unknown_id_exits_1(database_url: str) -> None:
 
 
 def test_serve_refuses_an_unknown_event_loop(database_url: str) -> None:
+    """--event-loop is a choice: another value is a usage error naming the choices."""
     out = proveniq("serve", "--event-loop", "trio", database_url=database_url)
     assert out.returncode == 2
-    assert "must be uvloop or asyncio" in out.stderr
+    assert "'trio' is not one of 'asyncio', 'uvloop'" in out.stderr

@@ -188,7 +188,7 @@ async def test_verification_and_webhook_outcomes_are_counted(
 ) -> None:
     """With workers running, a verified registration counts one verification outcome, and a
     webhook endpoint that refuses connections counts a delivery attempt to be retried."""
-    async with core_running(database_url, mqtt_url, tmp_path) as core:
+    async with core_running(database_url, mqtt_url, tmp_path, webhook_allow_private=True) as core:
         key = await keys.create_key(core.pool, TENANT, keys.SCOPES, name="metrics tests")
         async with api_client(core, key) as http:
             hook = {"url": "http://127.0.0.1:1/hooks", "events": ["asset.created"]}

@@ -10,8 +10,8 @@ from proveniq_core import db
 from proveniq_core.api.app import create_app
 from proveniq_core.errors import LockerHardwareError
 from proveniq_core.ledger import keys
-from proveniq_core.ops.alerts import raise_alert
-from proveniq_core.saga.engine import SagaDefinition, SagaEngine, Step, StepContext
+from proveniq_core.ledger.alerts import raise_alert
+from proveniq_core.saga import SagaDefinition, SagaEngine, Step, StepContext
 from proveniq_core.service import Core
 from tests.integration.conftest import TENANT, first_ref
 
@@ -183,6 +183,9 @@ async def test_alerts_listed_newest_first_with_repeat_counts(
         "firstAt": repeated["firstAt"],
         "lastAt": repeated["lastAt"],
         "resolvedAt": None,
+        "acknowledgedAt": None,
+        "acknowledgedBy": None,
+        "resolvedBy": None,
     }
     assert repeated["lastAt"] > repeated["firstAt"]
     assert (broker["code"], broker["count"]) == ("E_LOCKER_UNREACHABLE", 1)

@@ -86,25 +86,26 @@ async def test_manual_review_opens_a_review_with_its_reasons_and_evidence(
     assert datetime.fromisoformat(event["data"]["dueAt"]) == datetime.fromisoformat(review["dueAt"])
 
 
-async def test_approve_verifies_the_asset_once_and_is_audited_with_the_key(
-    core: Core, client: httpx.AsyncClient, api_key: str
+async def test_approve_verifies_the_asset_once_and_is_audited_with_the_name(
+    core: Core, client: httpx.AsyncClient
 ) -> None:
-    """Approve: the asset becomes verified, the decision is audited with the reviewer's key and
-    emits verification.completed; a second decision is 409 and changes nothing."""
+    """Approve: the asset and its verification become verified, the decision is audited with
+    the key's name and emits verification.completed; a second decision is 409 and changes
+    nothing."""
     review = await open_review(core, client)
     hook = await events_to(client, "verification.completed")
     path = f"/api/reviews/{review['reviewId']}/decision"
     resp = await client.post(path, json={"decision": "approve", "note": "serial matches"})
     assert resp.status_code == 200, resp.text
     decided = resp.json()
-    key_id = api_key.split("_")[1]
     assert decided["status"] == "approved"
-    assert decided["decidedBy"] == f"key:{key_id}"
+    assert decided["decidedBy"] == "test admin"
     assert decided["note"] == "serial matches"
     asset = (await client.get(f"/api/assets/{review['assetId']}")).json()
     assert asset["status"] == "verified"
+    assert asset["verification"]["status"] == "verified"
 
-    again = await client.post(path, json={"decision": "reject"})
+    again = await client.post(path, json={"decision": "reject", "note": "second thoughts"})
     assert again.status_code == 409
     assert again.json()["error"]["code"] == "E_CONFLICT"
     assert (await client.get(f"/api/assets/{review['assetId']}")).json()["status"] == "verified"
@@ -115,7 +116,7 @@ async def test_approve_verifies_the_asset_once_and_is_audited_with_the_key(
     trail = await audit_of(core, review["reviewId"])
     assert [(r["action"], r["actor"]) for r in trail] == [
         ("review.opened", "system:verify"),
-        ("review.approved", f"key:{key_id}"),
+        ("review.approved", "test admin"),
     ]
     assert trail[1]["request_id"] == resp.headers["x-request-id"]
     [event] = await delivered(client, hook, 1)
@@ -124,7 +125,7 @@ async def test_approve_verifies_the_asset_once_and_is_audited_with_the_key(
 
 
 async def test_reject_rejects_the_asset(core: Core, client: httpx.AsyncClient) -> None:
-    """Reject: the asset becomes rejected with the reviewer's note as the reason."""
+    """Reject: the asset and its verification become rejected, with the reviewer's note."""
     review = await open_review(core, client)
     resp = await client.post(
         f"/api/reviews/{review['reviewId']}/decision",
@@ -132,7 +133,8 @@ async def test_reject_rejects_the_asset(core: Core, client: httpx.AsyncClient) -
     )
     assert resp.status_code == 200
     assert resp.json()["status"] == "rejected"
-    assert (await client.get(f"/api/assets/{review['assetId']}")).json()["status"] == "rejected"
+    asset = (await client.get(f"/api/assets/{review['assetId']}")).json()
+    assert (asset["status"], asset["verification"]["status"]) == ("rejected", "rejected")
 
 
 async def test_decisions_need_the_scope_and_the_tenant(
@@ -156,7 +158,7 @@ async def test_decisions_need_the_scope_and_the_tenant(
     for body in ({"decision": "maybe"}, {"decision": "approve", "extra": 1}, {}):
         assert (await client.post(path, json=body)).status_code == 422, body
     unknown = await client.post(
-        f"/api/reviews/{uuid.uuid4()}/decision", json={"decision": "reject"}
+        f"/api/reviews/{uuid.uuid4()}/decision", json={"decision": "reject", "note": "no"}
     )
     assert unknown.status_code == 404
     assert (await client.get(f"/api/assets/{review['assetId']}")).json()["status"] == (

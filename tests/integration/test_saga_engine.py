@@ -5,25 +5,61 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from proveniq_core import db
 from proveniq_core.errors import LedgerConstraintError, LockerHardwareError, LockerTimeoutError
-from proveniq_core.saga import store
-from proveniq_core.saga.engine import (
+from proveniq_core.saga import (
     Defer,
     LeaseLostError,
     SagaDefinition,
     SagaEngine,
     SagaResult,
+    SagaStatus,
     Step,
     StepContext,
+    StepError,
+    store,
 )
 
 N_STEPS = 4
+
+
+class ManualClock:
+    """The engine's time, moved by the test (``advance``) instead of slept through."""
+
+    def __init__(self) -> None:
+        self._offset = 0.0
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+
+    def offset(self) -> float:
+        return self._offset
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        wake = asyncio.get_running_loop().create_future()
+        self._sleepers.append((self._offset + seconds, wake))
+        await wake
+
+    def advance(self, seconds: float) -> None:
+        self._offset += seconds
+        for at, wake in list(self._sleepers):
+            if at <= self._offset or wake.done():
+                self._sleepers.remove((at, wake))
+                if not wake.done():
+                    wake.set_result(None)
+
+
+def locker_timeout_in_doubt(error: StepError) -> bool:
+    """The rule these test sagas supply: a step that timed out may have acted."""
+    return error.code in ("E_TIMEOUT", LockerTimeoutError.code)
 
 
 def make_saga(
@@ -64,6 +100,7 @@ def make_saga(
             )
             for i in range(N_STEPS)
         ),
+        in_doubt=locker_timeout_in_doubt,
     )
 
 
@@ -171,6 +208,7 @@ async def test_non_retryable_errors_fail_at_once(pool: db.Pool) -> None:
     retrying = SagaDefinition(
         saga.name,
         tuple(Step(s.name, s.execute, s.compensate, retries=3, backoff=0) for s in saga.steps),
+        in_doubt=saga.in_doubt,
     )
     result = await SagaEngine(pool).run(retrying, {})
     assert result.status == "compensated"
@@ -249,17 +287,23 @@ async def test_compensation_that_keeps_failing_ends_compensation_failed_with_an_
         tries.append(ctx.attempt)
         raise LockerTimeoutError("unlink timed out")
 
-    saga = SagaDefinition("t", (Step("a", ok, bad_undo, backoff=0), Step("b", boom)))
-    engine = SagaEngine(pool, compensation_rounds=3, compensation_retry_base=0.05)
+    saga = SagaDefinition(
+        "t",
+        (Step("a", ok, bad_undo, backoff=0), Step("b", boom)),
+        alert_subject=lambda data: {"assetId": data["assetId"]},
+    )
+    clock = ManualClock()
+    engine = SagaEngine(pool, compensation_rounds=3, compensation_retry_base=5.0, clock=clock)
     first = await engine.run(saga, {"assetId": "a-1"})
-    assert first.status == "compensating" and first.deferred == pytest.approx(0.05)
+    assert first.status == "compensating" and first.deferred == 5.0
     parked = await saga_row(pool, first.saga_id)
     assert parked["owner"] is None and parked["rounds"] == 1
+    clock.advance(4.9)
     assert await engine.run_due() == []  # not due yet
-    await asyncio.sleep(0.1)
+    clock.advance(0.1)
     (second,) = await engine.run_due()
-    assert second.status == "compensating" and second.deferred == pytest.approx(0.1)
-    await asyncio.sleep(0.15)
+    assert second.status == "compensating" and second.deferred == 10.0
+    clock.advance(10.0)
     (last,) = await engine.run_due()
     assert last.status == "compensation_failed"
     assert last.compensation_errors == ["a"]
@@ -286,11 +330,12 @@ async def test_compensation_recovers_in_a_later_round(pool: db.Pool) -> None:
             raise LockerTimeoutError("unlink timed out")
 
     saga = SagaDefinition("t", (Step("a", ok, undo, backoff=0), Step("b", boom)))
-    engine = SagaEngine(pool, compensation_rounds=3, compensation_retry_base=0.05)
+    clock = ManualClock()
+    engine = SagaEngine(pool, compensation_rounds=3, compensation_retry_base=5.0, clock=clock)
     first = await engine.run(saga, {})
     assert first.status == "compensating"
     state["fail"] = False
-    await asyncio.sleep(0.08)
+    clock.advance(5.0)
     (second,) = await engine.run_due()
     assert second.status == "compensated"
     assert await alerts_for(pool, first.saga_id) == []
@@ -301,15 +346,17 @@ async def test_a_deferred_step_runs_again_when_due(pool: db.Pool) -> None:
 
     async def wait_once(ctx: StepContext) -> dict[str, Any]:
         if ctx.attempt == 1:
-            raise Defer(0.2, "device busy")
+            raise Defer(60.0, "device busy")
         return {"done": ctx.attempt}
 
     saga = SagaDefinition("t", (Step("w", wait_once),))
-    engine = SagaEngine(pool)
+    clock = ManualClock()
+    engine = SagaEngine(pool, clock=clock)
     first = await engine.run(saga, {})
-    assert first.status == "running" and first.deferred == 0.2
+    assert first.status == "running" and first.deferred == 60.0
     assert await engine.run_due() == []
-    await asyncio.sleep(0.25)
+    assert await engine.next_due_in() == pytest.approx(60.0, abs=5.0)
+    clock.advance(60.0)
     (done,) = await engine.run_due()
     assert done.ok and done.data["done"] == 2
     assert await log_of(pool, first.saga_id) == [
@@ -337,7 +384,8 @@ async def test_a_crashed_owner_is_resumed_without_repeating_completed_steps(
         return run
 
     saga = SagaDefinition("t", tuple(Step(f"s{i}", step(i), timeout=30) for i in range(4)))
-    doomed = SagaEngine(pool, owner="doomed", lease=0.3)
+    clock = ManualClock()
+    doomed = SagaEngine(pool, owner="doomed", lease=15.0, clock=clock)
     task = asyncio.create_task(doomed.run(saga, {"x": 1}))
     await asyncio.wait_for(inside.wait(), 5)
     task.cancel()  # no more checkpoints from this owner; its lease is left to expire
@@ -345,9 +393,10 @@ async def test_a_crashed_owner_is_resumed_without_repeating_completed_steps(
         await task
     saga_id = seen[2][3].split(":")[0]
     async with second_pool(database_url) as other:
-        heir = SagaEngine(other, owner="heir", definitions=[saga])
+        heir = SagaEngine(other, owner="heir", definitions=[saga], clock=clock)
+        clock.advance(14.0)
         assert await heir.run_due() == []  # the lease still holds
-        await asyncio.sleep(0.35)
+        clock.advance(1.0)
         (result,) = await heir.run_due()
     assert result.ok and result.data == {"x": 1, "out0": True, "out1": True, "out2": True,
                                          "out3": True}  # fmt: skip
@@ -368,16 +417,24 @@ async def test_a_crashed_owner_is_resumed_without_repeating_completed_steps(
 
 
 async def outlived_by_an_heir(
-    pool: db.Pool, database_url: str, saga: SagaDefinition, release: asyncio.Event, pause: float
+    pool: db.Pool,
+    database_url: str,
+    saga: SagaDefinition,
+    inside: asyncio.Event,
+    release: asyncio.Event,
 ) -> SagaResult:
-    """Start ``saga`` under a 0.2 s lease that is never renewed; ``pause`` s later another
-    process's engine claims and finishes it; then ``release`` the stale owner, whose run must
-    end in ``LeaseLostError``. Returns the heir's result."""
-    stale = SagaEngine(pool, owner="stale", lease=0.2)
+    """Start ``saga`` under a lease that is never renewed; once its step is ``inside`` (and
+    paused), move time past the lease: another process's engine claims and finishes the
+    saga; then ``release`` the stale owner, whose run must end in ``LeaseLostError``.
+    Returns the heir's result."""
+    clock = ManualClock()
+    stale = SagaEngine(pool, owner="stale", lease=15.0, clock=clock)
     task = asyncio.create_task(stale.run(saga, {}))
-    await asyncio.sleep(pause)
+    await asyncio.wait_for(inside.wait(), 5)
+    clock.advance(15.0)
     async with second_pool(database_url) as other:
-        (result,) = await SagaEngine(other, owner="heir", definitions=[saga]).run_due()
+        heir = SagaEngine(other, owner="heir", definitions=[saga], clock=clock)
+        (result,) = await heir.run_due()
     assert result.ok and result.data["by"] == "heir"
     release.set()
     with pytest.raises(LeaseLostError):
@@ -390,16 +447,17 @@ async def test_a_stale_owner_cannot_overwrite_the_new_owners_result(
 ) -> None:
     """An owner paused past its lease wakes up after another finished the saga: its
     checkpoint is refused (fencing) and the new owner's result stands."""
-    release = asyncio.Event()
+    inside, release = asyncio.Event(), asyncio.Event()
 
     async def slow_first(ctx: StepContext) -> dict[str, Any]:
         if ctx.attempt == 1:
+            inside.set()
             await release.wait()  # a long GC pause, a partition…
             return {"by": "stale"}
         return {"by": "heir"}
 
     saga = SagaDefinition("t", (Step("s", slow_first, timeout=30),))
-    result = await outlived_by_an_heir(pool, database_url, saga, release, pause=0.3)
+    result = await outlived_by_an_heir(pool, database_url, saga, inside, release)
     saga_state = await saga_row(pool, result.saga_id)
     assert saga_state["status"] == "completed" and saga_state["data"]["by"] == "heir"
     assert await log_of(pool, result.saga_id) == [
@@ -415,7 +473,7 @@ async def test_a_stale_transactional_step_is_rolled_back_whole_at_its_fence(
     owner lost the saga meanwhile, the commit is refused and none of its writes remain."""
     async with db.connection(pool) as conn:
         await conn.execute("CREATE TABLE marks (saga_id uuid, by text)")
-    release = asyncio.Event()
+    inside, release = asyncio.Event(), asyncio.Event()
     calls: list[str] = []
 
     async def mark(ctx: StepContext) -> dict[str, Any]:
@@ -423,6 +481,7 @@ async def test_a_stale_transactional_step_is_rolled_back_whole_at_its_fence(
         calls.append(by)
         await ctx.tx.execute("INSERT INTO marks VALUES (%s, %s)", (ctx.saga_id, by))
         if by == "stale":
+            inside.set()
             await release.wait()  # paused, transaction open, past the lease
         return {"by": by}
 
@@ -432,7 +491,7 @@ async def test_a_stale_transactional_step_is_rolled_back_whole_at_its_fence(
     saga = SagaDefinition(
         "t", (Step("begin", begin), Step("mark", mark, timeout=30, transactional=True))
     )
-    result = await outlived_by_an_heir(pool, database_url, saga, release, pause=0.4)
+    result = await outlived_by_an_heir(pool, database_url, saga, inside, release)
     async with db.connection(pool) as conn:
         cur = await conn.execute("SELECT by FROM marks WHERE saga_id = %s", (result.saga_id,))
         assert [r["by"] for r in await cur.fetchall()] == ["heir"]
@@ -444,28 +503,85 @@ async def test_a_stale_transactional_step_is_rolled_back_whole_at_its_fence(
 
 
 async def test_keepalive_keeps_a_long_step_from_being_claimed(pool: db.Pool) -> None:
-    """A step longer than the lease is not stolen while its owner renews the lease."""
+    """A step that lasts twice the lease is not stolen while its owner renews the lease
+    every third of it; the same lease left alone for as long is taken."""
+    inside, finish = asyncio.Event(), asyncio.Event()
 
     async def long_step(ctx: StepContext) -> dict[str, Any]:
-        await asyncio.sleep(1.0)
+        inside.set()
+        await finish.wait()
         return {}
 
-    saga = SagaDefinition("t", (Step("long", long_step, timeout=5),))
-    owner = SagaEngine(pool, owner="owner", lease=0.3)
-    rival = SagaEngine(pool, owner="rival", definitions=[saga])
+    saga = SagaDefinition("t", (Step("long", long_step, timeout=30),))
+    clock = ManualClock()
+    owner = SagaEngine(pool, owner="owner", lease=15.0, clock=clock)
+    rival = SagaEngine(pool, owner="rival", definitions=[saga], clock=clock)
     keepalive = asyncio.create_task(owner.keepalive())
     try:
         task = asyncio.create_task(owner.run(saga, {}))
+        await asyncio.wait_for(inside.wait(), 5)
         claimed = []
-        for _ in range(10):
-            await asyncio.sleep(0.1)
+        for _ in range(6):  # 30 s: twice the lease
+            before = await lease_until(pool, owner)
+            clock.advance(5.0)
+            await wait_until(lambda before=before: renewed_since(pool, owner, before))
             claimed += await rival.claim(10)
+        finish.set()
         result = await task
     finally:
         keepalive.cancel()
     assert claimed == []
     assert result.ok
     assert [r[3] for r in await log_of(pool, result.saga_id)] == ["completed"]
+
+
+async def lease_until(pool: db.Pool, engine: SagaEngine) -> Any:
+    """When the lease of the one saga ``engine`` drives runs out."""
+    (saga_id,) = engine._held
+    return (await saga_row(pool, saga_id))["lease_until"]
+
+
+async def renewed_since(pool: db.Pool, engine: SagaEngine, before: Any) -> bool:
+    return bool(await lease_until(pool, engine) > before)
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
+    """Wait until ``await check()`` holds; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not await check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_lease_left_unrenewed_is_claimed_once_it_runs_out(pool: db.Pool) -> None:
+    """Without renewal another engine claims a saga exactly when its lease has run out."""
+    inside, finish = asyncio.Event(), asyncio.Event()
+
+    async def long_step(ctx: StepContext) -> dict[str, Any]:
+        inside.set()
+        await finish.wait()
+        return {}
+
+    saga = SagaDefinition("t", (Step("long", long_step, timeout=30),))
+    clock = ManualClock()
+    owner = SagaEngine(pool, owner="owner", lease=15.0, clock=clock)
+    rival = SagaEngine(pool, owner="rival", definitions=[saga], clock=clock)
+    task = asyncio.create_task(owner.run(saga, {}))
+    try:
+        await asyncio.wait_for(inside.wait(), 5)
+        clock.advance(14.0)
+        assert await rival.claim(10) == []
+        assert await owner.renew() == 1
+        clock.advance(14.0)
+        assert await rival.claim(10) == []  # renewed 14 s ago
+        clock.advance(1.0)
+        (claimed,) = await rival.claim(10)
+        assert claimed["owner"] == "rival" and claimed["epoch"] == 2
+        assert await owner.renew() == 0  # no longer the owner's
+    finally:
+        finish.set()
+        with pytest.raises(LeaseLostError):
+            await task
 
 
 async def test_racing_workers_never_run_a_step_twice(pool: db.Pool, database_url: str) -> None:
@@ -509,6 +625,58 @@ async def test_racing_workers_never_run_a_step_twice(pool: db.Pool, database_url
         )
         row = await cur.fetchone()
     assert row is not None and row["n"] == 0
+
+
+async def test_a_worker_drives_at_most_its_concurrency_and_stopping_it_leaves_the_rest(
+    pool: db.Pool,
+) -> None:
+    """A worker claims no more sagas than it may drive at once; stopping it cancels those in
+    flight, which another worker finishes once their leases run out."""
+    gate, running, cancelled = asyncio.Event(), [0], [0]
+
+    async def held(ctx: StepContext) -> dict[str, Any]:
+        running[0] += 1
+        try:
+            await gate.wait()
+        except asyncio.CancelledError:
+            cancelled[0] += 1
+            raise
+        finally:
+            running[0] -= 1
+        return {}
+
+    saga = SagaDefinition("gated", (Step("held", held, timeout=30),))
+    clock = ManualClock()
+    first = SagaEngine(pool, owner="first", definitions=[saga], clock=clock)
+    ids = [await first.schedule(saga, {}) for _ in range(5)]
+    worker = asyncio.create_task(first.work(concurrency=2, poll=0.05))
+    try:
+        await wait_until(lambda: settled(running, 2))
+        assert await owners(pool, ids) == {"first": 2, None: 3}
+    finally:
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
+    assert cancelled[0] == 2 and running[0] == 0
+    gate.set()
+    second = SagaEngine(pool, owner="second", definitions=[saga], clock=clock)
+    assert len(await second.run_due()) == 3  # the two in flight are still leased
+    clock.advance(first.lease)
+    assert [r.ok for r in await second.run_due()] == [True, True]
+    assert await owners(pool, ids) == {None: 5}
+
+
+async def settled(running: list[int], n: int) -> bool:
+    return running[0] == n
+
+
+async def owners(pool: db.Pool, ids: list[str]) -> dict[str | None, int]:
+    """How many of the sagas ``ids`` each owner holds (None: nobody)."""
+    counts: dict[str | None, int] = {}
+    for saga_id in ids:
+        owner = (await saga_row(pool, saga_id))["owner"]
+        counts[owner] = counts.get(owner, 0) + 1
+    return counts
 
 
 async def test_timer_fires_once_at_or_after_its_time_across_a_restart(
@@ -580,3 +748,19 @@ async def test_a_saga_of_an_unknown_kind_is_handed_back(pool: db.Pool) -> None:
     row = await saga_row(pool, saga_id)
     assert row["status"] == "running" and row["owner"] is None
     assert await log_of(pool, saga_id) == []
+
+
+async def test_saga_statuses_are_one_list_in_the_engine_the_api_and_the_database(
+    pool: db.Pool,
+) -> None:
+    """The engine's status enum, the API's filter values and the CHECK constraint on
+    ``sagas.status`` name the same statuses."""
+    async with db.connection(pool) as conn:
+        cur = await conn.execute(
+            "SELECT pg_get_constraintdef(c.oid) AS d FROM pg_constraint c "
+            "WHERE c.conrelid = 'sagas'::regclass AND c.contype = 'c' "
+            "AND pg_get_constraintdef(c.oid) LIKE '%%status%%'"
+        )
+        (row,) = await cur.fetchall()
+    in_database = set(re.findall(r"'(\w+)'", row["d"]))
+    assert in_database == {s.value for s in SagaStatus} == set(store.SAGA_STATUSES)

@@ -11,10 +11,11 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proveniq_core import db
+from proveniq_core.ledger import alerts
 from proveniq_core.observability import metrics
 from proveniq_core.observability.gauges import ScrapeGauges
-from proveniq_core.ops import alerts
 from proveniq_core.resilience.breaker import BreakerRegistry
+from proveniq_core.service import database_backlog
 
 TENANT = "acme"
 
@@ -103,7 +104,7 @@ async def seed_backlog(pool: db.Pool) -> None:
             await conn.execute(
                 "INSERT INTO webhook_endpoints (id, tenant_id, url, events, secret, status,"
                 " disabled_at) VALUES (%s, %s, 'https://hooks.example/x', '{asset.created}',"
-                " 'whsec_x', %s, CASE WHEN %s = 'disabled' THEN now() END)",
+                " 'fernet:x', %s, CASE WHEN %s = 'disabled' THEN now() END)",
                 (uuid.uuid4(), TENANT, status, status),
             )
 
@@ -113,7 +114,9 @@ async def test_backlogs_are_exported_as_the_database_holds_them(pool: db.Pool) -
     waited; pending reviews and the oldest's age; unsealed audit rows and the oldest's age;
     webhook endpoints by status."""
     await seed_backlog(pool)
-    gauges = ScrapeGauges(BreakerRegistry(), pool, ttl=0)
+    gauges = ScrapeGauges(
+        BreakerRegistry(), database_backlog(pool), pool_stats=pool.get_stats, ttl=0
+    )
     await gauges.refresh()
     s = scraped()
     assert value(s, "core_sagas_due") == 2
@@ -157,7 +160,9 @@ async def test_open_ops_alerts_are_exported_by_code_and_severity(pool: db.Pool) 
         )
         cur = await conn.execute("SELECT extract(epoch FROM now())::float8 AS now")
         now = (await cur.fetchone() or {})["now"]
-    gauges = ScrapeGauges(BreakerRegistry(), pool, ttl=0)
+    gauges = ScrapeGauges(
+        BreakerRegistry(), database_backlog(pool), pool_stats=pool.get_stats, ttl=0
+    )
     await gauges.refresh()
     s = scraped()
     critical = {"code": "E_PARTIAL_COMMIT", "severity": "critical"}
@@ -180,7 +185,9 @@ async def test_broker_connection_and_pool_use_are_read_at_each_scrape(pool: db.P
     """core_mqtt_connected follows the gateway; the pool gauges count connections lent out
     (not the scrape's own), the pool's maximum and nobody waiting."""
     gateway = FakeGateway(connected=True)
-    gauges = ScrapeGauges(BreakerRegistry(), pool, gateway=gateway, ttl=0)
+    gauges = ScrapeGauges(
+        BreakerRegistry(), database_backlog(pool), pool_stats=pool.get_stats, gateway=gateway, ttl=0
+    )
     async with pool.connection():
         await gauges.refresh()
     s = scraped()

@@ -60,9 +60,10 @@ async def spoil(client: httpx.AsyncClient, ref: str, defect: str) -> None:
 
 
 async def events_to(client: httpx.AsyncClient, *types: str) -> str:
-    """Subscribe a (never answering) endpoint to ``types``; its delivery log shows the events."""
+    """Subscribe a (never answering: .invalid never resolves) endpoint to ``types``; its
+    delivery log shows the events."""
     resp = await client.post(
-        "/api/webhooks", json={"url": "http://127.0.0.1:9/hooks", "events": list(types)}
+        "/api/webhooks", json={"url": "https://receiver.invalid/hooks", "events": list(types)}
     )
     assert resp.status_code == 201, resp.text
     return str(resp.json()["webhookId"])

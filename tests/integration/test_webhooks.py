@@ -3,7 +3,9 @@
 Each receiver is an HTTP server on a free local port that records every POST and answers
 from a script (then 200). Signatures are checked with the ``standardwebhooks`` library, as
 a tenant's receiver would. Long backoffs are skipped by making a delivery due in the
-database, never by sleeping.
+database, never by sleeping. The receivers are on 127.0.0.1, so the Core here is a lab
+setup that allows private destinations (``webhook_allow_private``); what a default Core
+refuses is in test_webhook_destinations.py.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import email.utils
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,9 +30,10 @@ from standardwebhooks import Webhook
 
 from proveniq_core import db
 from proveniq_core.ledger import keys
+from proveniq_core.ledger.outbox import emit
 from proveniq_core.locker.faults import parse_rule
 from proveniq_core.service import Core
-from proveniq_core.webhooks import emit
+from proveniq_core.webhooks import crypto
 from proveniq_core.webhooks.delivery import MAX_ATTEMPTS, SCHEDULE, DeliveryWorker
 from tests.integration.conftest import TENANT, api_client, core_running, first_ref
 from tests.integration.test_verify_outcomes import spoil
@@ -51,12 +55,20 @@ class Received:
 
 @dataclass
 class Receiver:
-    """A local HTTP server: records each POST, answers ``script`` in order, then 200."""
+    """A local HTTP server: records each POST, answers ``script`` in order, then 200, each
+    with the body ``reply``; counts the connections it accepted."""
 
     script: list[tuple[int, dict[str, str]]] = field(default_factory=list)
+    reply: bytes = b"ok"
     requests: list[Received] = field(default_factory=list)
+    connections: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     server: ThreadingHTTPServer | None = None
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.server_address[1])
 
     @property
     def url(self) -> str:
@@ -72,6 +84,10 @@ class Receiver:
         with self.lock:
             return list(self.requests)
 
+    def accepted(self) -> None:
+        with self.lock:
+            self.connections += 1
+
     def verified(self, secret: str) -> list[dict[str, Any]]:
         """Every request's payload, after its signature verified; plus its webhook-id."""
         hook = Webhook(secret)
@@ -82,13 +98,13 @@ class Receiver:
         return out
 
 
-@pytest.fixture
-def receivers() -> Iterator[Callable[..., Receiver]]:
-    """Start receivers on demand; stop them all at the end of the test."""
+@contextmanager
+def serving_receivers() -> Iterator[Callable[..., Receiver]]:
+    """Start receivers on demand; stop them all on leaving."""
     started: list[tuple[ThreadingHTTPServer, threading.Thread]] = []
 
-    def start(*script: tuple[int, dict[str, str]]) -> Receiver:
-        receiver = Receiver(script=list(script))
+    def start(*script: tuple[int, dict[str, str]], reply: bytes = b"ok") -> Receiver:
+        receiver = Receiver(script=list(script), reply=reply)
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
@@ -97,25 +113,46 @@ def receivers() -> Iterator[Callable[..., Receiver]]:
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)
-                self.send_header("content-length", "2")
+                self.send_header("content-length", str(len(receiver.reply)))
                 self.end_headers()
-                self.wfile.write(b"ok")
+                self.wfile.write(receiver.reply)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def verify_request(self, request: Any, client_address: Any) -> bool:
+                receiver.accepted()
+                return True
+
+        server = Server(("127.0.0.1", 0), Handler)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         receiver.server = server
         started.append((server, thread))
         return receiver
 
-    yield start
-    for server, thread in started:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    try:
+        yield start
+    finally:
+        for server, thread in started:
+            server.shutdown()
+            server.server_close()
+            thread.join()
+
+
+@pytest.fixture
+def receivers() -> Iterator[Callable[..., Receiver]]:
+    """Start receivers on demand; stop them all at the end of the test."""
+    with serving_receivers() as start:
+        yield start
+
+
+@pytest_asyncio.fixture
+async def core(database_url: str, mqtt_url: str, tmp_path: Path) -> AsyncIterator[Core]:
+    """A Core that may deliver to the local receivers: a lab setup."""
+    async with core_running(database_url, mqtt_url, tmp_path, webhook_allow_private=True) as c:
+        yield c
 
 
 @pytest_asyncio.fixture
@@ -579,14 +616,17 @@ async def test_concurrent_workers_deliver_each_message_once(
     """Several workers on one database (as in several processes) claim with SKIP LOCKED:
     every message is delivered exactly once."""
     receiver = receivers()
-    async with core_running(database_url, mqtt_url, tmp_path, role="api") as core:
+    async with core_running(
+        database_url, mqtt_url, tmp_path, role="api", webhook_allow_private=True
+    ) as core:
         key = await keys.create_key(core.pool, TENANT, keys.SCOPES, name="workers")
         async with api_client(core, key) as client:
             hook = await subscribe(client, receiver.url, ["ops.alert"])
         async with db.transaction(core.pool) as conn:
             for n in range(30):
                 await emit(conn, TENANT, "ops.alert", {"n": n})
-        workers = [DeliveryWorker(core.pool) for _ in range(4)]
+        box = crypto.box_for(core.settings)
+        workers = [DeliveryWorker(core.pool, secrets=box, allow_private=True) for _ in range(4)]
 
         async def drain(worker: DeliveryWorker) -> None:
             while await worker.process_next():
@@ -679,3 +719,81 @@ async def test_a_retried_subscription_with_its_key_is_created_once(
     assert again.headers["idempotent-replayed"] == "true"
     assert again.json() == first.json()
     assert len((await client.get("/api/webhooks")).json()["items"]) == 1
+
+
+async def test_a_receivers_answer_is_never_echoed_in_the_log(
+    core: Core, client: httpx.AsyncClient, receivers: Callable[..., Receiver]
+) -> None:
+    """What a receiver answers stays out of the delivery log: a failed attempt records its
+    status code and timing, not the body (it could be an internal service's page)."""
+    leak = b"<html>INTERNAL-ADMIN-PAGE db_password=hunter2</html>" * 10
+    receiver = receivers((500, {}), reply=leak)
+    hook = await subscribe(client, receiver.url, ["asset.created"])
+    await register(client, first_ref(core))
+
+    failed = await wait_for_attempts(client, hook["webhookId"], 1, "pending")
+    assert failed["lastError"] == "HTTP 500"
+    assert failed["attempts"][0]["error"] == "HTTP 500"
+    assert failed["attempts"][0]["statusCode"] == 500
+    log = await client.get(f"/api/webhooks/{hook['webhookId']}/deliveries")
+    assert "INTERNAL" not in log.text and "hunter2" not in log.text
+
+
+async def test_secrets_are_sealed_at_rest_and_still_sign(
+    core: Core, client: httpx.AsyncClient, receivers: Callable[..., Receiver]
+) -> None:
+    """The database holds the endpoint's secret only sealed (and the idempotency store the
+    creation answer only sealed), under a key file outside it (mode 0600); a retry with the
+    same Idempotency-Key still shows the secret, and deliveries verify with it."""
+    receiver = receivers()
+    body = {"url": receiver.url, "events": ["ops.alert"]}
+    headers = {"Idempotency-Key": "sealed-1"}
+    first = await client.post("/api/webhooks", json=body, headers=headers)
+    assert first.status_code == 201, first.text
+    secret = first.json()["secret"]
+    async with db.connection(core.pool) as conn:
+        cur = await conn.execute("SELECT secret FROM webhook_endpoints")
+        [stored] = [r["secret"] for r in await cur.fetchall()]
+        cur = await conn.execute("SELECT response_body FROM idempotency_keys")
+        [cached] = [bytes(r["response_body"]) for r in await cur.fetchall()]
+    assert stored.startswith("fernet:") and secret not in stored
+    assert secret.removeprefix("whsec_") not in stored
+    assert cached.startswith(b"fernet:") and secret.encode() not in cached
+    key_file = core.settings.home / crypto.KEY_FILE
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert key_file.read_text().strip() not in stored
+
+    again = await client.post("/api/webhooks", json=body, headers=headers)
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json() == first.json()
+
+    async with db.transaction(core.pool) as conn:
+        await emit(conn, TENANT, "ops.alert", {"n": 1})
+    await wait_for_requests(receiver, 1)
+    assert [p["data"] for p in receiver.verified(secret)] == [{"n": 1}]
+
+
+async def test_delete_racing_enable_answers_404_never_500(
+    core: Core, client: httpx.AsyncClient
+) -> None:
+    """DELETE and POST …/enable of one (disabled) endpoint at the same moment, 40 times: the
+    delete answers 204, the enable 200 (it came first) or 404 (the endpoint was gone), never
+    a 500; nothing is left."""
+    hooks = [
+        await subscribe(client, f"https://example.com/{n}", ["asset.created"]) for n in range(40)
+    ]
+    async with db.connection(core.pool) as conn:
+        await conn.execute(
+            "UPDATE webhook_endpoints SET status = 'disabled', disabled_at = now(),"
+            " disabled_reason = 'test'"
+        )
+    statuses: list[tuple[int, int]] = []
+    for hook in hooks:
+        path = f"/api/webhooks/{hook['webhookId']}"
+        deleted, enabled = await asyncio.gather(client.delete(path), client.post(f"{path}/enable"))
+        statuses.append((deleted.status_code, enabled.status_code))
+        if enabled.status_code == 404:
+            assert enabled.json()["error"]["code"] == "E_NOT_FOUND"
+    assert {d for d, _ in statuses} == {204}
+    assert {e for _, e in statuses} <= {200, 404}
+    assert (await client.get("/api/webhooks")).json()["items"] == []

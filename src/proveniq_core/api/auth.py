@@ -10,20 +10,21 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import Request
 
+from proveniq_core.api.deps import CoreDep
 from proveniq_core.errors import ForbiddenError, UnauthorizedError
 from proveniq_core.ledger import keys
 from proveniq_core.ledger.keys import Principal
+from proveniq_core.service import Core
 
 
-def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:
+def require(scope: str) -> Callable[[Request, Core], Awaitable[Principal]]:
     """A dependency that authenticates the caller and checks ``scope``."""
 
-    async def dependency(request: Request) -> Principal:
+    async def dependency(request: Request, core: CoreDep) -> Principal:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise UnauthorizedError("Missing API key: send 'Authorization: Bearer pk_…'.")
-        core = request.app.state.core
         principal = await keys.authenticate(core.pool, token.strip(), core.key_cache)
         if principal is None:
             raise UnauthorizedError("Invalid or revoked API key.")

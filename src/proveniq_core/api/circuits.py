@@ -12,10 +12,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import structlog
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
 from proveniq_core.api.auth import require
+from proveniq_core.api.deps import CoreDep
 from proveniq_core.errors import NotFoundError
 from proveniq_core.ledger.keys import Principal
 from proveniq_core.resilience.breaker import BreakerRegistry, BreakerSnapshot
@@ -67,19 +68,14 @@ def circuit_view(snapshot: BreakerSnapshot, breakers: BreakerRegistry) -> Circui
     )
 
 
-def _breakers(request: Request) -> BreakerRegistry:
-    breakers: BreakerRegistry = request.app.state.core.breakers
-    return breakers
-
-
 @router.get("/api/ops/circuits", response_model=CircuitPage, responses=_ERRORS)
 async def list_circuits(
-    request: Request,
+    core: CoreDep,
     principal: Annotated[Principal, Depends(require("ops:read"))],
     state: Annotated[CircuitState | None, Query(description="Only circuits in this state.")] = None,
 ) -> CircuitPage:
     """Every circuit of this process, by name; a locker's appears once it has been used."""
-    breakers = _breakers(request)
+    breakers = core.breakers
     views = [circuit_view(s, breakers) for s in breakers.snapshots()]
     return CircuitPage(items=[v for v in views if state is None or v.state == state])
 
@@ -87,15 +83,15 @@ async def list_circuits(
 @router.post("/api/ops/circuits/{name}/reset", response_model=CircuitView, responses=_ERRORS)
 async def reset_circuit(
     name: str,
-    request: Request,
+    core: CoreDep,
     principal: Annotated[Principal, Depends(require("ops:write"))],
 ) -> CircuitView:
     """Close a circuit now and forget its counts: calls go through again at once."""
-    breakers = _breakers(request)
+    breakers = core.breakers
     if name not in breakers:
         raise NotFoundError(f"No circuit named {name!r}.")
     breaker = breakers[name]
-    log.warning("circuit_reset", circuit=name, was=breaker.state.value, key_id=principal.key_id)
+    log.warning("circuit_reset", circuit=name, was=breaker.state.value, actor=principal.actor)
     breaker.reset()
     return circuit_view(breaker.snapshot(), breakers)
 

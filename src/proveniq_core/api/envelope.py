@@ -1,4 +1,9 @@
-"""The one error envelope (DESIGN.md §3) and the handlers that produce it."""
+"""The one error envelope (DESIGN.md §3) and the handlers that produce it.
+
+An unexpected exception becomes a 500 envelope in ``CatchUnexpected``, inside the request-id
+middleware, so that it carries ``X-Request-ID`` like every other answer and the server keeps
+the connection open (an exception escaping the app makes uvicorn close it).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proveniq_core.errors import TAXONOMY, CoreError, RequestError
 
@@ -81,7 +87,39 @@ def error_response(request: Request, exc: CoreError) -> JSONResponse:
     )
 
 
+class CatchUnexpected:
+    """Plain ASGI middleware: an exception no handler answered becomes the 500 envelope,
+    logged here and not raised further, unless the response had already started."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            if started:
+                raise  # too late for an envelope: the server ends the response
+            request = Request(scope)
+            log.exception("unhandled_error", request_id=request_id(request))
+            await envelope(request, "E_INTERNAL")(scope, receive, send)
+
+
 def install(app: FastAPI) -> None:
+    """The error handlers, and ``CatchUnexpected`` as the innermost middleware (call this
+    before adding the request-id middleware)."""
+    app.add_middleware(CatchUnexpected)
+
     @app.exception_handler(CoreError)
     async def core_error(request: Request, exc: CoreError) -> JSONResponse:
         return error_response(request, exc)
@@ -114,5 +152,6 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Only what escapes the middleware itself reaches this (Starlette's outermost layer).
         log.exception("unhandled_error", request_id=request_id(request))
         return envelope(request, "E_INTERNAL")

@@ -10,12 +10,13 @@ import asyncio
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Response
 from pydantic import BaseModel, Field
 
 from proveniq_core import db
 from proveniq_core.api.auth import require
-from proveniq_core.api.routes import ERRORS
+from proveniq_core.api.deps import CoreDep
+from proveniq_core.api.models import ERRORS
 from proveniq_core.errors import CoreError, NotFoundError
 from proveniq_core.ledger import assets
 from proveniq_core.ledger.keys import Principal
@@ -68,9 +69,9 @@ def evidence_view(row: dict[str, Any]) -> EvidenceView:
 
 
 @router.get("/api/assets/{asset_id}/evidence", response_model=EvidenceList, responses=ERRORS)
-async def list_evidence(asset_id: str, request: Request, principal: Reader) -> EvidenceList:
+async def list_evidence(asset_id: str, core: CoreDep, principal: Reader) -> EvidenceList:
     """The asset's evidence photos, oldest first."""
-    async with db.connection(request.app.state.core.pool) as conn:
+    async with db.connection(core.pool) as conn:
         await assets.get(conn, principal.tenant_id, asset_id)
         rows = await db.fetch_all(
             conn, "list_evidence", {"asset_id": asset_id, "tenant_id": principal.tenant_id}
@@ -90,10 +91,9 @@ async def list_evidence(asset_id: str, request: Request, principal: Reader) -> E
     },
 )
 async def get_evidence_content(
-    asset_id: str, sha256: Sha256, request: Request, principal: Reader
+    asset_id: str, sha256: Sha256, core: CoreDep, principal: Reader
 ) -> Response:
     """One evidence photo's bytes; immutable, so cacheable for good."""
-    core = request.app.state.core
     async with db.connection(core.pool) as conn:
         await assets.get(conn, principal.tenant_id, asset_id)
         row = await db.fetch_one(

@@ -9,6 +9,10 @@ first used it. For 24 h from that request:
 - different route or body: 422 ``E_IDEMPOTENCY_MISMATCH``;
 - first request still running: 409 ``E_IDEMPOTENCY_IN_FLIGHT`` (retryable).
 
+A route whose answer holds a secret (a new webhook's signing secret) passes a ``Sealer``:
+its stored response body is sealed with the key that seals those secrets at rest, and
+opened again for the replay.
+
 What is stored: every response the handler produced, success or 5xx, raised ``CoreError``
 (answered with the app's envelope) or unexpected exception (500 ``E_INTERNAL``) alike,
 except 4xx: a 4xx says the request was refused and nothing was done, so nothing is stored
@@ -34,7 +38,7 @@ import json
 import random
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Protocol
 
 import structlog
 from fastapi import Header, Request, Response
@@ -77,6 +81,14 @@ PURGE_BATCH: Final = 500
 _CLAIM_ATTEMPTS: Final = 3
 
 
+class Sealer(Protocol):
+    """Seals a stored response body, and opens it again (bytes it did not seal as they are)."""
+
+    def seal_bytes(self, plain: bytes) -> bytes: ...
+
+    def open_bytes(self, stored: bytes) -> bytes: ...
+
+
 def request_hash(body: Any) -> bytes:
     """SHA-256 of the canonical JSON of ``body``: sorted keys, no spaces, ASCII escapes."""
     canonical = json.dumps(
@@ -95,12 +107,13 @@ def _key(request: Request) -> str | None:
     return key
 
 
-def _replay(row: db.Row) -> Response:
+def _replay(row: db.Row, sealer: Sealer | None) -> Response:
     headers = dict(row["response_headers"])
     headers[REPLAYED] = "true"
-    return Response(
-        content=bytes(row["response_body"]), status_code=row["response_status"], headers=headers
-    )
+    content = bytes(row["response_body"])
+    if sealer is not None:
+        content = sealer.open_bytes(content)
+    return Response(content=content, status_code=row["response_status"], headers=headers)
 
 
 async def run_idempotent(
@@ -111,6 +124,7 @@ async def run_idempotent(
     body: Any,
     handler: Callable[[], Awaitable[Response]],
     lease: float = LEASE_SECONDS,
+    sealer: Sealer | None = None,
 ) -> Response:
     """Run ``handler`` at most once per ``Idempotency-Key``; answer retries from the store.
 
@@ -118,7 +132,8 @@ async def run_idempotent(
     values (e.g. ``model.model_dump(mode="json")``). ``handler`` must return a response with
     its body in memory (``JSONResponse``, not streaming); a ``CoreError`` it raises becomes
     the app's error envelope here, so that it can be stored. ``lease`` (seconds) bounds how
-    long a key stays blocked by a process that died mid-request.
+    long a key stays blocked by a process that died mid-request; ``sealer`` seals the
+    stored body (an answer holding a secret).
 
     Raises ``ValidationFailedError`` (malformed key), ``IdempotencyMismatchError``,
     ``IdempotencyInFlightError`` and, while claiming the key, ``LedgerDownError``.
@@ -150,7 +165,7 @@ async def run_idempotent(
             )
         if row["status"] == "completed":
             log.info("idempotent_replay", key=key, status=row["response_status"])
-            return _replay(row)
+            return _replay(row, sealer)
         if not row["lease_lapsed"]:
             raise IdempotencyInFlightError()
     else:
@@ -178,6 +193,8 @@ async def run_idempotent(
             raise TypeError(f"{HEADER}: the handler must return a response with a body in memory")
         return response
     headers = {k: v for k, v in response.headers.items() if k in REPLAYED_HEADERS}
+    if sealer is not None:
+        content = sealer.seal_bytes(content)
     stored = await _settle(
         pool,
         "idempotency_complete",
@@ -197,6 +214,7 @@ async def idempotent_model(
     body: BaseModel,
     status_code: int,
     make: Callable[[], Awaitable[BaseModel]],
+    sealer: Sealer | None = None,
 ) -> Response:
     """``run_idempotent`` for a route that answers one model with ``status_code``."""
 
@@ -205,7 +223,12 @@ async def idempotent_model(
         return JSONResponse(answer.model_dump(mode="json"), status_code=status_code)
 
     return await run_idempotent(
-        request, pool, tenant_id=tenant_id, body=body.model_dump(mode="json"), handler=handler
+        request,
+        pool,
+        tenant_id=tenant_id,
+        body=body.model_dump(mode="json"),
+        handler=handler,
+        sealer=sealer,
     )
 
 
@@ -251,6 +274,7 @@ __all__ = [
     "REPLAYED_HEADERS",
     "TTL_SECONDS",
     "IdempotencyKey",
+    "Sealer",
     "idempotent_model",
     "purge_expired",
     "request_hash",

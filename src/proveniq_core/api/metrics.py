@@ -20,6 +20,7 @@ from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from proveniq_core.api.deps import CoreDep
 from proveniq_core.observability import metrics, timing
 from proveniq_core.observability.gauges import ScrapeGauges
 
@@ -36,14 +37,17 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
     response_class=PlainTextResponse,
     responses={200: {"description": "Prometheus text exposition format"}},
 )
-async def prometheus_metrics(request: Request) -> Response:
+async def prometheus_metrics(request: Request, core: CoreDep) -> Response:
     """This process's metrics, with circuits, broker, pool and database backlogs read now."""
     state = request.app.state
-    if state.core is not None:
-        if not hasattr(state, "scrape_gauges"):
-            core = state.core
-            state.scrape_gauges = ScrapeGauges(core.breakers, core.pool, gateway=core.gateway)
-        await state.scrape_gauges.refresh()
+    if not hasattr(state, "scrape_gauges"):  # one per app, each with its own read interval
+        state.scrape_gauges = ScrapeGauges(
+            core.breakers,
+            core.read_backlog,
+            pool_stats=core.pool.get_stats,
+            gateway=core.gateway,
+        )
+    await state.scrape_gauges.refresh()
     return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 

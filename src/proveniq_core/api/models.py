@@ -47,6 +47,19 @@ class ErrorEnvelope(BaseModel):
     error: ErrorBody
 
 
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"description": text, "model": ErrorEnvelope}
+    for code, text in {
+        401: "missing or invalid API key",
+        403: "the key lacks the scope",
+        404: "not found (or not this tenant's)",
+        422: "invalid input",
+        503: "database unavailable",
+    }.items()
+}
+"""The error answers most routes declare in OpenAPI, each with the envelope."""
+
+
 class Readiness(BaseModel):
     status: str = Field(
         description="ready; degraded (serving, but the broker is down or a circuit is not "
@@ -124,6 +137,10 @@ class LockerView(BaseModel):
     site: Site
     geofenceM: float
     online: bool | None
+    presenceSince: datetime | None = Field(
+        None, description="when this process saw the presence change (offline: last seen)"
+    )
+    maintenanceUntil: datetime | None = Field(None, description="null: not in maintenance")
     createdAt: datetime
 
 
@@ -181,6 +198,9 @@ class AlertView(BaseModel):
     firstAt: datetime
     lastAt: datetime
     resolvedAt: datetime | None = Field(description="null while the alert is open")
+    acknowledgedAt: datetime | None = Field(None, description="an operator has seen it")
+    acknowledgedBy: str | None = None
+    resolvedBy: str | None = Field(None, description="null: resolved by Core itself")
 
 
 class AlertPage(BaseModel):
@@ -296,4 +316,7 @@ def alert_view(row: dict[str, Any]) -> AlertView:
         firstAt=row["first_at"],
         lastAt=row["last_at"],
         resolvedAt=row["resolved_at"],
+        acknowledgedAt=row.get("acknowledged_at"),
+        acknowledgedBy=row.get("acknowledged_by"),
+        resolvedBy=row.get("resolved_by"),
     )

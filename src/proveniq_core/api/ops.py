@@ -16,11 +16,13 @@ from pydantic import AwareDatetime, BaseModel, Field, field_validator
 
 from proveniq_core import db
 from proveniq_core.api.auth import require
-from proveniq_core.api.models import LockerRef, Strict
-from proveniq_core.api.routes import ERRORS, _keyset_page
+from proveniq_core.api.deps import CoreDep
+from proveniq_core.api.models import ERRORS, LockerRef, Strict
+from proveniq_core.api.paging import keyset_page
 from proveniq_core.ledger import assets
 from proveniq_core.ledger.keys import Principal
 from proveniq_core.saga import operator
+from proveniq_core.service import Core
 
 router = APIRouter(tags=["ops"])
 
@@ -88,6 +90,27 @@ class MaintenanceRequest(Strict):
         return until
 
 
+class DiscardRequest(Strict):
+    reason: Annotated[str, Field(min_length=1, max_length=500)] | None = Field(
+        None, description="why retrying stops: audited with the discard"
+    )
+
+
+class RefusedEntry(BaseModel):
+    id: str
+    code: str
+    message: str
+
+
+class BulkRetryOutcome(BaseModel):
+    """What "retry all exhausted" did."""
+
+    count: int = Field(description="exhausted entries retried now")
+    resolved: int = Field(description="of those, linked now (entry resolved)")
+    items: list[RetryEntryView] = Field(description="the retried entries after their retry")
+    refused: list[RefusedEntry] = Field(description="entries that could not be retried, and why")
+
+
 class LockerMaintenance(BaseModel):
     lockerRef: str
     maintenanceUntil: datetime | None = Field(description="null: not in maintenance")
@@ -95,7 +118,7 @@ class LockerMaintenance(BaseModel):
 
 
 def _actor(principal: Principal) -> str:
-    return f"key:{principal.key_id}"
+    return principal.actor
 
 
 def entry_view(row: db.Row) -> RetryEntryView:
@@ -116,14 +139,13 @@ def entry_view(row: db.Row) -> RetryEntryView:
     )
 
 
-async def _entry_outcome(request: Request, row: db.Row, tenant_id: str) -> RetryEntryOutcome:
-    async with db.connection(request.app.state.core.pool) as conn:
+async def _entry_outcome(core: Core, row: db.Row, tenant_id: str) -> RetryEntryOutcome:
+    async with db.connection(core.pool) as conn:
         asset = await assets.get(conn, tenant_id, str(row["asset_id"]))
     return RetryEntryOutcome(**entry_view(row).model_dump(), assetStatus=asset["status"])
 
 
-async def _asset_outcome(request: Request, asset_id: str, tenant_id: str) -> AssetOutcome:
-    core = request.app.state.core
+async def _asset_outcome(core: Core, asset_id: str, tenant_id: str) -> AssetOutcome:
     async with db.connection(core.pool) as conn:
         asset = await assets.get(conn, tenant_id, asset_id)
         saga = await db.fetch_one(conn, "get_saga", {"id": asset["saga_id"]})
@@ -142,7 +164,7 @@ async def _asset_outcome(request: Request, asset_id: str, tenant_id: str) -> Ass
 
 @router.get("/api/ops/retry-queue", response_model=RetryEntryPage, responses=ERRORS)
 async def list_retry_entries(
-    request: Request,
+    core: CoreDep,
     principal: Reader,
     asset_id: Annotated[uuid.UUID | None, Query(alias="assetId")] = None,
     status: Annotated[EntryStatus | None, Query()] = None,
@@ -155,8 +177,8 @@ async def list_retry_entries(
         "asset_id": str(asset_id) if asset_id else None,
         "status": status,
     }
-    rows, next_cursor = await _keyset_page(
-        request, "list_retry_entries", filters, limit, cursor, "created_at"
+    rows, next_cursor = await keyset_page(
+        core.pool, "list_retry_entries", filters, limit, cursor, "created_at"
     )
     return RetryEntryPage(items=[entry_view(r) for r in rows], nextCursor=next_cursor)
 
@@ -166,8 +188,8 @@ AssetId = Annotated[str, Path(description="the asset's id")]
 
 
 @router.get("/api/ops/retry-queue/{entry_id}", response_model=RetryEntryView, responses=ERRORS)
-async def get_retry_entry(request: Request, entry_id: EntryId, principal: Reader) -> RetryEntryView:
-    return entry_view(await request.app.state.core.retry_queue.get(entry_id, principal.tenant_id))
+async def get_retry_entry(core: CoreDep, entry_id: EntryId, principal: Reader) -> RetryEntryView:
+    return entry_view(await core.retry_queue.get(entry_id, principal.tenant_id))
 
 
 @router.post(
@@ -175,18 +197,20 @@ async def get_retry_entry(request: Request, entry_id: EntryId, principal: Reader
     response_model=RetryEntryOutcome,
     responses=_ACTION_ERRORS,
 )
-async def retry_entry(request: Request, entry_id: EntryId, principal: Writer) -> RetryEntryOutcome:
+async def retry_entry(
+    request: Request, core: CoreDep, entry_id: EntryId, principal: Writer
+) -> RetryEntryOutcome:
     """Retry the entry's locker operation now, due or not, exhausted or discarded alike.
 
     409 when it is resolved or its asset is no longer held."""
     row = await operator.retry_entry(
-        request.app.state.core.retry_queue,
+        core.retry_queue,
         entry_id,
         principal.tenant_id,
         actor=_actor(principal),
         request_id=request.state.request_id,
     )
-    return await _entry_outcome(request, row, principal.tenant_id)
+    return await _entry_outcome(core, row, principal.tenant_id)
 
 
 @router.post(
@@ -195,17 +219,43 @@ async def retry_entry(request: Request, entry_id: EntryId, principal: Writer) ->
     responses=_ACTION_ERRORS,
 )
 async def discard_entry(
-    request: Request, entry_id: EntryId, principal: Writer
+    request: Request,
+    core: CoreDep,
+    entry_id: EntryId,
+    principal: Writer,
+    body: DiscardRequest | None = None,
 ) -> RetryEntryOutcome:
-    """Stop retrying: the asset stays held until an operator retries or cancels it."""
+    """Stop retrying: the asset stays held until an operator retries or cancels it. The
+    reason, if given, is audited with the discard."""
     row = await operator.discard_entry(
-        request.app.state.core.retry_queue,
+        core.retry_queue,
         entry_id,
         principal.tenant_id,
         actor=_actor(principal),
         request_id=request.state.request_id,
+        reason=body.reason if body else None,
     )
-    return await _entry_outcome(request, row, principal.tenant_id)
+    return await _entry_outcome(core, row, principal.tenant_id)
+
+
+@router.post(
+    "/api/ops/retry-queue/retry-exhausted", response_model=BulkRetryOutcome, responses=ERRORS
+)
+async def retry_exhausted(request: Request, principal: Writer) -> BulkRetryOutcome:
+    """Retry every exhausted entry now (up to 500), as "retry now" does one: the answer
+    counts them, how many linked, and which could not be retried and why."""
+    retried, refused = await operator.retry_exhausted(
+        request.app.state.core.retry_queue,
+        principal.tenant_id,
+        actor=_actor(principal),
+        request_id=request.state.request_id,
+    )
+    return BulkRetryOutcome(
+        count=len(retried),
+        resolved=sum(1 for r in retried if r["status"] == "resolved"),
+        items=[entry_view(r) for r in retried],
+        refused=[RefusedEntry(id=i, code=e.code, message=e.message) for i, e in refused],
+    )
 
 
 @router.post(
@@ -213,19 +263,21 @@ async def discard_entry(
     response_model=AssetOutcome,
     responses=_ACTION_ERRORS,
 )
-async def retry_link(request: Request, asset_id: AssetId, principal: Writer) -> AssetOutcome:
+async def retry_link(
+    request: Request, core: CoreDep, asset_id: AssetId, principal: Writer
+) -> AssetOutcome:
     """Link a link_failed asset again with a new locker command, within this request.
 
     The answer says how it went: linked, pending_link (deferred again, with retryAt) or
     link_failed (the locker refused again). 409 unless the asset is link_failed."""
     await operator.retry_link(
-        request.app.state.core.engine,
+        core.engine,
         asset_id,
         principal.tenant_id,
         actor=_actor(principal),
         request_id=request.state.request_id,
     )
-    return await _asset_outcome(request, asset_id, principal.tenant_id)
+    return await _asset_outcome(core, asset_id, principal.tenant_id)
 
 
 @router.post(
@@ -233,19 +285,21 @@ async def retry_link(request: Request, asset_id: AssetId, principal: Writer) -> 
     response_model=AssetOutcome,
     responses=_ACTION_ERRORS,
 )
-async def cancel_asset(request: Request, asset_id: AssetId, principal: Writer) -> AssetOutcome:
+async def cancel_asset(
+    request: Request, core: CoreDep, asset_id: AssetId, principal: Writer
+) -> AssetOutcome:
     """Cancel a held registration (pending_link or link_failed): its saga compensates.
 
     The asset ends compensated, its locker link undone and its entries discarded; while an
     undo step keeps failing it is retried and sagaStatus stays compensating."""
     await operator.cancel(
-        request.app.state.core.engine,
+        core.engine,
         asset_id,
         principal.tenant_id,
         actor=_actor(principal),
         request_id=request.state.request_id,
     )
-    return await _asset_outcome(request, asset_id, principal.tenant_id)
+    return await _asset_outcome(core, asset_id, principal.tenant_id)
 
 
 @router.post(
@@ -255,6 +309,7 @@ async def cancel_asset(request: Request, asset_id: AssetId, principal: Writer) -
 )
 async def locker_maintenance(
     request: Request,
+    core: CoreDep,
     locker_ref: Annotated[LockerRef, Path()],
     body: MaintenanceRequest,
     principal: Writer,
@@ -264,7 +319,7 @@ async def locker_maintenance(
     Meanwhile its links answer 202 pending_link and wait, without counting as failures;
     ending maintenance retries them now."""
     row, woken = await operator.set_maintenance(
-        request.app.state.core.retry_queue,
+        core.retry_queue,
         principal.tenant_id,
         locker_ref,
         body.until,

@@ -1,6 +1,6 @@
 """Fault injection over HTTP (DESIGN.md §4): ``/sim/faults`` on the simulated fleet's book.
 
-``router`` requires scope ``ops:write`` and acts on ``app.state.core.fleet`` (404 when the
+``router`` requires scope ``ops:write`` and acts on the Core's ``fleet`` (404 when the
 process runs no simulated fleet). ``control_app`` serves the same routes without auth, for
 ``proveniq simulate --faults-port`` on loopback.
 """
@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Body, Depends, FastAPI, Query
 from pydantic import BaseModel
 
 from proveniq_core.api import envelope
 from proveniq_core.api.auth import require
+from proveniq_core.api.deps import CoreDep
 from proveniq_core.api.models import ErrorEnvelope
 from proveniq_core.errors import NotFoundError, ValidationFailedError
 from proveniq_core.locker.faults import (
@@ -24,7 +25,6 @@ from proveniq_core.locker.faults import (
     parse_control,
     parse_rule,
 )
-from proveniq_core.locker.simulator import LockerFleet
 
 
 class FaultView(FaultRule):
@@ -42,9 +42,9 @@ class FaultsCleared(BaseModel):
     cleared: int
 
 
-def fault_book(request: Request) -> FaultBook:
+def fault_book(core: CoreDep) -> FaultBook:
     """The fault book of the fleet simulated in this process."""
-    fleet: LockerFleet | None = request.app.state.core.fleet
+    fleet = core.fleet
     if fleet is None:
         raise NotFoundError("no simulated fleet in this process")
     return fleet.faults

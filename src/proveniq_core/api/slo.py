@@ -7,15 +7,16 @@ An estimate, not a measurement: percentiles are interpolated inside the histogra
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
 from proveniq_core.api.auth import require
-from proveniq_core.api.routes import ERRORS
+from proveniq_core.api.models import ERRORS
 from proveniq_core.ledger.keys import Principal
 from proveniq_core.observability import metrics, slo
+from proveniq_core.observability.window import REGISTRATIONS
 from proveniq_core.saga.registration import NAME as REGISTRATION
 
 router = APIRouter(tags=["ops"])
@@ -85,12 +86,23 @@ def _step(name: str, budget: slo.Budget) -> StepTime:
 
 
 @router.get("/api/ops/slo", response_model=SloReport, responses=ERRORS)
-async def slo_report(principal: Annotated[Principal, Depends(require("ops:read"))]) -> SloReport:
+async def slo_report(
+    principal: Annotated[Principal, Depends(require("ops:read"))],
+    window: Annotated[
+        Literal["process", "hour"],
+        Query(description="process: since this process started; hour: the last hour"),
+    ] = "process",
+) -> SloReport:
     """P50/P95/P99 of ``POST /api/assets`` against the SLO (0.5 / 1.5 / 3 s), and the median
     of each registration step beside the seed's budget for it."""
-    cumulative = slo.buckets(metrics.LATENCY, subsystem="api", operation=slo.SLO_OPERATION)
+    basis = BASIS
+    if window == "hour":
+        cumulative, covered = REGISTRATIONS.recent()
+        basis = BASIS.replace("since it started", f"over the last {covered / 60:.0f} min")
+    else:
+        cumulative = slo.buckets(metrics.LATENCY, subsystem="api", operation=slo.SLO_OPERATION)
     return SloReport(
-        basis=BASIS,
+        basis=basis,
         requests=RequestLatency(
             operation=slo.SLO_OPERATION,
             count=int(cumulative[-1][1]) if cumulative else 0,

@@ -2,7 +2,9 @@
 
 Every route needs scope ``webhooks:manage`` and sees only the caller's tenant (another
 tenant's endpoint is a 404). An endpoint's secret is shown once, in the answer that creates
-it.
+it; it is stored sealed (``webhooks.crypto``), and so is that answer in the idempotency
+store. A URL must reach a public address (``webhooks.destinations``) unless
+``PROVENIQ_WEBHOOK_ALLOW_PRIVATE`` is set.
 """
 
 from __future__ import annotations
@@ -15,12 +17,17 @@ from pydantic import BaseModel, Field, HttpUrl, field_validator
 
 from proveniq_core import db
 from proveniq_core.api.auth import require
+from proveniq_core.api.deps import CoreDep
 from proveniq_core.api.idempotency import IdempotencyKey, idempotent_model
-from proveniq_core.api.models import Strict
-from proveniq_core.api.routes import ERRORS, _keyset_page
+from proveniq_core.api.models import ERRORS, Strict
+from proveniq_core.api.paging import keyset_page
+from proveniq_core.config import Settings
+from proveniq_core.errors import ValidationFailedError
+from proveniq_core.ledger import outbox
 from proveniq_core.ledger.keys import Principal
-from proveniq_core.webhooks import endpoints, outbox, signing
-from proveniq_core.webhooks.outbox import EventType
+from proveniq_core.ledger.outbox import EventType
+from proveniq_core.webhooks import crypto, destinations, endpoints, signing
+from proveniq_core.webhooks.endpoints import Delivery, DeliveryAttempt, Endpoint
 
 router = APIRouter(tags=["webhooks"])
 
@@ -112,40 +119,40 @@ class DeliveryPage(BaseModel):
     nextCursor: str | None
 
 
-def webhook_view(row: db.Row) -> WebhookView:
+def webhook_view(endpoint: Endpoint) -> WebhookView:
     return WebhookView(
-        webhookId=str(row["id"]),
-        url=row["url"],
-        events=row["events"],
-        status=row["status"],
-        disabledReason=row["disabled_reason"],
-        disabledAt=row["disabled_at"],
-        createdAt=row["created_at"],
-        updatedAt=row["updated_at"],
+        webhookId=str(endpoint.id),
+        url=endpoint.url,
+        events=list(endpoint.events),
+        status=endpoint.status,
+        disabledReason=endpoint.disabled_reason,
+        disabledAt=endpoint.disabled_at,
+        createdAt=endpoint.created_at,
+        updatedAt=endpoint.updated_at,
     )
 
 
-def delivery_view(row: db.Row, attempts: list[db.Row]) -> DeliveryView:
+def delivery_view(delivery: Delivery, attempts: list[DeliveryAttempt]) -> DeliveryView:
     return DeliveryView(
-        deliveryId=str(row["id"]),
-        webhookId=str(row["endpoint_id"]),
-        messageId=outbox.message_id(row["event_id"]),
-        eventType=row["type"],
-        payload=outbox.payload(row["type"], row["event_at"], row["data"]),
-        status=row["status"],
-        nextAttemptAt=row["next_attempt_at"] if row["status"] == "pending" else None,
-        lastStatusCode=row["last_status_code"],
-        lastError=row["last_error"],
-        redeliveryOf=str(row["redelivery_of"]) if row["redelivery_of"] else None,
-        createdAt=row["created_at"],
-        finishedAt=row["finished_at"],
+        deliveryId=str(delivery.id),
+        webhookId=str(delivery.endpoint_id),
+        messageId=signing.message_id(delivery.event_id),
+        eventType=delivery.event_type,
+        payload=signing.payload(delivery.event_type, delivery.event_at, delivery.data),
+        status=delivery.status,
+        nextAttemptAt=delivery.next_attempt_at if delivery.status == "pending" else None,
+        lastStatusCode=delivery.last_status_code,
+        lastError=delivery.last_error,
+        redeliveryOf=str(delivery.redelivery_of) if delivery.redelivery_of else None,
+        createdAt=delivery.created_at,
+        finishedAt=delivery.finished_at,
         attempts=[
             AttemptView(
-                attempt=a["attempt"],
-                attemptedAt=a["attempted_at"],
-                durationMs=a["duration_ms"],
-                statusCode=a["status_code"],
-                error=a["error"],
+                attempt=a.attempt,
+                attemptedAt=a.attempted_at,
+                durationMs=a.duration_ms,
+                statusCode=a.status_code,
+                error=a.error,
             )
             for a in attempts
         ],
@@ -153,68 +160,93 @@ def delivery_view(row: db.Row, attempts: list[db.Row]) -> DeliveryView:
 
 
 def _actor(principal: Principal) -> str:
-    return f"key:{principal.key_id}"
+    return principal.actor
+
+
+async def _check_destination(url: str, settings: Settings) -> None:
+    """422 unless ``url`` may receive webhooks. A name that does not resolve yet is
+    accepted: every delivery checks it again, after resolving it."""
+    try:
+        await destinations.check(url, allow_private=settings.webhook_allow_private)
+    except destinations.DestinationRefused as exc:
+        problem = {"field": "url", "problem": str(exc), "type": "webhook_destination"}
+        raise ValidationFailedError(f"Invalid request: url: {exc}", details=[problem]) from None
+    except destinations.UnresolvedName:
+        pass
 
 
 @router.post("/api/webhooks", status_code=201, response_model=WebhookCreated, responses=ERRORS)
 async def create_webhook(
     request: Request,
+    core: CoreDep,
     body: WebhookCreate,
     principal: Manager,
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Subscribe an endpoint to event types. The answer holds the signing secret, once (and
-    again to a retry with the same ``Idempotency-Key``)."""
-    pool = request.app.state.core.pool
+    again to a retry with the same ``Idempotency-Key``). The URL must reach a public address
+    (422 otherwise) and carry no credentials."""
+    url = str(body.url)
+    await _check_destination(url, core.settings)
+    box = crypto.box_for(core.settings)
 
     async def create() -> WebhookCreated:
         secret = body.secret or signing.new_secret()
-        async with db.transaction(pool) as conn:
-            row = await endpoints.create(
+        async with db.transaction(core.pool) as conn:
+            endpoint = await endpoints.create(
                 conn,
                 tenant_id=principal.tenant_id,
-                url=str(body.url),
+                url=url,
                 events=body.events,
-                secret=secret,
+                secret=box.seal(secret),
                 actor=_actor(principal),
                 request_id=request.state.request_id,
             )
-        return WebhookCreated(**webhook_view(row).model_dump(), secret=secret)
+        return WebhookCreated(**webhook_view(endpoint).model_dump(), secret=secret)
 
     return await idempotent_model(
-        request, pool, tenant_id=principal.tenant_id, body=body, status_code=201, make=create
+        request,
+        core.pool,
+        tenant_id=principal.tenant_id,
+        body=body,
+        status_code=201,
+        make=create,
+        sealer=box,
     )
 
 
 @router.get("/api/webhooks", response_model=WebhookPage, responses=ERRORS)
 async def list_webhooks(
-    request: Request,
+    core: CoreDep,
     principal: Manager,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> WebhookPage:
     """The tenant's endpoints, newest first, in pages."""
-    rows, next_cursor = await _keyset_page(
-        request,
+    rows, next_cursor = await keyset_page(
+        core.pool,
         "list_webhook_endpoints",
         {"tenant_id": principal.tenant_id},
         limit,
         cursor,
         "created_at",
     )
-    return WebhookPage(items=[webhook_view(r) for r in rows], nextCursor=next_cursor)
+    items = [webhook_view(Endpoint.from_row(r)) for r in rows]
+    return WebhookPage(items=items, nextCursor=next_cursor)
 
 
 @router.get("/api/webhooks/{webhook_id}", response_model=WebhookView, responses=ERRORS)
-async def get_webhook(request: Request, webhook_id: WebhookId, principal: Manager) -> WebhookView:
-    async with db.connection(request.app.state.core.pool) as conn:
+async def get_webhook(core: CoreDep, webhook_id: WebhookId, principal: Manager) -> WebhookView:
+    async with db.connection(core.pool) as conn:
         return webhook_view(await endpoints.get(conn, principal.tenant_id, webhook_id))
 
 
 @router.delete("/api/webhooks/{webhook_id}", status_code=204, responses=ERRORS)
-async def delete_webhook(request: Request, webhook_id: WebhookId, principal: Manager) -> Response:
+async def delete_webhook(
+    request: Request, core: CoreDep, webhook_id: WebhookId, principal: Manager
+) -> Response:
     """Unsubscribe: the endpoint, its pending deliveries and its delivery log are deleted."""
-    async with db.transaction(request.app.state.core.pool) as conn:
+    async with db.transaction(core.pool) as conn:
         await endpoints.delete(
             conn,
             principal.tenant_id,
@@ -227,23 +259,23 @@ async def delete_webhook(request: Request, webhook_id: WebhookId, principal: Man
 
 @router.post("/api/webhooks/{webhook_id}/enable", response_model=WebhookView, responses=ERRORS)
 async def enable_webhook(
-    request: Request, webhook_id: WebhookId, principal: Manager
+    request: Request, core: CoreDep, webhook_id: WebhookId, principal: Manager
 ) -> WebhookView:
     """Make a disabled endpoint active again: its waiting deliveries resume."""
-    async with db.transaction(request.app.state.core.pool) as conn:
-        row = await endpoints.enable(
+    async with db.transaction(core.pool) as conn:
+        endpoint = await endpoints.enable(
             conn,
             principal.tenant_id,
             webhook_id,
             actor=_actor(principal),
             request_id=request.state.request_id,
         )
-    return webhook_view(row)
+    return webhook_view(endpoint)
 
 
 @router.get("/api/webhooks/{webhook_id}/deliveries", response_model=DeliveryPage, responses=ERRORS)
 async def list_deliveries(
-    request: Request,
+    core: CoreDep,
     webhook_id: WebhookId,
     principal: Manager,
     status: Annotated[DeliveryStatus | None, Query()] = None,
@@ -251,21 +283,21 @@ async def list_deliveries(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> DeliveryPage:
     """The endpoint's deliveries, newest first, each with its attempt log."""
-    pool = request.app.state.core.pool
-    async with db.connection(pool) as conn:
+    async with db.connection(core.pool) as conn:
         endpoint = await endpoints.get(conn, principal.tenant_id, webhook_id)
-    rows, next_cursor = await _keyset_page(
-        request,
+    rows, next_cursor = await keyset_page(
+        core.pool,
         "list_webhook_deliveries",
-        {"endpoint_id": endpoint["id"], "status": status},
+        {"endpoint_id": endpoint.id, "status": status},
         limit,
         cursor,
         "created_at",
     )
-    async with db.connection(pool) as conn:
-        attempts = await endpoints.attempts_by_delivery(conn, rows)
+    deliveries = [Delivery.from_row(r) for r in rows]
+    async with db.connection(core.pool) as conn:
+        attempts = await endpoints.attempts_by_delivery(conn, deliveries)
     return DeliveryPage(
-        items=[delivery_view(r, attempts[r["id"]]) for r in rows], nextCursor=next_cursor
+        items=[delivery_view(d, attempts[d.id]) for d in deliveries], nextCursor=next_cursor
     )
 
 
@@ -276,12 +308,16 @@ async def list_deliveries(
     responses={**ERRORS, 409: {"description": "the endpoint is disabled: enable it first"}},
 )
 async def redeliver(
-    request: Request, webhook_id: WebhookId, delivery_id: DeliveryId, principal: Manager
+    request: Request,
+    core: CoreDep,
+    webhook_id: WebhookId,
+    delivery_id: DeliveryId,
+    principal: Manager,
 ) -> DeliveryView:
     """Send the delivery's message again (same webhook-id): a new delivery, due now, with a
     fresh retry schedule. The answer is that new delivery, pending."""
-    async with db.transaction(request.app.state.core.pool) as conn:
-        row = await endpoints.redeliver(
+    async with db.transaction(core.pool) as conn:
+        delivery = await endpoints.redeliver(
             conn,
             principal.tenant_id,
             webhook_id,
@@ -289,4 +325,4 @@ async def redeliver(
             actor=_actor(principal),
             request_id=request.state.request_id,
         )
-    return delivery_view(row, [])
+    return delivery_view(delivery, [])

@@ -3,12 +3,39 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 
 from proveniq_core import db
 from proveniq_core.errors import ConflictError, LedgerConstraintError, NotFoundError
-from proveniq_core.ledger import audit
-from proveniq_core.webhooks import outbox
+from proveniq_core.ledger import audit, outbox
+
+
+@dataclass(frozen=True, slots=True)
+class Locker:
+    """A tenant's registered locker: where it stands, and how far from there evidence may be."""
+
+    id: uuid.UUID
+    tenant_id: str
+    locker_ref: str
+    site_lat: float
+    site_lon: float
+    geofence_m: float
+    maintenance_until: datetime | None
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: db.Row) -> Locker:
+        return cls(
+            id=row["id"],
+            tenant_id=row["tenant_id"],
+            locker_ref=row["locker_ref"],
+            site_lat=row["site_lat"],
+            site_lon=row["site_lon"],
+            geofence_m=row["geofence_m"],
+            maintenance_until=row["maintenance_until"],
+            created_at=row["created_at"],
+        )
 
 
 async def create(
@@ -118,7 +145,7 @@ async def register_locker(
     geofence_m: float,
     actor: str,
     request_id: str | None = None,
-) -> db.Row:
+) -> Locker:
     row = await db.fetch_one(
         conn,
         "insert_locker",
@@ -143,14 +170,22 @@ async def register_locker(
         after={"site": {"lat": lat, "lon": lon}, "geofenceM": geofence_m},
         request_id=request_id,
     )
-    return row
+    return Locker.from_row(row)
 
 
-async def get_locker(conn: db.Conn, tenant_id: str, locker_ref: str) -> db.Row:
+async def get_locker(conn: db.Conn, tenant_id: str, locker_ref: str) -> Locker:
     row = await db.fetch_one(conn, "get_locker", {"tenant_id": tenant_id, "locker_ref": locker_ref})
     if row is None:
         raise LedgerConstraintError(
             f"locker {locker_ref!r} is not registered for this tenant",
             details={"field": "lockerRef"},
         )
-    return row
+    return Locker.from_row(row)
+
+
+async def locker_page(conn: db.Conn, tenant_id: str, *, after: str, limit: int) -> list[Locker]:
+    """The tenant's lockers in ``locker_ref`` order after ``after`` (empty: from the first)."""
+    rows = await db.fetch_all(
+        conn, "list_lockers", {"tenant_id": tenant_id, "after": after, "limit": limit}
+    )
+    return [Locker.from_row(row) for row in rows]

@@ -4,7 +4,9 @@ A state change inserts its audit row in its own transaction (``record``), unseal
 sealer (``seal``) then gives rows, in the order it first sees them committed, a sequence
 number and ``hash = sha256(prev_hash || "\\n" || canonical(row))``. Sealing off the hot path
 keeps registrations from serialising on one chain head; the database refuses any other
-UPDATE, and every DELETE or TRUNCATE. ``verify`` recomputes the chain from the start.
+UPDATE, and every DELETE or TRUNCATE. ``verify`` recomputes the chain, from the start or
+from a signed checkpoint's head (``ledger.checkpoints``: what proves the log was not truncated
+or re-chained).
 """
 
 from __future__ import annotations
@@ -104,41 +106,48 @@ async def seal(pool: db.Pool) -> int:
 
 @dataclass(frozen=True, slots=True)
 class ChainReport:
-    """What ``verify`` found: rows checked, rows still unsealed, the first broken row."""
+    """What ``verify`` found: rows checked, rows still unsealed, the first broken row, and the
+    last row that held (its seq and hash: the head of what was checked)."""
 
     checked: int
     unsealed: int
     broken_id: int | None = None
     broken_seq: int | None = None
     reason: str | None = None
+    last_seq: int = 0
+    head: str = GENESIS
 
     @property
     def ok(self) -> bool:
         return self.broken_id is None
 
 
-async def verify(pool: db.Pool) -> ChainReport:
-    """Recompute the whole chain; name the first row whose link or hash does not hold."""
-    checked, prev, after = 0, GENESIS, 0
+async def verify(
+    pool: db.Pool, *, after: int = 0, prev: str = GENESIS, upto: int | None = None
+) -> ChainReport:
+    """Recompute the chain from the row after seq ``after`` (whose hash is ``prev``; the start
+    by default) up to seq ``upto`` (the end by default); name the first row that does not hold.
+    """
+    checked, seq = 0, after
     async with db.connection(pool) as conn:
-        while True:
-            rows = await db.fetch_all(conn, "audit_chain", {"after": after, "limit": 5000})
+        while upto is None or seq < upto:
+            rows = await db.fetch_all(conn, "audit_chain", {"after": seq, "limit": 5000})
             for row in rows:
-                expected_seq = checked + 1
-                if row["seq"] != expected_seq:
-                    return ChainReport(
-                        checked, 0, row["id"], row["seq"], f"gap: expected seq {expected_seq}"
-                    )
-                if row["prev_hash"] != prev:
-                    return ChainReport(checked, 0, row["id"], row["seq"], "prev_hash does not link")
-                if chain_hash(prev, row) != row["hash"]:
-                    return ChainReport(
-                        checked, 0, row["id"], row["seq"], "content does not match hash"
-                    )
+                if upto is not None and row["seq"] > upto:
+                    break
+                broken = None
+                if row["seq"] != seq + 1:
+                    broken = f"gap: expected seq {seq + 1}"
+                elif row["prev_hash"] != prev:
+                    broken = "prev_hash does not link"
+                elif chain_hash(prev, row) != row["hash"]:
+                    broken = "content does not match hash"
+                if broken is not None:
+                    return ChainReport(checked, 0, row["id"], row["seq"], broken, seq, prev)
                 prev = row["hash"]
                 checked += 1
-                after = row["seq"]
-            if not rows:
+                seq = row["seq"]
+            if not rows or (upto is not None and rows[-1]["seq"] > upto):
                 break
         unsealed = await db.fetch_one(conn, "audit_unsealed_count")
-    return ChainReport(checked, unsealed["n"] if unsealed else 0)
+    return ChainReport(checked, unsealed["n"] if unsealed else 0, last_seq=seq, head=prev)

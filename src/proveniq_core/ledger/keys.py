@@ -34,6 +34,13 @@ class Principal:
     key_id: str
     tenant_id: str
     scopes: frozenset[str]
+    name: str = ""
+    """The person (or service) the key was created for, ``keys create --name``."""
+
+    @property
+    def actor(self) -> str:
+        """Who the audit trail records for this caller: the key's name, else ``key:<id>``."""
+        return self.name or f"key:{self.key_id}"
 
 
 def _digest(secret: str) -> bytes:
@@ -147,7 +154,7 @@ async def authenticate(
         return None
     if not hmac.compare_digest(bytes(row["secret_hash"]), _digest(secret)):
         return None
-    principal = Principal(row["id"], row["tenant_id"], frozenset(row["scopes"]))
+    principal = Principal(row["id"], row["tenant_id"], frozenset(row["scopes"]), row["name"])
     if cache is not None:
         cache.remember(token, principal)
     return principal

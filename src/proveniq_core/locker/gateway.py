@@ -49,6 +49,7 @@ from proveniq_core.locker.protocol import (
     validate_ref,
 )
 from proveniq_core.observability import metrics
+from proveniq_core.resilience.backoff import Backoff
 from proveniq_core.resilience.breaker import (
     LOCKER,
     BreakerRegistry,
@@ -56,6 +57,7 @@ from proveniq_core.resilience.breaker import (
     Permit,
     State,
 )
+from proveniq_core.resilience.circuits import FLEET_CIRCUIT, device_circuit
 
 log = structlog.get_logger(__name__)
 
@@ -66,19 +68,15 @@ EventHook = Callable[[str, dict[str, Any]], None]
 SOCKET_OPTIONS = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 5.0
+RECONNECT = Backoff(BACKOFF_MIN_S, cap=BACKOFF_MAX_S)
+"""Waits between broker connection attempts: from 0.2 s, doubling, at most 5 s."""
 
 _ReplyKey = tuple[str, str]  # (locker ref, commandId)
 
-FLEET_CIRCUIT: Final = "locker"
 FLEET_BREAKER: Final = LOCKER.with_filter(lambda exc: isinstance(exc, BrokerUnreachableError))
 DEVICE_BREAKER: Final = LOCKER.with_filter(
     lambda exc: isinstance(exc, LockerTimeoutError | LockerOfflineError)
 )
-
-
-def device_circuit(ref: str) -> str:
-    """The name of the circuit of locker ``ref``."""
-    return f"{FLEET_CIRCUIT}:{ref}"
 
 
 _K = TypeVar("_K")
@@ -143,6 +141,7 @@ class LockerGateway:
         self._first_attempt = asyncio.Event()
         self._pending: dict[_ReplyKey, set[asyncio.Future[Reply]]] = {}
         self._presence: dict[str, bool] = {}
+        self._presence_since: dict[str, datetime] = {}  # when this process saw it change
         self._online_waiters: dict[str, set[asyncio.Future[None]]] = {}
 
     def add_event_hook(self, hook: EventHook) -> None:
@@ -157,6 +156,10 @@ class LockerGateway:
     def presence(self, ref: str) -> bool | None:
         """Last known presence of ``ref``: online, offline, or ``None`` if unknown."""
         return self._presence.get(ref)
+
+    def presence_since(self, ref: str) -> datetime | None:
+        """When this process learned ``ref``'s current presence (offline: last seen)."""
+        return self._presence_since.get(ref) if ref in self._presence else None
 
     async def wait_online(self, ref: str, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for ``ref`` to be online; return whether it is."""
@@ -290,7 +293,7 @@ class LockerGateway:
         return reply.result
 
     async def _run(self) -> None:
-        backoff = BACKOFF_MIN_S
+        failures = 0  # connection attempts failed since the last success
         while True:
             client = aiomqtt.Client(
                 self._host,
@@ -307,17 +310,19 @@ class LockerGateway:
                     await client.subscribe(f"{TOPIC_ROOT}/+/replies", qos=1)
                     await client.subscribe(f"{TOPIC_ROOT}/+/status", qos=1)
                     self._on_connected(client)
-                    backoff = BACKOFF_MIN_S
+                    failures = 0
                     async for message in client.messages:
                         self._dispatch(message.topic.value, message.payload)
             except aiomqtt.MqttError as exc:
+                backoff = RECONNECT.delay(failures)
                 log.warning("locker.broker_error", error=str(exc), retry_in_s=backoff)
             except Exception:
+                backoff = RECONNECT.delay(failures)
                 log.exception("locker.gateway_loop_failed", retry_in_s=backoff)
             finally:
                 self._on_disconnected()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX_S)
+            await asyncio.sleep(RECONNECT.delay(failures))
+            failures += 1
 
     def _on_connected(self, client: aiomqtt.Client) -> None:
         self._client = client
@@ -372,7 +377,12 @@ class LockerGateway:
     def _on_status(self, ref: str, payload: Any) -> None:
         if payload in (b"", None):  # retained status cleared
             self._presence.pop(ref, None)
-        elif payload == STATUS_ONLINE:
+            return
+        if payload in (STATUS_ONLINE, STATUS_OFFLINE) and self._presence.get(ref) != (
+            payload == STATUS_ONLINE
+        ):
+            self._presence_since[ref] = datetime.now(UTC)
+        if payload == STATUS_ONLINE:
             was = self._presence.get(ref)
             self._presence[ref] = True
             if was is False:
@@ -424,10 +434,8 @@ __all__ = [
     "BACKOFF_MIN_S",
     "DEVICE_BREAKER",
     "FLEET_BREAKER",
-    "FLEET_CIRCUIT",
     "EventHook",
     "LockerGateway",
-    "device_circuit",
     "mqtt_credentials",
     "parse_mqtt_url",
 ]

@@ -9,14 +9,16 @@ process raises ``ConflictError`` (try again shortly).
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from proveniq_core import db
-from proveniq_core.errors import ConflictError, NotFoundError, PartialCommitError
+from proveniq_core.errors import ConflictError, CoreError, NotFoundError, PartialCommitError
 from proveniq_core.ledger import assets, audit
-from proveniq_core.saga.engine import SagaEngine, SagaResult
+from proveniq_core.saga.engine import SagaEngine
+from proveniq_core.saga.model import SagaResult
 from proveniq_core.saga.retry_queue import RetryQueue
 
 HELD = ("pending_link", "link_failed")
@@ -47,7 +49,13 @@ async def _held_asset(conn: db.Conn, tenant_id: str, asset_id: str, action: str)
 
 
 async def _audit(
-    pool: db.Pool, action: str, entry: db.Row, *, actor: str, request_id: str | None
+    pool: db.Pool,
+    action: str,
+    entry: db.Row,
+    *,
+    actor: str,
+    request_id: str | None,
+    reason: str | None = None,
 ) -> None:
     async with db.transaction(pool) as conn:
         await audit.record(
@@ -57,7 +65,8 @@ async def _audit(
             entity_type="retry_entry",
             entity_id=str(entry["id"]),
             tenant_id=entry["tenant_id"],
-            after={"status": entry["status"], "assetId": str(entry["asset_id"])},
+            after={"status": entry["status"], "assetId": str(entry["asset_id"])}
+            | ({"reason": reason} if reason else {}),
             request_id=request_id,
             saga_id=str(entry["saga_id"]),
         )
@@ -79,15 +88,72 @@ async def retry_entry(
 
 
 async def discard_entry(
-    queue: RetryQueue, entry_id: str, tenant_id: str, *, actor: str, request_id: str | None
+    queue: RetryQueue,
+    entry_id: str,
+    tenant_id: str,
+    *,
+    actor: str,
+    request_id: str | None,
+    reason: str | None = None,
 ) -> db.Row:
-    """Stop retrying an entry; its asset stays held until an operator retries or cancels it."""
+    """Stop retrying an entry; its asset stays held until an operator retries or cancels it.
+    The operator's ``reason`` is audited with the discard."""
     entry = await queue.get(entry_id, tenant_id)
     if entry["status"] in ("resolved", "discarded"):
         raise ConflictError(f"retry-queue entry {entry_id} is already {entry['status']}")
     entry = await queue.discard(entry_id, tenant_id)
-    await _audit(queue.pool, "retry_entry.discarded", entry, actor=actor, request_id=request_id)
+    await _audit(
+        queue.pool,
+        "retry_entry.discarded",
+        entry,
+        actor=actor,
+        request_id=request_id,
+        reason=reason,
+    )
     return entry
+
+
+BULK_LIMIT = 500
+BULK_CONCURRENCY = 8
+
+
+async def retry_exhausted(
+    queue: RetryQueue, tenant_id: str, *, actor: str, request_id: str | None
+) -> tuple[list[db.Row], list[tuple[str, CoreError]]]:
+    """Retry every exhausted entry of the tenant now (up to ``BULK_LIMIT``), a few at a time.
+
+    Returns the entries after their retry, and those refused with why (their asset is no
+    longer held, or another process is driving its saga)."""
+    async with db.connection(queue.pool) as conn:
+        exhausted = await db.fetch_all(
+            conn,
+            "list_retry_entries",
+            {
+                "tenant_id": tenant_id,
+                "asset_id": None,
+                "status": "exhausted",
+                "before_at": None,
+                "before_id": None,
+                "limit": BULK_LIMIT,
+            },
+        )
+    gate = asyncio.Semaphore(BULK_CONCURRENCY)
+    retried: list[db.Row] = []
+    refused: list[tuple[str, CoreError]] = []
+
+    async def one(entry_id: str) -> None:
+        async with gate:
+            try:
+                retried.append(
+                    await retry_entry(
+                        queue, entry_id, tenant_id, actor=actor, request_id=request_id
+                    )
+                )
+            except CoreError as exc:
+                refused.append((entry_id, exc))
+
+    await asyncio.gather(*(one(str(e["id"])) for e in exhausted))
+    return retried, refused
 
 
 async def retry_link(

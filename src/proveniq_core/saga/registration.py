@@ -7,15 +7,21 @@ and a retry-queue entry, in one transaction) and the request answers 202; the co
 stays in flight up to ``command_timeout`` and a late answer wakes the saga, which takes
 that answer without sending anything new. A hardware fault parks the saga for an operator
 (asset ``link_failed``, critical alert, 502).
+
+``register`` runs it for a request and returns a typed ``Registration``: linked, deferred,
+held for an operator, or failed, with what the answer needs. The saga tells the engine what
+"in doubt" means for a locker command and which ids its logs and alerts carry.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 import psycopg
@@ -27,19 +33,59 @@ from proveniq_core.errors import (
     LockerHardwareError,
     LockerTimeoutError,
     LockerUnreachableError,
+    PartialCommitError,
     PostCommitTimeoutError,
 )
-from proveniq_core.ledger import assets
+from proveniq_core.ledger import alerts, assets
 from proveniq_core.locker.gateway import LockerGateway
 from proveniq_core.observability import timing
-from proveniq_core.ops import alerts
-from proveniq_core.saga.engine import HOLD, Defer, SagaDefinition, Step, StepContext
+from proveniq_core.saga.engine import SagaEngine
+from proveniq_core.saga.model import (
+    HOLD,
+    TIMEOUT,
+    Defer,
+    SagaDefinition,
+    SagaResult,
+    SagaStatus,
+    Step,
+    StepContext,
+    StepError,
+)
 from proveniq_core.saga.retry_queue import Deferred, RetryPolicy, close_entries, park_link
 
 log = structlog.get_logger(__name__)
 
 NAME = "asset_registration"
 _COMMANDS = uuid.UUID("6f1c7a52-1d55-4c1e-9b0e-3d2f4a6b8c90")
+
+
+# A locker command that stopped with one of these may have been carried out: it got no
+# answer in time, or the device was not reachable to answer (the command may have gone out
+# first). A fault is the device's answer: it did nothing.
+_IN_DOUBT = frozenset({TIMEOUT, LockerTimeoutError.code, LockerUnreachableError.code})
+
+
+def in_doubt(error: StepError) -> bool:
+    """Whether the locker link that stopped with ``error`` may have taken effect."""
+    return error.code in _IN_DOUBT
+
+
+def log_context(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The ids a registration's log lines carry: its asset, locker and (resumed outside its
+    request) the request that started it."""
+    context = {
+        key: data[data_key]
+        for key, data_key in (("asset_id", "assetId"), ("locker_ref", "lockerRef"))
+        if data.get(data_key) is not None
+    }
+    if data.get("requestId"):
+        context["request_id"] = data["requestId"]
+    return context
+
+
+def alert_subject(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The ids an alert about a registration names."""
+    return {"assetId": data.get("assetId"), "lockerRef": data.get("lockerRef")}
 
 
 def command_id(ctx: StepContext, suffix: str = "") -> str:
@@ -287,4 +333,105 @@ def registration_saga(
                 transactional=True,
             ),
         ),
+        in_doubt=in_doubt,
+        log_context=log_context,
+        alert_subject=alert_subject,
     )
+
+
+class Outcome(StrEnum):
+    """How a registration request ends."""
+
+    LINKED = "linked"
+    """Linked (verification perhaps queued late: a warning): 201."""
+    DEFERRED = "deferred"
+    """The link waits in the retry queue, the asset ``pending_link``: 202."""
+    HELD = "held"
+    """The device refused; the asset is ``link_failed`` until an operator acts: 502."""
+    FAILED = "failed"
+    """Undone, or being undone: the error's own answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """Where a registration ended and what its answer needs. ``warning``: linked, but a later
+    step completes asynchronously; ``retry_at`` and ``reason``: deferred (no ``retry_at``
+    when held until woken); ``error``: held or failed, the error to answer with."""
+
+    outcome: Outcome
+    asset_id: str
+    verification_id: str
+    locker_id: str | None = None
+    warning: CoreError | None = None
+    retry_at: datetime | None = None
+    reason: str | None = None
+    error: CoreError | None = None
+
+
+async def register(
+    engine: SagaEngine,
+    saga: SagaDefinition,
+    *,
+    tenant_id: str,
+    name: str,
+    category: str,
+    locker_ref: str,
+    actor: str,
+    request_id: str | None,
+) -> Registration:
+    """Register an asset: run its saga here, as far as it goes within the request."""
+    asset_id, verification_id = str(uuid.uuid4()), str(uuid.uuid4())
+    result = await engine.run(
+        saga,
+        {
+            "assetId": asset_id,
+            "verificationId": verification_id,
+            "tenantId": tenant_id,
+            "name": name,
+            "category": category,
+            "lockerRef": locker_ref,
+            "actor": actor,
+            "requestId": request_id,
+        },
+        tenant_id=tenant_id,
+    )
+    return outcome(result, asset_id, verification_id)
+
+
+def outcome(result: SagaResult, asset_id: str, verification_id: str) -> Registration:
+    """What the run of a registration saga means for the request that started it."""
+    cause = result.deferral.cause if result.deferral else None
+    if result.ok or isinstance(cause, PostCommitTimeoutError):
+        locker_id = result.data.get("lockerId")
+        return Registration(
+            Outcome.LINKED, asset_id, verification_id, locker_id=locker_id, warning=cause
+        )
+    if isinstance(cause, LockerHardwareError):
+        cause.asset_id = asset_id
+        return Registration(Outcome.HELD, asset_id, verification_id, error=cause)
+    if cause is not None:  # timeout, unreachable, maintenance: the partial commit is done
+        delay = result.deferred
+        retry_at = (
+            None
+            if delay is None or math.isinf(delay)
+            else datetime.now(UTC) + timedelta(seconds=delay)
+        )
+        return Registration(
+            Outcome.DEFERRED, asset_id, verification_id, retry_at=retry_at, reason=cause.code
+        )
+    exc = result.error
+    error: CoreError
+    if result.status in (SagaStatus.COMPENSATING, SagaStatus.COMPENSATION_FAILED):
+        # Steps committed and could not (yet) be undone: the saga retries and alerts.
+        error = PartialCommitError(
+            f"registration failed at {result.failed_step} and is being undone",
+            asset_id=asset_id,
+        )
+    elif isinstance(exc, CoreError):
+        exc.asset_id = asset_id if result.status == SagaStatus.COMPENSATED else None
+        error = exc
+    else:
+        error = CoreError(f"registration failed at {result.failed_step}", asset_id=asset_id)
+    if error is not exc:
+        error.__cause__ = exc
+    return Registration(Outcome.FAILED, asset_id, verification_id, error=error)

@@ -24,9 +24,10 @@ from proveniq_core.errors import (
     LockerUnreachableError,
     NotFoundError,
 )
-from proveniq_core.ledger import assets
-from proveniq_core.ops import alerts
-from proveniq_core.saga.engine import HOLD, SagaEngine, SagaResult, error_doc
+from proveniq_core.ledger import alerts, assets
+from proveniq_core.resilience.backoff import Backoff
+from proveniq_core.saga.engine import SagaEngine
+from proveniq_core.saga.model import HOLD, SagaResult, error_doc
 
 log = structlog.get_logger(__name__)
 
@@ -43,7 +44,7 @@ class RetryPolicy:
     unreachable_limit: float = 3600.0
 
     def delay(self, retry_count: int) -> float:
-        return float(self.base * 2**retry_count)
+        return Backoff(self.base).delay(retry_count)
 
 
 @dataclass(frozen=True, slots=True)

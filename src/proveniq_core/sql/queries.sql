@@ -8,7 +8,7 @@ INSERT INTO api_keys (id, tenant_id, name, secret_hash, scopes)
 VALUES (%(id)s, %(tenant_id)s, %(name)s, %(secret_hash)s, %(scopes)s)
 
 -- get_api_key --
-SELECT id, tenant_id, secret_hash, scopes FROM api_keys
+SELECT id, tenant_id, name, secret_hash, scopes FROM api_keys
 WHERE id = %(id)s AND revoked_at IS NULL
 
 -- list_api_keys --
@@ -87,6 +87,28 @@ SELECT * FROM audit_log WHERE seq > %(after)s ORDER BY seq LIMIT %(limit)s
 -- audit_unsealed_count --
 SELECT count(*) AS n FROM audit_log WHERE seq IS NULL
 
+-- audit_hash_at --
+SELECT hash FROM audit_log WHERE seq = %(seq)s
+
+-- audit_checkpoint_lock --
+-- One checkpoint writer at a time; a periodic writer that finds it taken skips its turn.
+SELECT CASE WHEN %(wait)s THEN pg_advisory_xact_lock(%(key)s) IS NOT NULL
+            ELSE pg_try_advisory_xact_lock(%(key)s) END AS locked
+
+-- audit_checkpoint_last --
+-- The last checkpoint and whether it is younger than the interval (by the database's clock,
+-- the one clock every worker shares).
+SELECT seq, head_hash, key_id, signed_at, signature,
+       signed_at > clock_timestamp() - make_interval(secs => %(interval)s) AS recent
+FROM audit_checkpoints ORDER BY id DESC LIMIT 1
+
+-- audit_checkpoint_clock --
+SELECT date_trunc('milliseconds', clock_timestamp()) AS now
+
+-- insert_audit_checkpoint --
+INSERT INTO audit_checkpoints (seq, head_hash, key_id, signed_at, signature)
+VALUES (%(seq)s, %(head_hash)s, %(key_id)s, %(signed_at)s, %(signature)s)
+
 -- audit_for_entity --
 SELECT id, at, actor, action, before, after, request_id, saga_id FROM audit_log
 WHERE entity_type = %(entity_type)s AND entity_id = %(entity_id)s ORDER BY id
@@ -117,17 +139,19 @@ SELECT pg_notify('proveniq_work', 'sagas')
 -- Claim due sagas (or the one named by id, due or not) under a new epoch; mark the attempts
 -- their previous owner left running as interrupted, in the same commit. A saga claimed before
 -- it is due (or held: 'infinity', which Python cannot load) becomes due now, so it is
--- recovered as soon as the lease expires should its new owner die.
+-- recovered as soon as the lease expires should its new owner die. Times are the server's
+-- now() moved by the engine clock's offset (0 but in tests).
 WITH claimed AS (
     UPDATE sagas SET owner = %(owner)s, epoch = epoch + 1, updated_at = now(),
                      lease_until = now() + make_interval(secs => %(lease)s),
-                     run_at = LEAST(run_at, now())
+                     run_at = LEAST(run_at, now() + make_interval(secs => %(offset)s))
     WHERE id IN (
         SELECT id FROM sagas
         WHERE status IN ('running', 'compensating')
-          AND (lease_until IS NULL OR lease_until < now())
+          AND (lease_until IS NULL OR lease_until < now() + make_interval(secs => %(offset)s))
           -- one saga by id, due or not (run it now), or whatever is due
-          AND CASE WHEN %(id)s::uuid IS NULL THEN run_at <= now() ELSE id = %(id)s END
+          AND CASE WHEN %(id)s::uuid IS NULL THEN run_at <= now() + make_interval(secs => %(offset)s)
+                   ELSE id = %(id)s END
         ORDER BY run_at
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
@@ -189,6 +213,23 @@ INSERT INTO ops_alerts (id, dedup_key, code, severity, message, tenant_id, subje
 VALUES (%(id)s, %(dedup_key)s, %(code)s, %(severity)s, %(message)s, %(tenant_id)s, %(subject)s)
 ON CONFLICT (dedup_key) WHERE resolved_at IS NULL
 DO UPDATE SET count = ops_alerts.count + 1, last_at = now(), message = EXCLUDED.message
+RETURNING *
+
+-- get_alert_for_update --
+-- A tenant's alert, or a system alert (no tenant), which every tenant's operators see.
+SELECT * FROM ops_alerts
+WHERE id = %(id)s AND (tenant_id = %(tenant_id)s OR tenant_id IS NULL)
+FOR UPDATE
+
+-- acknowledge_alert --
+UPDATE ops_alerts SET acknowledged_at = COALESCE(acknowledged_at, now()),
+                      acknowledged_by = COALESCE(acknowledged_by, %(actor)s)
+WHERE id = %(id)s
+RETURNING *
+
+-- resolve_alert --
+UPDATE ops_alerts SET resolved_at = now(), resolved_by = %(actor)s
+WHERE id = %(id)s AND resolved_at IS NULL
 RETURNING *
 
 -- list_alerts --
@@ -286,7 +327,8 @@ RETURNING *
 
 -- list_reviews --
 -- The review queue, oldest first; without a status, the undecided (pending or expired).
-SELECT r.*, v.checks FROM reviews r JOIN verifications v ON v.id = r.verification_id
+SELECT r.*, v.checks, COALESCE(r.claimed_until > now(), false) AS claim_live
+FROM reviews r JOIN verifications v ON v.id = r.verification_id
 WHERE r.tenant_id = %(tenant_id)s
   AND CASE WHEN %(status)s::text IS NULL THEN r.status IN ('pending', 'expired')
            ELSE r.status = %(status)s END
@@ -296,15 +338,57 @@ ORDER BY r.created_at, r.id
 LIMIT %(limit)s
 
 -- get_review_for_update --
-SELECT r.*, v.checks FROM reviews r JOIN verifications v ON v.id = r.verification_id
+SELECT r.*, v.checks, COALESCE(r.claimed_until > now(), false) AS claim_live
+FROM reviews r JOIN verifications v ON v.id = r.verification_id
 WHERE r.id = %(id)s AND r.tenant_id = %(tenant_id)s
 FOR UPDATE OF r
 
+-- get_review --
+-- One review with its checks; claim_live: someone holds it now.
+SELECT r.*, v.checks, COALESCE(r.claimed_until > now(), false) AS claim_live
+FROM reviews r JOIN verifications v ON v.id = r.verification_id
+WHERE r.id = %(id)s AND r.tenant_id = %(tenant_id)s
+
+-- get_review_photo --
+-- A photo the reviewer may see: the review's own evidence, or that of the same tenant's asset
+-- its photo resembles (the near-duplicate check's matchAssetId), to compare the two.
+SELECT e.* FROM reviews r
+JOIN verifications v ON v.id = r.verification_id
+JOIN evidence e ON e.tenant_id = r.tenant_id AND e.sha256 = %(sha256)s
+    AND (e.verification_id = r.verification_id
+         OR e.asset_id::text = v.checks -> 'photo_not_duplicate' ->> 'matchAssetId')
+WHERE r.id = %(id)s AND r.tenant_id = %(tenant_id)s
+LIMIT 1
+
+-- claim_review --
+-- Hold an undecided review that nobody else holds (or whose hold ran out), or renew one's own.
+WITH claimed AS (
+    UPDATE reviews SET claimed_key = %(key_id)s, claimed_by = %(claimed_by)s,
+                       claimed_until = now() + make_interval(secs => %(lease)s)
+    WHERE id = %(id)s AND tenant_id = %(tenant_id)s AND status IN ('pending', 'expired')
+      AND (claimed_key IS NULL OR claimed_key = %(key_id)s OR claimed_until <= now())
+    RETURNING *
+)
+SELECT c.*, v.checks, true AS claim_live
+FROM claimed c JOIN verifications v ON v.id = c.verification_id
+
+-- release_review --
+UPDATE reviews SET claimed_key = NULL, claimed_by = NULL, claimed_until = NULL
+WHERE id = %(id)s AND tenant_id = %(tenant_id)s AND claimed_key = %(key_id)s
+  AND status IN ('pending', 'expired')
+RETURNING id
+
 -- decide_review --
 UPDATE reviews SET status = %(status)s, decided_by = %(decided_by)s, note = %(note)s,
-                   decided_at = now()
+                   reason = %(reason)s, decided_at = now(),
+                   claimed_key = NULL, claimed_by = NULL, claimed_until = NULL
 WHERE id = %(id)s AND status IN ('pending', 'expired')
-RETURNING *
+RETURNING *, false AS claim_live
+
+-- settle_reviewed_verification --
+-- The reviewer's outcome becomes the verification's: verified or rejected.
+UPDATE verifications SET status = %(status)s, updated_at = now()
+WHERE id = %(id)s AND status = 'manual_review'
 
 -- expire_due_reviews --
 UPDATE reviews SET status = 'expired', expired_at = now()
@@ -508,6 +592,18 @@ RETURNING *
 -- get_webhook_endpoint --
 SELECT * FROM webhook_endpoints WHERE id = %(id)s AND tenant_id = %(tenant_id)s
 
+-- lock_webhook_endpoint --
+-- The endpoint, row-locked for the caller's transaction: a concurrent delete either waits
+-- for it or has already won (no row: "not found").
+SELECT * FROM webhook_endpoints WHERE id = %(id)s AND tenant_id = %(tenant_id)s FOR UPDATE
+
+-- plaintext_webhook_secrets --
+-- Secrets stored before sealing existed (migration 0011), to seal at start-up.
+SELECT id, secret FROM webhook_endpoints WHERE starts_with(secret, 'whsec_') FOR UPDATE
+
+-- seal_webhook_secret --
+UPDATE webhook_endpoints SET secret = %(sealed)s WHERE id = %(id)s AND secret = %(plain)s
+
 -- list_webhook_endpoints --
 SELECT * FROM webhook_endpoints
 WHERE tenant_id = %(tenant_id)s
@@ -615,3 +711,173 @@ WHERE (tenant_id, key) IN (
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
+
+-- The console (src/proveniq_core/console): its sessions and the reads behind its pages.
+
+-- console_session_create --
+INSERT INTO console_sessions (id_hash, key_id, csrf_token)
+VALUES (%(id_hash)s, %(key_id)s, %(csrf_token)s)
+
+-- console_session_touch --
+-- The session, if its key is still valid and it was used within the idle timeout; ``touch``
+-- marks it used now (a page or an action; a background refresh does not count). The row is
+-- rewritten at most every 15 s, not on every photo a page loads.
+WITH live AS (
+    SELECT s.id_hash, s.key_id, s.csrf_token, k.tenant_id, k.name, k.scopes
+    FROM console_sessions s JOIN api_keys k ON k.id = s.key_id
+    WHERE s.id_hash = %(id_hash)s AND k.revoked_at IS NULL
+      AND s.last_seen_at > now() - make_interval(secs => %(idle)s)
+), touched AS (
+    UPDATE console_sessions SET last_seen_at = now()
+    WHERE id_hash IN (SELECT id_hash FROM live) AND %(touch)s
+      AND last_seen_at < now() - interval '15 seconds'
+)
+SELECT key_id, csrf_token, tenant_id, name, scopes FROM live
+
+-- console_session_delete --
+DELETE FROM console_sessions WHERE id_hash = %(id_hash)s
+
+-- console_session_purge --
+DELETE FROM console_sessions WHERE last_seen_at <= now() - make_interval(secs => %(idle)s)
+
+-- console_review_backlog --
+-- The undecided reviews of a tenant: how many, the oldest, the next due, expired and held.
+SELECT count(*) AS waiting, min(created_at) AS oldest_at, min(due_at) AS next_due_at,
+       count(*) FILTER (WHERE status = 'expired') AS expired,
+       count(*) FILTER (WHERE claimed_until > now()) AS held
+FROM reviews
+WHERE tenant_id = %(tenant_id)s AND status IN ('pending', 'expired')
+
+-- console_reviews_decided_since --
+SELECT count(*) AS n FROM reviews
+WHERE tenant_id = %(tenant_id)s AND status IN ('approved', 'rejected')
+  AND decided_at >= %(since)s
+
+-- console_review_queue --
+-- The undecided reviews in deadline order, with what a reviewer scans for: the asset's
+-- name, category and locker, and who holds each.
+SELECT r.id, r.asset_id, r.status, r.reasons, r.due_at, r.created_at, r.claimed_by,
+       r.claimed_key, r.claimed_until, COALESCE(r.claimed_until > now(), false) AS claim_live,
+       a.name, a.category, a.locker_ref
+FROM reviews r JOIN assets a ON a.id = r.asset_id
+WHERE r.tenant_id = %(tenant_id)s AND r.status IN ('pending', 'expired')
+ORDER BY r.due_at, r.id
+LIMIT %(limit)s
+
+-- console_review_neighbours --
+-- Where a review stands in the deadline-ordered queue: its position, the total, and the
+-- next and previous undecided reviews nobody else holds.
+WITH me AS (SELECT due_at, id FROM reviews WHERE id = %(id)s AND tenant_id = %(tenant_id)s),
+open AS (
+    SELECT r.id, r.due_at, r.claimed_key, COALESCE(r.claimed_until > now(), false) AS live
+    FROM reviews r
+    WHERE r.tenant_id = %(tenant_id)s AND r.status IN ('pending', 'expired')
+)
+SELECT
+    (SELECT count(*) FROM open, me WHERE (open.due_at, open.id) <= (me.due_at, me.id))
+        AS position,
+    (SELECT count(*) FROM open) AS total,
+    (SELECT open.id FROM open, me
+     WHERE (open.due_at, open.id) > (me.due_at, me.id)
+       AND (NOT open.live OR open.claimed_key = %(key_id)s)
+     ORDER BY open.due_at, open.id LIMIT 1) AS next_id,
+    (SELECT open.id FROM open, me
+     WHERE (open.due_at, open.id) < (me.due_at, me.id)
+       AND (NOT open.live OR open.claimed_key = %(key_id)s)
+     ORDER BY open.due_at DESC, open.id DESC LIMIT 1) AS previous_id,
+    (SELECT open.id FROM open
+     WHERE open.id <> %(id)s AND (NOT open.live OR open.claimed_key = %(key_id)s)
+     ORDER BY open.due_at, open.id LIMIT 1) AS first_id
+
+-- console_review_of_asset --
+SELECT * FROM reviews WHERE asset_id = %(asset_id)s AND tenant_id = %(tenant_id)s
+
+-- console_verification_of_asset --
+SELECT * FROM verifications WHERE asset_id = %(asset_id)s AND tenant_id = %(tenant_id)s
+
+-- console_retry_counts --
+SELECT status, count(*) AS n FROM retry_queue
+WHERE tenant_id = %(tenant_id)s
+  AND (status IN ('pending', 'retrying', 'exhausted') OR updated_at > now() - interval '24 hours')
+GROUP BY status
+
+-- console_held_counts --
+SELECT status::text AS status, count(*) AS n FROM assets
+WHERE tenant_id = %(tenant_id)s AND status IN ('pending_link', 'link_failed')
+GROUP BY status
+
+-- console_alert_counts --
+SELECT severity, count(*) AS n FROM ops_alerts
+WHERE resolved_at IS NULL AND (tenant_id = %(tenant_id)s OR tenant_id IS NULL)
+GROUP BY severity
+
+-- console_attention_alerts --
+-- Open alerts, the most severe first, then the most recent.
+SELECT * FROM ops_alerts
+WHERE resolved_at IS NULL AND (tenant_id = %(tenant_id)s OR tenant_id IS NULL)
+ORDER BY CASE severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END, last_at DESC
+LIMIT %(limit)s
+
+-- console_search_assets --
+-- Assets newest first, by exact id, locker, name (contains) and status, in pages.
+SELECT a.*, v.id AS verification_id, v.status AS verification_status,
+       v.reasons AS verification_reasons, v.completed_at AS verification_completed_at
+FROM assets a LEFT JOIN verifications v ON v.asset_id = a.id
+WHERE a.tenant_id = %(tenant_id)s
+  AND (%(status)s::asset_status IS NULL OR a.status = %(status)s::asset_status)
+  AND (%(asset_id)s::uuid IS NULL OR a.id = %(asset_id)s::uuid)
+  AND (%(locker_ref)s::text IS NULL OR a.locker_ref = %(locker_ref)s)
+  AND (%(name)s::text IS NULL OR a.name ILIKE %(name)s)
+  AND (%(before_at)s::timestamptz IS NULL
+       OR (a.created_at, a.id) < (%(before_at)s, %(before_id)s::uuid))
+ORDER BY a.created_at DESC, a.id DESC
+LIMIT %(limit)s
+
+-- console_held_assets --
+-- Assets the failure path holds, the oldest first, with their latest retry-queue entry.
+SELECT a.*, q.id AS entry_id, q.status AS entry_status, q.retry_count, q.next_retry_at,
+       q.last_error
+FROM assets a
+LEFT JOIN LATERAL (
+    SELECT * FROM retry_queue q WHERE q.asset_id = a.id ORDER BY q.created_at DESC LIMIT 1
+) q ON true
+WHERE a.tenant_id = %(tenant_id)s AND a.status IN ('pending_link', 'link_failed')
+ORDER BY a.updated_at
+LIMIT %(limit)s
+
+-- console_entry_reasons --
+-- The latest discard reason of each retry-queue entry, from the audit trail.
+SELECT DISTINCT ON (entity_id) entity_id, actor, after ->> 'reason' AS reason, at
+FROM audit_log
+WHERE entity_type = 'retry_entry' AND entity_id = ANY(%(ids)s)
+  AND action = 'retry_entry.discarded'
+ORDER BY entity_id, id DESC
+
+-- console_asset_audit --
+-- The audit rows about an asset: its own, its review's and its retry-queue entries'.
+SELECT * FROM audit_log
+WHERE (entity_type = 'asset' AND entity_id = %(asset_id)s)
+   OR (entity_type = 'review' AND entity_id = ANY(%(review_ids)s))
+   OR (entity_type = 'retry_entry' AND entity_id = ANY(%(entry_ids)s))
+ORDER BY id
+
+-- console_audit_hashes --
+SELECT seq, hash FROM audit_log WHERE seq = ANY(%(seqs)s)
+
+-- console_asset_webhooks --
+-- The webhook events about an asset, each with its deliveries (none: nobody subscribed).
+SELECT e.id AS event_id, e.type, e.created_at AS event_at, d.id AS delivery_id,
+       d.endpoint_id, d.status, d.attempts, d.last_status_code, d.last_error,
+       d.next_attempt_at, d.finished_at, w.url
+FROM webhook_events e
+LEFT JOIN webhook_deliveries d ON d.event_id = e.id
+LEFT JOIN webhook_endpoints w ON w.id = d.endpoint_id
+WHERE e.tenant_id = %(tenant_id)s AND e.data ->> 'assetId' = %(asset_id)s AND e.data ? 'assetId'
+ORDER BY e.created_at, d.created_at
+LIMIT 200
+
+-- console_evidence_of_asset --
+-- The photos of an asset of the tenant: the near-duplicate comparison on a review page.
+SELECT e.*, a.name AS asset_name FROM evidence e JOIN assets a ON a.id = e.asset_id
+WHERE e.asset_id = %(asset_id)s AND e.tenant_id = %(tenant_id)s
+ORDER BY e.created_at, e.sha256

@@ -241,6 +241,25 @@ CREATE TABLE public.asset_transitions (
     to_status public.asset_status NOT NULL
 );
 
+CREATE TABLE public.audit_checkpoints (
+    id bigint NOT NULL,
+    seq bigint NOT NULL,
+    head_hash text NOT NULL,
+    key_id text NOT NULL,
+    signed_at timestamp with time zone NOT NULL,
+    signature text NOT NULL,
+    CONSTRAINT audit_checkpoints_seq_check CHECK ((seq > 0))
+);
+
+ALTER TABLE public.audit_checkpoints ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.audit_checkpoints_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
 CREATE TABLE public.audit_log (
     id bigint NOT NULL,
     at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
@@ -265,6 +284,14 @@ ALTER TABLE public.audit_log ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     NO MINVALUE
     NO MAXVALUE
     CACHE 1
+);
+
+CREATE TABLE public.console_sessions (
+    id_hash bytea NOT NULL,
+    key_id text NOT NULL,
+    csrf_token text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_seen_at timestamp with time zone DEFAULT now() NOT NULL
 );
 
 CREATE TABLE public.evidence (
@@ -333,6 +360,9 @@ CREATE TABLE public.ops_alerts (
     first_at timestamp with time zone DEFAULT now() NOT NULL,
     last_at timestamp with time zone DEFAULT now() NOT NULL,
     resolved_at timestamp with time zone,
+    acknowledged_at timestamp with time zone,
+    acknowledged_by text,
+    resolved_by text,
     CONSTRAINT ops_alerts_severity_check CHECK ((severity = ANY (ARRAY['info'::text, 'warning'::text, 'critical'::text])))
 );
 
@@ -369,9 +399,15 @@ CREATE TABLE public.reviews (
     note text,
     decided_at timestamp with time zone,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
+    claimed_key text,
+    claimed_by text,
+    claimed_until timestamp with time zone,
+    reason text,
     CONSTRAINT reviews_check CHECK (((status = ANY (ARRAY['approved'::text, 'rejected'::text])) = (decided_at IS NOT NULL))),
     CONSTRAINT reviews_check1 CHECK (((status <> 'expired'::text) OR (expired_at IS NOT NULL))),
+    CONSTRAINT reviews_claim CHECK (((claimed_key IS NULL) = (claimed_until IS NULL))),
     CONSTRAINT reviews_note_check CHECK ((char_length(note) <= 2000)),
+    CONSTRAINT reviews_reason_check CHECK ((char_length(reason) <= 64)),
     CONSTRAINT reviews_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'expired'::text, 'approved'::text, 'rejected'::text])))
 );
 
@@ -487,7 +523,6 @@ CREATE TABLE public.webhook_endpoints (
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     CONSTRAINT webhook_endpoints_check CHECK (((status = 'disabled'::text) = (disabled_at IS NOT NULL))),
     CONSTRAINT webhook_endpoints_events_check CHECK ((cardinality(events) > 0)),
-    CONSTRAINT webhook_endpoints_secret_check CHECK ((secret ~~ 'whsec\_%'::text)),
     CONSTRAINT webhook_endpoints_status_check CHECK ((status = ANY (ARRAY['active'::text, 'disabled'::text]))),
     CONSTRAINT webhook_endpoints_url_check CHECK (((url ~ '^https?://'::text) AND (char_length(url) <= 2083)))
 );
@@ -509,11 +544,17 @@ ALTER TABLE ONLY public.asset_transitions
 ALTER TABLE ONLY public.assets
     ADD CONSTRAINT assets_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY public.audit_checkpoints
+    ADD CONSTRAINT audit_checkpoints_pkey PRIMARY KEY (id);
+
 ALTER TABLE ONLY public.audit_log
     ADD CONSTRAINT audit_log_pkey PRIMARY KEY (id);
 
 ALTER TABLE ONLY public.audit_log
     ADD CONSTRAINT audit_log_seq_key UNIQUE (seq);
+
+ALTER TABLE ONLY public.console_sessions
+    ADD CONSTRAINT console_sessions_pkey PRIMARY KEY (id_hash);
 
 ALTER TABLE ONLY public.evidence
     ADD CONSTRAINT evidence_pkey PRIMARY KEY (id);
@@ -572,6 +613,9 @@ ALTER TABLE ONLY public.webhook_deliveries
 ALTER TABLE ONLY public.webhook_endpoints
     ADD CONSTRAINT webhook_endpoints_pkey PRIMARY KEY (id);
 
+ALTER TABLE public.webhook_endpoints
+    ADD CONSTRAINT webhook_endpoints_secret_sealed CHECK (starts_with(secret, 'fernet:'::text)) NOT VALID;
+
 ALTER TABLE ONLY public.webhook_events
     ADD CONSTRAINT webhook_events_pkey PRIMARY KEY (id);
 
@@ -583,6 +627,8 @@ CREATE INDEX audit_entity ON public.audit_log USING btree (entity_type, entity_i
 
 CREATE INDEX audit_unsealed ON public.audit_log USING btree (id) WHERE (seq IS NULL);
 
+CREATE INDEX console_sessions_seen ON public.console_sessions USING btree (last_seen_at);
+
 CREATE INDEX evidence_asset ON public.evidence USING btree (asset_id);
 
 CREATE INDEX evidence_sha ON public.evidence USING btree (sha256);
@@ -592,6 +638,8 @@ CREATE INDEX idempotency_keys_created ON public.idempotency_keys USING btree (cr
 CREATE INDEX lockers_tenant ON public.lockers USING btree (tenant_id, locker_ref);
 
 CREATE UNIQUE INDEX ops_alerts_open ON public.ops_alerts USING btree (dedup_key) WHERE (resolved_at IS NULL);
+
+CREATE INDEX ops_alerts_open_severity ON public.ops_alerts USING btree (severity) WHERE (resolved_at IS NULL);
 
 CREATE INDEX ops_alerts_recent ON public.ops_alerts USING btree (last_at DESC, id DESC);
 
@@ -604,6 +652,8 @@ CREATE UNIQUE INDEX retry_queue_open ON public.retry_queue USING btree (asset_id
 CREATE INDEX retry_queue_recent ON public.retry_queue USING btree (created_at DESC, id DESC);
 
 CREATE INDEX reviews_due ON public.reviews USING btree (due_at) WHERE (status = 'pending'::text);
+
+CREATE INDEX reviews_open ON public.reviews USING btree (tenant_id, due_at) WHERE (status = ANY (ARRAY['pending'::text, 'expired'::text]));
 
 CREATE INDEX reviews_queue ON public.reviews USING btree (tenant_id, created_at, id);
 
@@ -621,6 +671,8 @@ CREATE INDEX webhook_deliveries_leased ON public.webhook_deliveries USING btree 
 
 CREATE INDEX webhook_endpoints_tenant ON public.webhook_endpoints USING btree (tenant_id, created_at DESC, id DESC);
 
+CREATE INDEX webhook_events_asset ON public.webhook_events USING btree (tenant_id, ((data ->> 'assetId'::text))) WHERE (data ? 'assetId'::text);
+
 CREATE TRIGGER assets_guard_transition BEFORE UPDATE ON public.assets FOR EACH ROW EXECUTE FUNCTION public.assets_guard_transition();
 
 CREATE TRIGGER audit_append_only BEFORE DELETE OR UPDATE ON public.audit_log FOR EACH ROW EXECUTE FUNCTION public.audit_append_only();
@@ -637,6 +689,9 @@ ALTER TABLE ONLY public.assets
 
 ALTER TABLE ONLY public.assets
     ADD CONSTRAINT assets_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES public.tenants(id);
+
+ALTER TABLE ONLY public.console_sessions
+    ADD CONSTRAINT console_sessions_key_id_fkey FOREIGN KEY (key_id) REFERENCES public.api_keys(id);
 
 ALTER TABLE ONLY public.evidence
     ADD CONSTRAINT evidence_asset_id_fkey FOREIGN KEY (asset_id) REFERENCES public.assets(id);

@@ -6,6 +6,10 @@ second decision is a conflict. A review still undecided when due becomes ``expir
 raises an ops alert (the escalation); it can still be decided, which resolves the alert.
 The due time lives in PostgreSQL, so expiry survives restarts: any worker claims due
 reviews with ``FOR UPDATE SKIP LOCKED``.
+
+A reviewer claims a review while working it (``claim``: ``CLAIM_SECONDS``, renewed by
+claiming again): meanwhile no other key may claim or decide it. A decision ends the claim;
+so does ``release`` or the lease running out.
 """
 
 from __future__ import annotations
@@ -18,14 +22,14 @@ import structlog
 
 from proveniq_core import db
 from proveniq_core.errors import ConflictError, CoreError, NotFoundError
-from proveniq_core.ledger import assets, audit
-from proveniq_core.ops import alerts
-from proveniq_core.webhooks import outbox
+from proveniq_core.ledger import alerts, assets, audit, outbox
 
 log = structlog.get_logger(__name__)
 
 ACTOR = "system:verify"
 EXPIRED_ALERT = "E_REVIEW_EXPIRED"
+
+CLAIM_SECONDS = 15 * 60
 
 Decision = Literal["approve", "reject"]
 ReviewStatus = Literal["pending", "expired", "approved", "rejected"]
@@ -84,6 +88,81 @@ async def open_review(
     return row
 
 
+def check_id(review_id: str) -> None:
+    """A review id that is not a UUID names no review: 404 (not a database error)."""
+    try:
+        uuid.UUID(review_id)
+    except ValueError:
+        raise NotFoundError(f"review {review_id} not found") from None
+
+
+def _decided(review: db.Row) -> ConflictError:
+    return ConflictError(
+        f"review {review['id']} was already decided: {review['status']}",
+        details={"status": review["status"], "decidedAt": review["decided_at"].isoformat()},
+    )
+
+
+def _held(review: db.Row) -> ConflictError:
+    return ConflictError(
+        f"review {review['id']} is held by {review['claimed_by']} until "
+        f"{review['claimed_until'].isoformat()}",
+        details={
+            "heldBy": review["claimed_by"],
+            "claimedUntil": review["claimed_until"].isoformat(),
+        },
+    )
+
+
+async def _explain_refused_claim(conn: db.Conn, tenant_id: str, review_id: str) -> CoreError:
+    """Why a claim changed nothing: 404, already decided, or held by another key."""
+    review = await db.fetch_one(conn, "get_review", {"id": review_id, "tenant_id": tenant_id})
+    if review is None:
+        return NotFoundError(f"review {review_id} not found")
+    if review["status"] not in ("pending", "expired"):
+        return _decided(review)
+    return _held(review)
+
+
+async def claim(
+    pool: db.Pool, *, tenant_id: str, review_id: str, key_id: str, actor: str
+) -> db.Row:
+    """Hold the review for ``CLAIM_SECONDS`` (or renew the caller's hold); ``ConflictError``
+    if it is decided or another key holds it."""
+    check_id(review_id)
+    async with db.transaction(pool) as conn:
+        row = await db.fetch_one(
+            conn,
+            "claim_review",
+            {
+                "id": review_id,
+                "tenant_id": tenant_id,
+                "key_id": key_id,
+                "claimed_by": actor,
+                "lease": CLAIM_SECONDS,
+            },
+        )
+        if row is None:
+            raise await _explain_refused_claim(conn, tenant_id, review_id)
+    log.info("review_claimed", review_id=review_id, actor=actor)
+    return row
+
+
+async def release(pool: db.Pool, *, tenant_id: str, review_id: str, key_id: str) -> None:
+    """Give up the caller's hold. Nothing to give up (not held, expired, decided) is fine;
+    a live hold of another key is a ``ConflictError``."""
+    check_id(review_id)
+    params = {"id": review_id, "tenant_id": tenant_id, "key_id": key_id}
+    async with db.transaction(pool) as conn:
+        if await db.fetch_one(conn, "release_review", params) is not None:
+            return
+        review = await db.fetch_one(conn, "get_review", {"id": review_id, "tenant_id": tenant_id})
+    if review is None:
+        raise NotFoundError(f"review {review_id} not found")
+    if review["claim_live"] and review["claimed_key"] != key_id:
+        raise _held(review)
+
+
 async def decide(
     pool: db.Pool,
     *,
@@ -93,12 +172,12 @@ async def decide(
     note: str | None,
     actor: str,
     request_id: str | None = None,
+    reason: str | None = None,
+    key_id: str | None = None,
 ) -> db.Row:
-    """Record a reviewer's decision and move the asset; ``ConflictError`` if already decided."""
-    try:
-        uuid.UUID(review_id)
-    except ValueError:
-        raise NotFoundError(f"review {review_id} not found") from None
+    """Record a reviewer's decision and move the asset and its verification to the outcome;
+    ``ConflictError`` if already decided or held by a key other than ``key_id``."""
+    check_id(review_id)
     status, outcome = _OUTCOMES[decision]
     async with db.transaction(pool) as conn:
         review = await db.fetch_one(
@@ -107,24 +186,36 @@ async def decide(
         if review is None:
             raise NotFoundError(f"review {review_id} not found")
         if review["status"] not in ("pending", "expired"):
-            raise ConflictError(
-                f"review {review_id} was already decided: {review['status']}",
-                details={"status": review["status"], "decidedAt": review["decided_at"].isoformat()},
-            )
+            raise _decided(review)
+        if review["claim_live"] and review["claimed_key"] != key_id:
+            raise _held(review)
         row = await db.fetch_one(
             conn,
             "decide_review",
-            {"id": review_id, "status": status, "decided_by": actor, "note": note},
+            {
+                "id": review_id,
+                "status": status,
+                "decided_by": actor,
+                "note": note,
+                "reason": reason,
+            },
         )
         assert row is not None
         asset_id = str(review["asset_id"])
+        await db.execute(
+            conn,
+            "settle_reviewed_verification",
+            {"id": review["verification_id"], "status": outcome},
+        )
         await assets.transition(
             conn,
             asset_id,
             outcome,
             actor=actor,
             request_id=request_id,
-            reason=f"review {status}" + (f": {note}" if note else ""),
+            reason=f"review {status}"
+            + (f" ({reason})" if reason else "")
+            + (f": {note}" if note else ""),
         )
         await audit.record(
             conn,
@@ -134,7 +225,13 @@ async def decide(
             entity_id=review_id,
             tenant_id=tenant_id,
             before={"status": review["status"]},
-            after={"status": status, "note": note, "assetId": asset_id, "assetStatus": outcome},
+            after={
+                "status": status,
+                "reason": reason,
+                "note": note,
+                "assetId": asset_id,
+                "assetStatus": outcome,
+            },
             request_id=request_id,
         )
         await outbox.emit(

@@ -18,10 +18,10 @@ import structlog
 from proveniq_core import db
 from proveniq_core.config import Settings
 from proveniq_core.errors import CoreError, LockerError
-from proveniq_core.ledger import assets, audit
+from proveniq_core.ledger import alerts, assets, audit, outbox
 from proveniq_core.locker.gateway import LockerGateway
 from proveniq_core.observability import metrics
-from proveniq_core.ops import alerts
+from proveniq_core.resilience.backoff import Backoff
 from proveniq_core.verify import reviews
 from proveniq_core.verify.analysis import (
     Analysis,
@@ -36,7 +36,6 @@ from proveniq_core.verify.analysis import (
     parse_evidence,
 )
 from proveniq_core.verify.evidence import EvidenceStore
-from proveniq_core.webhooks import outbox
 
 log = structlog.get_logger(__name__)
 _COMMANDS = uuid.UUID("0b7e4f0c-5a53-4a3c-8f0e-7c2d9b1e6a44")
@@ -63,7 +62,7 @@ def limits(settings: Settings) -> Limits:
 
 def retry_delay(settings: Settings, attempt: int) -> float:
     """Seconds before the attempt after ``attempt`` (1-based): base, then doubling."""
-    return float(settings.verify_retry_base * 2 ** (attempt - 1))
+    return Backoff(settings.verify_retry_base).delay(attempt - 1)
 
 
 async def _completed(conn: db.Conn, job: db.Row, outcome: str, reasons: list[str]) -> None:

@@ -1,9 +1,5 @@
-"""Webhooks (DESIGN.md §6): the transactional outbox, Standard Webhooks signing, delivery.
+"""Webhooks (DESIGN.md §6): delivery of the ledger's outbox, Standard Webhooks signing, endpoints.
 
-Only the outbox is re-exported: the ledger imports it, and the delivery worker imports the
-ledger.
+The events themselves are written by ``ledger.outbox`` in the transaction of the change they
+report; this package only reads them out and sends them.
 """
-
-from proveniq_core.webhooks.outbox import EVENTS, emit
-
-__all__ = ["EVENTS", "emit"]

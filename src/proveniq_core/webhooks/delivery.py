@@ -13,6 +13,11 @@ so the schedule always spans more than 24 h). A 429 or 503 answer with ``Retry-A
 Outcomes: a 2xx answer delivers; 410 Gone fails the delivery and disables the endpoint; any
 other answer, a timeout or a connection error retries; a failure of the last attempt fails
 the delivery, disables the endpoint and raises an ops alert (and so ``ops.alert``).
+
+Each attempt first resolves the URL's host and checks every address (``destinations``): a
+refused destination is a failed attempt that connects nowhere, and otherwise the POST goes
+to the checked address. The log keeps what the tenant may see of an attempt: the status
+code, the timing and the class of error, never what the receiver answered.
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ import structlog
 
 from proveniq_core import db
 from proveniq_core.observability import metrics
-from proveniq_core.webhooks import endpoints, outbox, signing
+from proveniq_core.resilience.backoff import stretch
+from proveniq_core.webhooks import destinations, endpoints, signing
+from proveniq_core.webhooks.crypto import SecretBox, SecretKeyError
 
 log = structlog.get_logger(__name__)
 
@@ -40,8 +47,8 @@ SCHEDULE: Final = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 MAX_ATTEMPTS: Final = len(SCHEDULE) + 1
 JITTER: Final = 0.2
 MAX_RETRY_AFTER: Final = 86400.0
-EXCERPT: Final = 200  # characters of a failed answer's body kept in the log
 USER_AGENT: Final = "proveniq-core-webhooks/1"
+_SEND_ERRORS: Final = (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, OSError, ValueError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +88,7 @@ def decide(attempt: int, result: Attempt, rand: Callable[[], float] = random.ran
             disable=f"{attempt} attempts failed over more than 24 h (last: {result.error})",
             exhausted=True,
         )
-    delay = SCHEDULE[attempt - 1] * (1 + JITTER * rand())
+    delay = stretch(SCHEDULE[attempt - 1], JITTER, rand)
     if result.status_code in (429, 503) and result.retry_after is not None:
         delay = max(delay, min(result.retry_after, MAX_RETRY_AFTER))
     return Outcome("pending", delay)
@@ -96,13 +103,26 @@ class DeliveryWorker:
         concurrency: int = 16,
         poll: float = 1.0,
         rand: Callable[[], float] = random.random,
+        secrets: SecretBox,
+        allow_private: bool = False,
+        resolver: destinations.Resolver | None = None,
     ) -> None:
         self.pool = pool
         self.timeout = timeout
         self.poll = poll
         self.rand = rand
+        self.secrets = secrets
+        self.allow_private = allow_private
+        self.resolver = resolver
+        # No proxies from the environment (they would resolve the name themselves), and no
+        # kept-alive connections: the pool is keyed by address, so a connection verified for
+        # one host name must not carry a request for another name on the same address.
         self.http = httpx.AsyncClient(
-            timeout=timeout, follow_redirects=False, headers={"user-agent": USER_AGENT}
+            timeout=timeout,
+            follow_redirects=False,
+            trust_env=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+            headers={"user-agent": USER_AGENT},
         )
         self.concurrency = concurrency
 
@@ -126,10 +146,10 @@ class DeliveryWorker:
 
     async def _deliver(self, job: db.Row) -> None:
         body = json.dumps(
-            outbox.payload(job["type"], job["event_at"], job["data"]), separators=(",", ":")
+            signing.payload(job["type"], job["event_at"], job["data"]), separators=(",", ":")
         )
         result = await self._post(
-            job["url"], job["secret"], outbox.message_id(job["event_id"]), body
+            job["url"], job["secret"], signing.message_id(job["event_id"]), body
         )
         outcome = decide(job["attempts"], result, self.rand)
         async with db.transaction(self.pool) as conn:
@@ -169,24 +189,46 @@ class DeliveryWorker:
             next_in=outcome.delay,
         )
 
-    async def _post(self, url: str, secret: str, msg_id: str, body: str) -> Attempt:
+    async def _post(self, url: str, stored_secret: str, msg_id: str, body: str) -> Attempt:
         at = datetime.now(UTC)
-        headers = {"content-type": "application/json", **signing.headers(secret, msg_id, at, body)}
         start = time.perf_counter()
         try:
-            async with self.http.stream("POST", url, content=body.encode(), headers=headers) as r:
-                excerpt = ""
-                if not r.is_success:
-                    async for text in r.aiter_text():
-                        excerpt += text
-                        if len(excerpt) >= EXCERPT:
-                            break
-        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, OSError, ValueError) as exc:
-            failure = f"{type(exc).__name__}: {exc}".rstrip(": ")
-            return Attempt(at, _ms_since(start), None, failure)
-        error = None if r.is_success else f"HTTP {r.status_code}: {excerpt[:EXCERPT]}".rstrip(": ")
-        wait = signing.retry_after(r.headers.get("retry-after"), datetime.now(UTC))
-        return Attempt(at, _ms_since(start), r.status_code, error, wait)
+            secret = self.secrets.open(stored_secret)
+            dest = await destinations.check(
+                url, allow_private=self.allow_private, resolver=self.resolver, timeout=self.timeout
+            )
+        except (destinations.DestinationRefused, destinations.UnresolvedName) as exc:
+            return Attempt(at, _ms_since(start), None, f"{type(exc).__name__}: {exc}")
+        except SecretKeyError as exc:
+            log.error("webhook_secret_unreadable", error=str(exc))
+            return Attempt(at, _ms_since(start), None, f"{type(exc).__name__}: {exc}")
+        headers = {
+            "content-type": "application/json",
+            "host": dest.host_header(),
+            **signing.headers(secret, msg_id, at, body),
+        }
+        extensions = {"sni_hostname": dest.sni} if dest.sni else {}
+        failure = "no address"
+        for address in dest.addresses:
+            try:
+                # The answer's body is never read: it is not the tenant's to see through us.
+                async with self.http.stream(
+                    "POST",
+                    dest.request_url(address),
+                    content=body.encode(),
+                    headers=headers,
+                    extensions=extensions,
+                ) as r:
+                    status, retry_after = r.status_code, r.headers.get("retry-after")
+            except httpx.ConnectError as exc:
+                failure = type(exc).__name__
+                continue  # the next address the name resolved to (every one was checked)
+            except _SEND_ERRORS as exc:
+                return Attempt(at, _ms_since(start), None, type(exc).__name__)
+            error = None if 200 <= status < 300 else f"HTTP {status}"
+            wait = signing.retry_after(retry_after, datetime.now(UTC))
+            return Attempt(at, _ms_since(start), status, error, wait)
+        return Attempt(at, _ms_since(start), None, failure)
 
     async def run(self, waker: db.Waker) -> None:
         """Deliver due work until cancelled, up to ``concurrency`` at once."""

@@ -1,4 +1,12 @@
-"""Standard Webhooks v1 signatures, endpoint secrets, and ``Retry-After``.
+"""Standard Webhooks v1 on the wire: the message, its signature, endpoint secrets, ``Retry-After``.
+
+What a receiver gets for an event of the outbox (``ledger.outbox``)::
+
+    {"type": "asset.linked", "timestamp": "2025-01-01T12:00:00.123456Z",
+     "data": {"assetId": "…", "status": "linked", …}}
+
+``timestamp`` is when the transaction that wrote the event began; the ``webhook-id``
+header is the event id, the same for every attempt and every endpoint.
 
 A secret is ``whsec_`` + base64 of 32 random bytes; the HMAC key is the decoded bytes. The
 signature of a message is ``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`` with the
@@ -13,8 +21,9 @@ import email.utils
 import hashlib
 import hmac
 import secrets
+import uuid
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
 PREFIX: Final = "whsec_"
 MIN_KEY_BYTES: Final = 24
@@ -37,6 +46,17 @@ def secret_key(secret: str) -> bytes:
     if not MIN_KEY_BYTES <= len(key) <= MAX_KEY_BYTES:
         raise ValueError(f"must encode {MIN_KEY_BYTES} to {MAX_KEY_BYTES} bytes")
     return key
+
+
+def message_id(event_id: uuid.UUID) -> str:
+    """The ``webhook-id`` of an event: the same on every attempt, endpoint and redelivery."""
+    return f"msg_{event_id.hex}"
+
+
+def payload(event_type: str, at: datetime, data: dict[str, Any]) -> dict[str, Any]:
+    """The JSON body a receiver gets for an event written at ``at``."""
+    timestamp = at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return {"type": event_type, "timestamp": timestamp, "data": data}
 
 
 def signature(secret: str, msg_id: str, timestamp: int, body: str) -> str:

@@ -3,21 +3,13 @@
 ``emit`` inserts the event and one delivery per active endpoint of the tenant subscribed to
 its type, in the caller's transaction: an event exists exactly when its change committed
 (none for a rolled-back change, none lost), and the delivery workers are woken at commit.
-With no subscribed endpoint it writes nothing.
-
-What a receiver gets (the Standard Webhooks payload shape)::
-
-    {"type": "asset.linked", "timestamp": "2025-01-01T12:00:00.123456+00:00",
-     "data": {"assetId": "…", "status": "linked", …}}
-
-``timestamp`` is when the transaction that wrote the event began; the ``webhook-id``
-header is the event id, the same for every attempt and every endpoint.
+With no subscribed endpoint it writes nothing. The message a receiver gets is drawn up by
+``webhooks.signing``.
 """
 
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Any, Final, Literal, get_args
 
 from proveniq_core import db
@@ -31,6 +23,7 @@ EventType = Literal[
     "verification.completed",
     "review.required",
     "ops.alert",
+    "audit.checkpoint",
 ]
 EVENTS: Final[tuple[str, ...]] = get_args(EventType)
 """Every event type an endpoint may subscribe to."""
@@ -62,14 +55,3 @@ async def emit(conn: db.Conn, tenant_id: str, event_type: str, data: dict[str, A
             "data": db.jsonb(data),
         },
     )
-
-
-def message_id(event_id: uuid.UUID) -> str:
-    """The ``webhook-id`` of an event: the same on every attempt, endpoint and redelivery."""
-    return f"msg_{event_id.hex}"
-
-
-def payload(event_type: str, at: datetime, data: dict[str, Any]) -> dict[str, Any]:
-    """The JSON body a receiver gets for an event written at ``at``."""
-    timestamp = at.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    return {"type": event_type, "timestamp": timestamp, "data": data}

@@ -1,0 +1,55 @@
+"""Liveness and readiness: served by every process, workers included."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from proveniq_core import db
+from proveniq_core.api.deps import CoreDep
+from proveniq_core.api.models import Readiness
+from proveniq_core.errors import CoreError
+from proveniq_core.resilience.circuits import LEDGER_CIRCUIT
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "database down or migrations pending"}},
+)
+async def readyz(core: CoreDep) -> JSONResponse:
+    """Ready when the database answers and migrations are current; the broker may be degraded.
+
+    200 ``ready``: everything up; 200 ``degraded``: serving, but the broker is down or a
+    circuit is not closed (lockers answer later: links are deferred); 503 ``unready``: the
+    database is unreachable (or its circuit open) or migrations are pending.
+    """
+    checks: dict[str, str] = {}
+    try:
+        async with db.connection(core.pool) as conn:
+            await conn.execute("SELECT 1")
+            pending = await db.pending_migrations(conn)
+        checks["database"] = "ok"
+        checks["migrations"] = "ok" if not pending else f"pending: {pending}"
+    except CoreError:
+        checks["database"] = "down"
+        checks["migrations"] = "unknown"
+    checks["broker"] = "ok" if core.gateway.connected else "degraded"
+    circuits = {s["name"]: s["state"] for s in core.breakers.snapshots()}
+    checks["ledgerCircuit"] = circuits.get(LEDGER_CIRCUIT, "closed")
+    not_closed = sorted(name for name, state in circuits.items() if state != "closed")
+    ready = checks["database"] == "ok" and checks["migrations"] == "ok"
+    healthy = checks["broker"] == "ok" and not not_closed
+    status = "ready" if ready and healthy else ("degraded" if ready else "unready")
+    return JSONResponse(
+        {"status": status, "checks": checks, "openCircuits": not_closed},
+        status_code=200 if ready else 503,
+    )

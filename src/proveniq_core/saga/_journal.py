@@ -1,0 +1,206 @@
+"""How a saga's progress is written: its row, its fenced checkpoints, its log read back.
+
+Every write about a claimed saga goes through one statement, ``saga_checkpoint()`` (see
+the migrations), fenced on the epoch of the claim: when another process has claimed the
+saga since, it fails with SQLSTATE ``PVL01`` and the writer gets ``LeaseLostError``. A saga
+started in this process is inserted with its first commit. Times written (a lease, a timer)
+are on the engine's clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from proveniq_core import db
+from proveniq_core.saga.clock import Clock
+from proveniq_core.saga.model import (
+    HOLD,
+    Attempt,
+    AttemptStatus,
+    LeaseLostError,
+    Phase,
+    SagaDefinition,
+    SagaStatus,
+    StepError,
+)
+from proveniq_core.saga.planner import Run, SagaState, Undo
+
+LEASE_LOST = "PVL01"  # SQLSTATE raised by saga_checkpoint() on a stale epoch
+_CHECKPOINT_ARGS = (
+    "saga", "epoch", "begin", "end", "next", "data", "status", "error", "undo",
+    "defer", "rounds",
+)  # fmt: skip
+
+
+def phase_of(action: Run | Undo) -> Phase:
+    return Phase.EXECUTE if isinstance(action, Run) else Phase.COMPENSATE
+
+
+@dataclass(slots=True)
+class SagaRun:
+    """One saga as this process drives it, under the epoch of its claim."""
+
+    saga_id: str
+    epoch: int
+    definition: SagaDefinition
+    data: dict[str, Any]
+    state: SagaState
+    tenant_id: str | None = None
+    rounds: int = 0
+    create: dict[str, Any] | None = None  # insert the saga row with the first commit
+
+    def record(
+        self,
+        action: Run | Undo,
+        number: int,
+        status: AttemptStatus,
+        error: StepError | None = None,
+    ) -> None:
+        """Append an attempt to the log this process keeps, once its checkpoint committed."""
+        attempt = Attempt(action.index, phase_of(action), number, status, error)
+        self.state = self.state.record(attempt)
+
+
+def attempt_row(index: int, phase: Phase, attempt: int, name: str) -> dict[str, Any]:
+    """A step log row as ``saga_checkpoint()`` begins it."""
+    return {"i": index, "phase": phase.value, "attempt": attempt, "name": name}
+
+
+def end_row(
+    row: dict[str, Any], status: AttemptStatus, output: Any = None, error: Any = None
+) -> dict[str, Any]:
+    """A step log row as ``saga_checkpoint()`` ends it."""
+    return {**row, "status": status.value, "output": output, "error": error}
+
+
+@contextlib.contextmanager
+def fenced(run: SagaRun) -> Iterator[None]:
+    """A refused fence (SQLSTATE PVL01) as ``LeaseLostError``, wherever it surfaces: at the
+    checkpoint, or at the commit of a pipelined transaction."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        if exc.sqlstate == LEASE_LOST:
+            raise LeaseLostError(f"saga {run.saga_id}: lease lost (epoch {run.epoch})") from None
+        raise
+
+
+class Journal:
+    """Writes sagas' progress to ``pool``; a claim holds for ``lease`` seconds of ``clock``."""
+
+    def __init__(self, pool: db.Pool, clock: Clock, lease: float) -> None:
+        self.pool = pool
+        self.clock = clock
+        self.lease = lease
+
+    def saga_row(
+        self,
+        saga_id: str,
+        definition: SagaDefinition,
+        input: dict[str, Any],
+        tenant_id: str | None,
+        *,
+        owner: str | None,
+        delay: float = 0.0,
+    ) -> dict[str, Any]:
+        """``insert_saga``'s parameters: run by ``owner``, or due in ``delay`` seconds."""
+        offset = self.clock.offset()
+        return {
+            "id": saga_id,
+            "name": definition.name,
+            "tenant_id": tenant_id,
+            "input": db.jsonb(input),
+            "owner": owner,
+            "lease": self.lease + offset,
+            "delay": delay + offset,
+            "first_step": None,
+        }
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, run: SagaRun, *, pipeline: bool = False) -> AsyncIterator[db.Conn]:
+        """A transaction; if it rolls back, the saga row still has to be created.
+
+        ``pipeline``: see ``db.transaction``; a stale fence then fails at the commit."""
+        pending = run.create
+        try:
+            with fenced(run):
+                async with db.transaction(self.pool, pipeline=pipeline) as conn:
+                    yield conn
+        except BaseException:
+            run.create = pending
+            raise
+
+    @contextlib.asynccontextmanager
+    async def scope(self, run: SagaRun) -> AsyncIterator[db.Conn]:
+        """A connection for one checkpoint: autocommit, or a transaction when the saga row
+        still has to be created with it."""
+        if run.create is None:
+            async with db.connection(self.pool) as conn:
+                yield conn
+        else:
+            async with self.transaction(run) as conn:
+                yield conn
+
+    @staticmethod
+    async def create(conn: db.Conn, run: SagaRun) -> None:
+        """Insert the saga row, if its first commit has not done so yet."""
+        if run.create is not None:
+            create, run.create = run.create, None
+            await db.execute(conn, "insert_saga", create)
+
+    def params(self, saga_id: str, epoch: int, **args: Any) -> dict[str, Any]:
+        """``saga_checkpoint()``'s arguments; a finite ``defer`` is on the clock."""
+        defer = args.get("defer")
+        if defer is not None and defer != HOLD:
+            args["defer"] = defer + self.clock.offset()
+        return dict.fromkeys(_CHECKPOINT_ARGS) | args | {"saga": saga_id, "epoch": epoch}
+
+    async def checkpoint(
+        self,
+        conn: db.Conn,
+        run: SagaRun,
+        *,
+        begin: dict[str, Any] | None = None,
+        end: dict[str, Any] | None = None,
+        next: dict[str, Any] | None = None,
+        data: dict[str, Any] | None = None,
+        status: SagaStatus | None = None,
+        error: dict[str, Any] | None = None,
+        undo: list[int] | None = None,
+        defer: float | None = None,
+        rounds: int | None = None,
+    ) -> None:
+        """One fenced checkpoint statement, on ``conn``."""
+        await self.create(conn, run)
+        params = self.params(
+            run.saga_id,
+            run.epoch,
+            begin=db.jsonb(begin) if begin else None,
+            end=db.jsonb(end) if end else None,
+            next=db.jsonb(next) if next else None,
+            data=db.jsonb(data) if data else None,
+            status=None if status is None else status.value,
+            error=db.jsonb(error) if error else None,
+            undo=undo,
+            defer=defer,
+            rounds=rounds,
+        )
+        with fenced(run):
+            await db.execute(conn, "saga_checkpoint", params)
+
+    async def commit(self, run: SagaRun, **args: Any) -> None:
+        """One checkpoint, committed on its own."""
+        async with self.scope(run) as conn:
+            await self.checkpoint(conn, run, **args)
+
+    async def load_log(self, run: SagaRun) -> None:
+        """Read the saga's step log into ``run``'s state."""
+        async with db.connection(self.pool) as conn:
+            rows = await db.fetch_all(conn, "get_saga_steps", {"saga_id": run.saga_id})
+        log = tuple(Attempt.from_row(row) for row in rows)
+        run.state = SagaState(run.state.status, log, run.state.undo)
