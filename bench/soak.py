@@ -277,6 +277,8 @@ def verify_signature(secret: str, msg_id: str, timestamp: str, body: bytes, sig:
 
 @dataclass
 class Received:
+    """One delivery the receiver answered 200 to."""
+
     t: float
     msg_id: str
     type: str
@@ -506,6 +508,8 @@ def plant(h: History) -> tuple[History, set[str]]:
 
 @dataclass
 class Answer:
+    """One answer to ``POST /api/assets``."""
+
     i: int
     at: float  # scheduled send time, s since the load began
     status: str  # HTTP status, or the exception's name
@@ -520,6 +524,8 @@ class Answer:
 
 @dataclass
 class ChaosEvent:
+    """One chaos event, and how long the system took to come back from it."""
+
     t: float
     kind: str
     target: str
@@ -531,12 +537,16 @@ class ChaosEvent:
 
 @dataclass
 class Violation:
+    """One broken promise: its kind and what shows it."""
+
     kind: str
     detail: str
 
 
 @dataclass
 class Soak:
+    """The run: its processes, the history it keeps and what the checker finds."""
+
     args: argparse.Namespace
     workdir: Path
     rng: random.Random
@@ -562,7 +572,6 @@ class Soak:
     drain_s: float = 0.0
     drained: bool = False
     final: dict[str, Any] = field(default_factory=dict)
-    minutes_log: list[str] = field(default_factory=list)
 
     def clock(self) -> str:
         return f"[t={now() - self.t0:6.0f}s]"
@@ -782,7 +791,6 @@ class Soak:
                 f" webhooks {len(self.receiver.delivered)} ({self.receiver.refused} refused);"
                 f" load {os.getloadavg()[0]:.1f}, CPU {psutil.cpu_percent() * cores:.0f} %"
             )
-            self.minutes_log.append(line)
             self.log(line)
 
     # -- chaos --------------------------------------------------------------------------------
