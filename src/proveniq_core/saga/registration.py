@@ -111,9 +111,11 @@ class InFlight:
     that outlived its request wakes its parked saga when it succeeds.
     """
 
-    def __init__(self, wake: Callable[[str], Awaitable[bool]], *, patience: float = 60.0) -> None:
+    def __init__(self, wake: Callable[[str], Awaitable[bool]], *, patience: float = 15.0) -> None:
         """``wake(saga_id)`` makes a parked saga due, False when it is not parked; a late
-        answer keeps trying it for ``patience`` seconds."""
+        answer keeps trying it for ``patience`` seconds (about a saga lease: a park that
+        takes longer than that lost its lease, and the saga's next owner sends the command
+        again and gets the device's first answer)."""
         self._wake = wake
         self._patience = patience
         self._tasks: dict[str, asyncio.Task[dict[str, Any]]] = {}
