@@ -123,6 +123,22 @@ async def test_repeated_command_id_is_answered_once(mqtt_url: str, gateway: Lock
     assert device.commands == {"link": 1, "collect_evidence": 1}
 
 
+async def test_snapshot_names_assets_linked_more_than_once(
+    mqtt_url: str, gateway: LockerGateway
+) -> None:
+    """A resent commandId links once; two commands linking one asset show in ``relinked``."""
+    specs = unique_specs()
+    ref = specs[0].ref
+    async with running(mqtt_url, specs, gateway=gateway) as fleet:
+        once = new_id()
+        for _ in range(2):
+            await gateway.send(ref, "link", command_id=once, asset_id="a-1", timeout=5)
+        assert fleet.snapshot()[ref]["relinked"] == {}
+        await gateway.send(ref, "link", command_id=new_id(), asset_id="a-2", timeout=5)
+        await gateway.send(ref, "link", command_id=new_id(), asset_id="a-2", timeout=5)
+        assert fleet.snapshot()[ref]["relinked"] == {"a-2": 2}
+
+
 async def test_collect_evidence_returns_a_real_photo(mqtt_url: str, gateway: LockerGateway) -> None:
     """Evidence holds a decodable JPEG matching its sha256, per-asset, and GPS near the site."""
     specs = unique_specs()

@@ -166,6 +166,7 @@ class LockerDevice:
         self.commands: Counter[str] = Counter()  # handled command types, duplicates excluded
         self.received: Counter[str] = Counter()  # every command received, duplicates included
         self.faults: Counter[str] = Counter()  # injected faults that hit a command, by kind
+        self.linked: Counter[str] = Counter()  # links carried out, by assetId
         self.client: aiomqtt.Client | None = None  # set while connected
         self.offline_until: float | None = None  # loop time; set while switched off
         self._switch_off: asyncio.Future[None] | None = None  # armed while taking commands
@@ -259,13 +260,18 @@ class LockerFleet:
         return self._devices[ref]
 
     def snapshot(self) -> dict[str, Any]:
-        """Every device's links, command counts and injected faults, as JSON-ready data."""
+        """Every device's links, command counts and injected faults, as JSON-ready data.
+
+        ``relinked``: the assets a device carried out a link for more than once, with how
+        many times (a resent commandId is answered from memory and does not count).
+        """
         return {
             d.ref: {
                 "links": dict(d.links),
                 "commands": dict(d.commands),
                 "received": dict(d.received),
                 "faults": dict(d.faults),
+                "relinked": {a: n for a, n in d.linked.items() if n > 1},
             }
             for d in self._devices.values()
         }
@@ -552,6 +558,7 @@ class LockerFleet:
             return _failure(command, "unknown_asset", f"{command.type} needs an assetId")
         elif command.type == "link":
             device.links[asset_id] = device.locker_id
+            device.linked[asset_id] += 1
             result = {"lockerId": device.locker_id}
         else:
             result = self._evidence(device, asset_id, defect)

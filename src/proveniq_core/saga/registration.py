@@ -117,8 +117,13 @@ class InFlight:
     that outlived its request wakes its parked saga when it succeeds.
     """
 
-    def __init__(self, wake: Callable[[str], Awaitable[Any]]) -> None:
+    def __init__(self, wake: Callable[[str], Awaitable[bool]], *, patience: float = 15.0) -> None:
+        """``wake(saga_id)`` makes a parked saga due, False when it is not parked; a late
+        answer keeps trying it for ``patience`` seconds (about a saga lease: a park that
+        takes longer than that lost its lease, and the saga's next owner sends the command
+        again and gets the device's first answer)."""
         self._wake = wake
+        self._patience = patience
         self._tasks: dict[str, asyncio.Task[dict[str, Any]]] = {}
         self._wakers: set[asyncio.Task[Any]] = set()
 
@@ -142,11 +147,31 @@ class InFlight:
 
         def done(t: asyncio.Task[dict[str, Any]]) -> None:
             if not t.cancelled() and t.exception() is None:
-                waker = asyncio.ensure_future(self._wake(saga_id))
+                waker = asyncio.ensure_future(self._wake_parked(saga_id))
                 self._wakers.add(waker)
                 waker.add_done_callback(self._wakers.discard)
 
         task.add_done_callback(done)
+
+    async def _wake_parked(self, saga_id: str) -> None:
+        """Wake the saga once it is parked. An answer can come while the commit that parks
+        the saga is still under way (the saga is held: the wake is refused) or while the
+        database is down; either way try again, backing off, rather than leave the asset
+        ``pending_link`` until the retry timer (minutes) while the device holds it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._patience
+        delay = 0.05
+        while True:
+            try:
+                if await self._wake(saga_id):
+                    return
+            except CoreError:  # the ledger is down or its circuit open: try again
+                pass
+            if loop.time() + delay > deadline:  # never parked again, or finished otherwise
+                log.info("saga.late_answer_wake_given_up", saga_id=saga_id)
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     def forget(self, command: str) -> None:
         self._tasks.pop(command, None)

