@@ -12,6 +12,7 @@ from fastapi.responses import Response
 from proveniq_core.console import sessions
 from proveniq_core.console.web import (
     COOKIE,
+    SignInRequired,
     Viewer,
     checked_form,
     core,
@@ -21,7 +22,7 @@ from proveniq_core.console.web import (
     render,
     safe_next,
 )
-from proveniq_core.errors import ForbiddenError
+from proveniq_core.errors import CoreError, ForbiddenError
 from proveniq_core.ledger import keys
 
 router = APIRouter(include_in_schema=False)
@@ -58,7 +59,7 @@ async def login_form(request: Request, next: str = "/console") -> Response:
     """The sign-in page (straight to the console when already signed in)."""
     try:
         await current_session(request)
-    except Exception:
+    except (SignInRequired, CoreError):  # no live session, or the ledger cannot say
         return await _login_page(request, next)
     return redirect(request, safe_next(next))
 
