@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
@@ -18,7 +18,9 @@ from proveniq_core.config import Settings
 from proveniq_core.embedded import EmbeddedBroker, EmbeddedPostgres
 from proveniq_core.errors import CoreError
 from proveniq_core.ledger import assets, audit, checkpoints, keys
+from proveniq_core.locker import shadow
 from proveniq_core.locker.gateway import LockerGateway, cancel_and_wait
+from proveniq_core.locker.protocol import Reply
 from proveniq_core.locker.simulator import LatencyProfile, LockerFleet, fleet_specs
 from proveniq_core.observability.gauges import BacklogReader, DatabaseBacklog
 from proveniq_core.observability.window import REGISTRATIONS
@@ -60,6 +62,12 @@ class Core:
     breakers: BreakerRegistry = field(default_factory=BreakerRegistry)
     """The circuits: ``ledger``, ``locker`` (the broker) and ``locker:<ref>`` per device."""
     key_cache: keys.KeyCache = field(default_factory=keys.KeyCache)
+
+    @property
+    def operator_wait(self) -> float:
+        """How long an operator's action waits for the saga it runs before answering 202
+        (the link budget): past it the saga goes on in the background."""
+        return self.settings.link_sync_budget_ms / 1000
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,15 @@ async def _seal_forever(pool: db.Pool, interval: float = 1.0) -> None:
         await asyncio.sleep(interval)
 
 
+async def _prune_shadow_forever(pool: db.Pool, interval: float = 3600.0) -> None:
+    while True:
+        try:
+            await shadow.prune(pool)
+        except CoreError as exc:
+            log.warning("shadow_prune_error", error=str(exc))
+        await asyncio.sleep(interval)
+
+
 def link_policy(settings: Settings) -> LinkPolicy:
     return LinkPolicy(
         sync_budget=settings.link_sync_budget_ms / 1000,
@@ -154,10 +171,17 @@ def database_backlog(pool: db.Pool) -> BacklogReader:
 REWAKE_AFTER = 1.0  # seconds
 
 
-def _on_online(
-    queue: RetryQueue, gateway: LockerGateway, tasks: set[asyncio.Task[Any]]
+def _reconcile(
+    pool: db.Pool,
+    queue: RetryQueue,
+    inflight: InFlight,
+    gateway: LockerGateway,
+    tasks: set[asyncio.Task[Any]],
 ) -> Callable[[str, Any], None]:
-    """A gateway hook: when a locker comes (back) online, retry its deferred links now."""
+    """A gateway hook that keeps the device shadow (locker/shadow.py) and reconciles the
+    ledger with it: a reply no send here waited for is kept if a parked saga waits on it,
+    and that saga woken to adopt it; a locker's presence is recorded, and when it comes
+    (back) online its deferred links are retried now."""
 
     async def wake(ref: str) -> None:
         # Twice: a link that failed just before the device came back parks its saga a
@@ -171,11 +195,40 @@ def _on_online(
             except CoreError as exc:  # the timer retries it anyway
                 log.warning("retry_queue.wake_failed", locker_ref=ref, error=str(exc))
 
+    async def presence(ref: str, status: Literal["online", "offline"]) -> None:
+        try:
+            await shadow.report_presence(pool, ref, status)
+        except CoreError as exc:
+            log.warning("shadow.presence_not_recorded", locker_ref=ref, error=str(exc))
+
+    async def adopt(ref: str, reply: Reply) -> None:
+        # The ledger may be down for a moment: keep trying about a lease, then the saga's
+        # next try sends the command again and the device answers it from its memory.
+        for delay in (0.0, 0.5, 2.0, 5.0, 8.0):
+            await asyncio.sleep(delay)
+            try:
+                saga_id = await shadow.report(pool, ref, reply)
+            except CoreError as exc:
+                log.warning("shadow.reply_not_recorded", locker_ref=ref, error=str(exc))
+                continue
+            if saga_id is not None:
+                log.info("shadow.late_reply", locker_ref=ref, command_id=reply.commandId)
+                inflight.wake_when_parked(saga_id)
+            return
+
+    def spawn(work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
     def hook(event: str, info: Any) -> None:
         if event == "online":
-            task = asyncio.ensure_future(wake(info["lockerRef"]))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            spawn(wake(info["lockerRef"]))
+            spawn(presence(info["lockerRef"], "online"))
+        elif event == "offline":
+            spawn(presence(info["lockerRef"], "offline"))
+        elif event == "unmatched_reply":
+            spawn(adopt(info["lockerRef"], info["reply"]))
 
     return hook
 
@@ -255,12 +308,12 @@ async def running(
             compensation_rounds=settings.saga_compensation_rounds,
             compensation_retry_base=settings.saga_compensation_retry_base,
         )
-        registration = registration_saga(
-            gateway, pool, link_policy(settings), InFlight(engine.wake)
-        )
+        inflight = InFlight(engine.wake)
+        registration = registration_saga(gateway, pool, link_policy(settings), inflight)
         engine.register(registration)
+        stack.push_async_callback(engine.close)  # operators' runs still going in background
         retry_queue = RetryQueue(pool, engine)
-        gateway.add_event_hook(_on_online(retry_queue, gateway, hook_tasks))
+        gateway.add_event_hook(_reconcile(pool, retry_queue, inflight, gateway, hook_tasks))
         core = Core(
             settings=settings,
             conninfo=conninfo,
@@ -310,6 +363,7 @@ async def running(
                 ),
                 asyncio.create_task(webhook_worker.run(waker), name="webhook-worker"),
                 asyncio.create_task(_seal_forever(pool), name="audit-sealer"),
+                asyncio.create_task(_prune_shadow_forever(pool), name="shadow-pruner"),
                 asyncio.create_task(checkpoints.run(pool, settings), name="audit-checkpointer"),
             ]
 

@@ -246,7 +246,8 @@ async def test_closed_port_starts_degraded() -> None:
 
 
 async def test_device_fault_and_noise(mqtt_url: str, gateway: LockerGateway) -> None:
-    """Garbage and unknown commandIds are ignored; an ok=false reply is a LockerHardwareError."""
+    """Garbage is ignored, an unknown commandId is reported as unmatched; an ok=false reply
+    is a LockerHardwareError."""
     ref = unique_specs()[0].ref
     host, port = parse_mqtt_url(mqtt_url)
     events: list[tuple[str, dict[str, Any]]] = []
@@ -291,8 +292,10 @@ async def test_device_fault_and_noise(mqtt_url: str, gateway: LockerGateway) -> 
     assert caught.value.fault == "hardware_fault"
     assert caught.value.message == "motor stalled"
     assert caught.value.asset_id == "a-9"
-    assert [e for e, _ in events] == ["command_sent", "reply"]
-    assert events[1][1]["ok"] is False
+    # The unknown commandId is passed on (the shadow keeps it if a parked saga waits on it).
+    assert [e for e, _ in events] == ["command_sent", "unmatched_reply", "reply"]
+    assert events[1][1]["reply"].commandId != caught.value.details["commandId"]
+    assert events[2][1]["ok"] is False
     assert gateway.connected  # the garbage did not break the connection loop
 
 

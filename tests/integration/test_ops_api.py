@@ -205,14 +205,14 @@ async def slow_core(database_url: str, mqtt_url: str, tmp_path: Path) -> AsyncIt
         yield c
 
 
-async def test_cancel_pending_link_undoes_a_late_link(slow_core: Core) -> None:
-    """A link answered too late leaves the asset pending_link while the locker holds it;
-    cancel unlinks it: compensated, the locker holds no link, the entry discarded."""
+async def test_cancel_pending_link_undoes_a_link_in_doubt(slow_core: Core) -> None:
+    """A link that got no answer may have been carried out: cancel sends the locker an
+    unlink before the asset is compensated; the locker holds no link, the entry discarded."""
     core = slow_core
     ref = first_ref(core)
     key = await keys.create_key(core.pool, TENANT, keys.SCOPES, name="admin")
     async with api_client(core, key) as client:
-        await inject(client, lockerRef=ref, fault="delay", delayMs=600, count=1)
+        await inject(client, lockerRef=ref, fault="drop", count=1, command="link")
         deferred = await register(client, ref)
         assert deferred.status_code == 202, deferred.text
         assert deferred.json()["reason"] == "E_LOCKER_TIMEOUT"
@@ -220,17 +220,15 @@ async def test_cancel_pending_link_undoes_a_late_link(slow_core: Core) -> None:
         entry = await entry_of(client, asset_id)
         assert (entry["status"], entry["retryCount"]) == ("pending", 0)
 
-        async def locker_linked() -> bool:
-            return asset_id in links(core, ref)
-
-        await eventually(locker_linked)  # the late answer found nobody waiting
-        assert await asset_status(client, asset_id) == "pending_link"
-
         cancelled = await client.post(f"/api/ops/assets/{asset_id}/cancel")
-        assert cancelled.status_code == 200, cancelled.text
-        body = cancelled.json()
-        assert (body["status"], body["sagaStatus"]) == ("compensated", "compensated")
-        assert body["retryEntry"]["status"] == "discarded"
+        # 200 when the unlink was answered within the link budget, else 202 (it goes on).
+        assert cancelled.status_code in (200, 202), cancelled.text
+        assert cancelled.json()["sagaStatus"] in ("compensating", "compensated")
+
+        async def compensated() -> bool:
+            return await asset_status(client, asset_id) == "compensated"
+
+        await eventually(compensated, "the cancel's undo")
         assert links(core, ref) == {}
         assert sent(core, ref, "unlink") == 1
         shown = await client.get(f"/api/ops/retry-queue/{entry['id']}")

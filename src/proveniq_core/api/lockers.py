@@ -1,22 +1,32 @@
-"""The lockers routes: register a tenant's locker (its site and geofence), list them."""
+"""The lockers routes: register a tenant's locker (its site and geofence), list them, and
+read one's device shadow (what Core asked it and what it reported)."""
 
 from __future__ import annotations
 
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 
 from proveniq_core import db
 from proveniq_core.api.auth import require
 from proveniq_core.api.deps import CoreDep
 from proveniq_core.api.idempotency import IdempotencyKey, idempotent_model
-from proveniq_core.api.models import ERRORS, LockerCreate, LockerPage, LockerView, Site
+from proveniq_core.api.models import (
+    ERRORS,
+    LockerCreate,
+    LockerPage,
+    LockerRef,
+    LockerShadow,
+    LockerView,
+    Site,
+)
 from proveniq_core.api.paging import decode_cursor, encode_cursor
-from proveniq_core.errors import ValidationFailedError
+from proveniq_core.errors import NotFoundError, ValidationFailedError
 from proveniq_core.ledger import assets
 from proveniq_core.ledger.assets import Locker
 from proveniq_core.ledger.keys import Principal
+from proveniq_core.locker import shadow
 from proveniq_core.locker.gateway import LockerGateway
 from proveniq_core.locker.protocol import LOCKER_REF_PATTERN
 from proveniq_core.service import Core
@@ -97,3 +107,27 @@ async def list_lockers(
         next_cursor = encode_cursor(lockers[-1].locker_ref)
     items = [_locker_view(lk, core.gateway) for lk in lockers]
     return LockerPage(items=items, nextCursor=next_cursor)
+
+
+@router.get("/api/lockers/{locker_ref}/shadow", response_model=LockerShadow, responses=ERRORS)
+async def locker_shadow(
+    core: CoreDep,
+    principal: Annotated[Principal, Depends(require("ops:read"))],
+    locker_ref: Annotated[LockerRef, Path()],
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+) -> LockerShadow:
+    """The locker's device shadow: the presence it last reported, and the commands Core
+    waited on past a request (parked), newest first, each with the device's answer once it
+    came (null: still waiting). A late answer links its asset within about a second."""
+    params = {"tenant_id": principal.tenant_id, "locker_ref": locker_ref}
+    async with db.connection(core.pool) as conn:
+        row = await db.fetch_one(conn, "get_locker", params)
+        if row is None:
+            raise NotFoundError(f"locker {locker_ref} not found")
+        commands = await shadow.commands(conn, locker_ref, limit)
+    return LockerShadow(
+        lockerRef=locker_ref,
+        reportedStatus=row["reported_status"],
+        reportedAt=row["reported_at"],
+        commands=commands,
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -148,6 +148,26 @@ class LockerView(BaseModel):
     )
     maintenanceUntil: datetime | None = Field(None, description="null: not in maintenance")
     createdAt: datetime
+
+
+class ShadowCommand(BaseModel):
+    commandId: str
+    type: str
+    assetId: str | None
+    askedAt: datetime = Field(description="when Core parked waiting on it")
+    reply: dict[str, Any] | None = Field(description="the device's answer; null: not yet")
+    repliedAt: datetime | None
+
+
+class LockerShadow(BaseModel):
+    """What Core asked the locker and what the device last reported."""
+
+    lockerRef: str
+    reportedStatus: Literal["online", "offline"] | None = Field(
+        description="the presence the device last reported; null: none since registration"
+    )
+    reportedAt: datetime | None
+    commands: list[ShadowCommand]
 
 
 class LockerPage(BaseModel):

@@ -2,7 +2,8 @@
 
 Reads need scope ``ops:read``, actions ``ops:write``; everything is scoped to the caller's
 tenant (another tenant's entry, asset or locker is a 404). An action that runs a saga runs
-it within the request and answers where it ended.
+it within the request, up to the link budget, and answers where it ended (200) or that it
+goes on in the background (202).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, Field, field_validator
 
 from proveniq_core import db
@@ -117,6 +118,15 @@ class LockerMaintenance(BaseModel):
     wokenEntries: int = Field(description="retry-queue entries made due by ending maintenance")
 
 
+def _going_on(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    return {
+        202: {
+            "model": model,
+            "description": "the saga goes on in the background past the link budget",
+        }
+    }
+
+
 def _actor(principal: Principal) -> str:
     return principal.actor
 
@@ -195,22 +205,27 @@ async def get_retry_entry(core: CoreDep, entry_id: EntryId, principal: Reader) -
 @router.post(
     "/api/ops/retry-queue/{entry_id}/retry",
     response_model=RetryEntryOutcome,
-    responses=_ACTION_ERRORS,
+    responses=_ACTION_ERRORS | _going_on(RetryEntryOutcome),
 )
 async def retry_entry(
-    request: Request, core: CoreDep, entry_id: EntryId, principal: Writer
+    request: Request, response: Response, core: CoreDep, entry_id: EntryId, principal: Writer
 ) -> RetryEntryOutcome:
     """Retry the entry's locker operation now, due or not, exhausted or discarded alike.
 
-    409 when it is resolved, its asset is no longer held, or another operator or a worker
-    is retrying it right now."""
-    row = await operator.retry_entry(
+    200 with the entry as the retry left it (resolved: linked); 202 with the entry
+    ``retrying`` when the locker has not answered within the link budget: the retry goes on
+    and the entry and asset follow the device's answer. 409 when it is resolved, its asset
+    is no longer held, or another operator or a worker is retrying it right now."""
+    row, settled = await operator.retry_entry(
         core.retry_queue,
         entry_id,
         principal.tenant_id,
         actor=_actor(principal),
         request_id=request.state.request_id,
+        wait=core.operator_wait,
     )
+    if not settled:
+        response.status_code = 202
     return await _entry_outcome(core, row, principal.tenant_id)
 
 
@@ -246,12 +261,14 @@ async def discard_entry(
 )
 async def retry_exhausted(request: Request, core: CoreDep, principal: Writer) -> BulkRetryOutcome:
     """Retry every exhausted entry now (up to 500), as "retry now" does one: the answer
-    counts them, how many linked, and which could not be retried and why."""
+    counts them, how many linked, and which could not be retried and why. It waits up to the
+    link budget for them together; those still ``retrying`` then go on in the background."""
     retried, refused = await operator.retry_exhausted(
         core.retry_queue,
         principal.tenant_id,
         actor=_actor(principal),
         request_id=request.state.request_id,
+        wait=core.operator_wait,
     )
     return BulkRetryOutcome(
         count=len(retried),
@@ -264,44 +281,54 @@ async def retry_exhausted(request: Request, core: CoreDep, principal: Writer) ->
 @router.post(
     "/api/ops/assets/{asset_id}/retry-link",
     response_model=AssetOutcome,
-    responses=_ACTION_ERRORS,
+    responses=_ACTION_ERRORS | _going_on(AssetOutcome),
 )
 async def retry_link(
-    request: Request, core: CoreDep, asset_id: AssetId, principal: Writer
+    request: Request, response: Response, core: CoreDep, asset_id: AssetId, principal: Writer
 ) -> AssetOutcome:
-    """Link a link_failed asset again with a new locker command, within this request.
+    """Link a link_failed asset again with a new locker command.
 
-    The answer says how it went: linked, pending_link (deferred again, with retryAt) or
-    link_failed (the locker refused again). 409 unless the asset is link_failed."""
-    await operator.retry_link(
+    200 with how it went: linked, pending_link (deferred again, with retryAt) or link_failed
+    (the locker refused again); 202 with the asset pending_link when the locker has not
+    answered within the link budget (the link goes on; the asset follows the device's
+    answer). 409 unless the asset is link_failed."""
+    result = await operator.retry_link(
         core.engine,
         asset_id,
         principal.tenant_id,
         actor=_actor(principal),
         request_id=request.state.request_id,
+        wait=core.operator_wait,
     )
+    if result is None:
+        response.status_code = 202
     return await _asset_outcome(core, asset_id, principal.tenant_id)
 
 
 @router.post(
     "/api/ops/assets/{asset_id}/cancel",
     response_model=AssetOutcome,
-    responses=_ACTION_ERRORS,
+    responses=_ACTION_ERRORS | _going_on(AssetOutcome),
 )
 async def cancel_asset(
-    request: Request, core: CoreDep, asset_id: AssetId, principal: Writer
+    request: Request, response: Response, core: CoreDep, asset_id: AssetId, principal: Writer
 ) -> AssetOutcome:
     """Cancel a held registration (pending_link or link_failed): its saga compensates.
 
-    The asset ends compensated, its locker link undone and its entries discarded; while an
-    undo step keeps failing it is retried and sagaStatus stays compensating."""
-    await operator.cancel(
+    The asset ends compensated, its locker link undone and its entries discarded: 200 when
+    that is done within the link budget; 202 with sagaStatus compensating while the undo
+    goes on (a locker slow to answer the unlink); while an undo step keeps failing it is
+    retried and sagaStatus stays compensating."""
+    result = await operator.cancel(
         core.engine,
         asset_id,
         principal.tenant_id,
         actor=_actor(principal),
         request_id=request.state.request_id,
+        wait=core.operator_wait,
     )
+    if result is None:
+        response.status_code = 202
     return await _asset_outcome(core, asset_id, principal.tenant_id)
 
 

@@ -151,6 +151,9 @@ async def _entry_message(request: Request, tenant: str, row: db.Row, verb: str) 
     )
 
 
+_GOING_ON = " The locker has not answered yet: it goes on, and the asset's page follows it."
+
+
 @router.post("/console/ops/retry-queue/{entry_id}/retry")
 async def retry_entry(request: Request, session: Viewer, entry_id: Ref) -> Response:
     """Retry now, as ``POST /api/ops/retry-queue/{id}/retry``."""
@@ -158,16 +161,19 @@ async def retry_entry(request: Request, session: Viewer, entry_id: Ref) -> Respo
     back = _back(form, "/console/ops/retry-queue")
     p = session.principal
     try:
-        row = await operator.retry_entry(
+        row, settled = await operator.retry_entry(
             core(request).retry_queue,
             entry_id,
             p.tenant_id,
             actor=p.actor,
             request_id=request.state.request_id,
+            wait=core(request).operator_wait,
         )
     except CoreError as exc:
         return redirect(request, back, _refused(exc))
     text = await _entry_message(request, p.tenant_id, row, "Retried")
+    if not settled:
+        text += _GOING_ON
     return redirect(request, back, ("ok", text), href=f"/console/assets/{row['asset_id']}#audit")
 
 
@@ -203,12 +209,18 @@ async def retry_exhausted(request: Request, session: Viewer) -> Response:
     back = _back(form, "/console/ops/retry-queue?status=exhausted")
     p = session.principal
     retried, refused = await operator.retry_exhausted(
-        core(request).retry_queue, p.tenant_id, actor=p.actor, request_id=request.state.request_id
+        core(request).retry_queue,
+        p.tenant_id,
+        actor=p.actor,
+        request_id=request.state.request_id,
+        wait=core(request).operator_wait,
     )
     linked = sum(1 for r in retried if r["status"] == "resolved")
+    going = sum(1 for r in retried if r["status"] == "retrying")
     text = (
         f"Retried {len(retried)} exhausted entr{'y' if len(retried) == 1 else 'ies'}: "
-        f"{linked} linked, {len(retried) - linked} still failing"
+        f"{linked} linked, {going} waiting for the locker, "
+        f"{len(retried) - linked - going} still failing"
         + (f", {len(refused)} refused ({refused[0][1].message})" if refused else "")
         + "."
     )
@@ -236,14 +248,21 @@ async def retry_link(request: Request, session: Viewer, asset_id: Ref) -> Respon
     back = _back(form, "/console/ops/held")
     c, p = core(request), session.principal
     try:
-        await operator.retry_link(
-            c.engine, asset_id, p.tenant_id, actor=p.actor, request_id=request.state.request_id
+        result = await operator.retry_link(
+            c.engine,
+            asset_id,
+            p.tenant_id,
+            actor=p.actor,
+            request_id=request.state.request_id,
+            wait=c.operator_wait,
         )
     except CoreError as exc:
         return redirect(request, back, _refused(exc))
     async with db.connection(c.pool) as conn:
         asset = await assets.get(conn, p.tenant_id, asset_id)
     text = f"Retried the link of “{asset['name']}”: it is now {asset['status']}."
+    if result is None:
+        text += _GOING_ON
     return redirect(request, back, ("ok", text), href=f"/console/assets/{asset_id}#audit")
 
 
@@ -255,11 +274,20 @@ async def cancel(request: Request, session: Viewer, asset_id: Ref) -> Response:
     c, p = core(request), session.principal
     try:
         result = await operator.cancel(
-            c.engine, asset_id, p.tenant_id, actor=p.actor, request_id=request.state.request_id
+            c.engine,
+            asset_id,
+            p.tenant_id,
+            actor=p.actor,
+            request_id=request.state.request_id,
+            wait=c.operator_wait,
         )
     except CoreError as exc:
         return redirect(request, back, _refused(exc))
-    text = f"Cancelled the registration of asset {asset_id[:8]}: its saga is {result.status}."
+    if result is None:
+        text = f"Cancelling the registration of asset {asset_id[:8]}: its undo is under way."
+        text += _GOING_ON
+    else:
+        text = f"Cancelled the registration of asset {asset_id[:8]}: its saga is {result.status}."
     return redirect(request, back, ("ok", text), href=f"/console/assets/{asset_id}#audit")
 
 

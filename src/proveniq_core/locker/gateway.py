@@ -64,7 +64,9 @@ from proveniq_core.resilience.circuits import FLEET_CIRCUIT, device_circuit
 log = structlog.get_logger(__name__)
 
 EventHook = Callable[[str, dict[str, Any]], None]
-"""Receives ``(event, info)``; events: connected, disconnected, command_sent, reply, timeout."""
+"""Receives ``(event, info)``; events: connected, disconnected, command_sent, reply, timeout,
+online and offline (a device's presence changed), and unmatched_reply (``info["reply"]``: a
+reply no send here waits for: late, or another process's)."""
 
 # Nagle's algorithm plus delayed ACKs adds ~40 ms per small MQTT write; commands are tiny.
 SOCKET_OPTIONS = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
@@ -113,6 +115,19 @@ async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
         await asyncio.wait([task], timeout=0.1)
     if not task.cancelled() and (exc := task.exception()) is not None:
         log.error("locker.task_failed", task=task.get_name(), error=repr(exc))
+
+
+def reply_result(
+    reply: Reply, context: dict[str, Any] | None = None, asset_id: str | None = None
+) -> dict[str, Any]:
+    """A reply's ``result``; ``LockerHardwareError`` (``fault`` = its error code) when the
+    device refused or failed the command."""
+    if reply.error is not None:
+        raise LockerHardwareError(
+            reply.error.detail or None, fault=reply.error.code, details=context, asset_id=asset_id
+        )
+    assert reply.result is not None  # guaranteed by Reply's validator
+    return reply.result
 
 
 class LockerGateway:
@@ -296,15 +311,7 @@ class LockerGateway:
             self._discard(self._pending, key, future)
         latency_ms = (time.monotonic() - started) * 1000
         self._emit("reply", {**context, "ok": reply.ok, "latencyMs": round(latency_ms, 1)})
-        if reply.error is not None:
-            raise LockerHardwareError(
-                reply.error.detail or None,
-                fault=reply.error.code,
-                details=context,
-                asset_id=asset_id,
-            )
-        assert reply.result is not None  # guaranteed by Reply's validator
-        return reply.result
+        return reply_result(reply, context, asset_id)
 
     async def _run(self) -> None:
         failures = 0  # connection attempts failed since the last success
@@ -407,6 +414,8 @@ class LockerGateway:
                 if not waiter.done():
                     waiter.set_result(None)
         elif payload == STATUS_OFFLINE:
+            if self._presence.get(ref) is not False:
+                self._emit("offline", {"lockerRef": ref})
             self._presence[ref] = False
             # A clean-session device that went away will never answer what it was sent.
             if failed := self._fail_pending(ref, "locker went offline"):
@@ -420,8 +429,10 @@ class LockerGateway:
         reply = decode_reply(payload)
         futures = self._pending.get((ref, reply.commandId))
         if not futures:
-            # Another Core process's command, or one that already timed out here.
+            # Another Core process's command, or one that already timed out here: the
+            # shadow keeps it if a parked saga waits on it.
             log.debug("locker.reply_unmatched", locker_ref=ref, command_id=reply.commandId)
+            self._emit("unmatched_reply", {"lockerRef": ref, "reply": reply})
             return
         for future in futures:
             if not future.done():
@@ -452,4 +463,5 @@ __all__ = [
     "LockerGateway",
     "mqtt_credentials",
     "parse_mqtt_url",
+    "reply_result",
 ]

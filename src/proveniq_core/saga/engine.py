@@ -169,6 +169,7 @@ class SagaEngine:
         self.journal = Journal(pool, clock, lease)
         self.definitions: dict[str, SagaDefinition] = {}
         self._held: dict[str, int] = {}  # saga id -> epoch, renewed by keepalive
+        self._background: set[asyncio.Task[SagaResult]] = set()
         for definition in definitions:
             self.register(definition)
 
@@ -529,7 +530,10 @@ class SagaEngine:
             if not rows:
                 return None
             claimed = rows[0]
-        saga = claimed
+        return await self.compensate(claimed, cause)
+
+    async def compensate(self, saga: db.Row, cause: CoreError) -> SagaResult:
+        """Compensate a saga the caller claimed (``claim_in``), as ``cancel`` does."""
         if saga["status"] != SagaStatus.RUNNING:
             return await self.resume(saga)
         run = self._claimed(saga, self.definitions[saga["name"]])
@@ -608,6 +612,37 @@ class SagaEngine:
             return result
         finally:
             metrics.saga_run(run.definition.name, outcome, time.perf_counter() - started)
+
+    # -- bounded waits -----------------------------------------------------------------------
+
+    def start(self, drive: Awaitable[SagaResult]) -> asyncio.Task[SagaResult]:
+        """Drive a claimed saga (``resume``, ``cancel``) in this process's background: it
+        runs to where it stops however long its steps take, even when whoever started it
+        stops waiting (``within``); ``close`` cancels what is left, and the saga's lease
+        then lets another process resume it."""
+        task = asyncio.ensure_future(drive)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+        return task
+
+    @staticmethod
+    async def within(task: asyncio.Task[SagaResult], wait: float) -> SagaResult | None:
+        """The saga's result if it stops within ``wait`` seconds (its error raised), else
+        None: it goes on in the background."""
+        done, _ = await asyncio.wait({task}, timeout=wait)
+        return task.result() if done else None
+
+    def _background_done(self, task: asyncio.Task[SagaResult]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            level = log.warning if isinstance(exc, LeaseLostError | CoreError) else log.error
+            level("saga_background_run_failed", error=repr(exc))
+
+    async def close(self) -> None:
+        """Cancel the background runs (their sagas resume elsewhere after a lease)."""
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
 
     # -- workers ----------------------------------------------------------------------------
 

@@ -5,9 +5,10 @@ with a fresh command, cancel a held registration (its saga compensates), and put
 in maintenance. Each one checks, changes and audits under the operator's key in one
 transaction, with the rows it decides on locked, so a crash or a concurrent action can
 never leave a change without its audit row, nor two operators both pass the check. Actions
-that run a saga claim it in that transaction and run it here and now, so the caller sees
-where it ended; one that finds the saga held by another process raises ``ConflictError``
-(try again shortly).
+that run a saga claim it in that transaction and run it here, waiting for it up to
+``wait`` seconds (the link budget): the caller sees where it ended, or that it goes on in
+the background (a locker that does not answer, an undo that is slow). One that finds the
+saga held by another process raises ``ConflictError`` (try again shortly).
 """
 
 from __future__ import annotations
@@ -89,15 +90,31 @@ async def _audit_entry(
 
 
 async def retry_entry(
-    queue: RetryQueue, entry_id: str, tenant_id: str, *, actor: str, request_id: str | None
-) -> db.Row:
+    queue: RetryQueue,
+    entry_id: str,
+    tenant_id: str,
+    *,
+    actor: str,
+    request_id: str | None,
+    wait: float,
+) -> tuple[db.Row, bool]:
     """Retry an entry's link now (even an exhausted or discarded one); returns the entry
-    after. 409 when it is resolved, its asset is no longer held, or another process is
-    running its saga (another operator's retry, or a worker's).
-
-    One transaction locks the entry, claims its saga, marks the entry ``retrying`` and
-    writes the audit row; the saga then runs here, its steps auditing their own moves.
+    after, and whether its saga stopped within ``wait`` seconds (else the entry is still
+    ``retrying`` and the saga goes on in the background). 409 when it is resolved, its asset
+    is no longer held, or another process is running its saga (another operator's retry, or
+    a worker's).
     """
+    task = await _start_retry(queue, entry_id, tenant_id, actor=actor, request_id=request_id)
+    settled = await queue.engine.within(task, wait) is not None
+    return await queue.get(entry_id, tenant_id), settled
+
+
+async def _start_retry(
+    queue: RetryQueue, entry_id: str, tenant_id: str, *, actor: str, request_id: str | None
+) -> asyncio.Task[SagaResult]:
+    """One transaction locks the entry, claims its saga, marks the entry ``retrying`` and
+    writes the audit row; the saga then runs in this process's background, its steps
+    auditing their own moves."""
     engine = queue.engine
     async with db.transaction(queue.pool) as conn:
         before = await _entry_for_update(conn, entry_id, tenant_id)
@@ -117,8 +134,7 @@ async def retry_entry(
         await _audit_entry(
             conn, "retry_entry.retried", before, after, actor=actor, request_id=request_id
         )
-    await engine.resume(saga)
-    return await queue.get(entry_id, tenant_id)
+    return engine.start(engine.resume(saga))
 
 
 async def discard_entry(
@@ -162,12 +178,14 @@ BULK_CONCURRENCY = 8
 
 
 async def retry_exhausted(
-    queue: RetryQueue, tenant_id: str, *, actor: str, request_id: str | None
+    queue: RetryQueue, tenant_id: str, *, actor: str, request_id: str | None, wait: float
 ) -> tuple[list[db.Row], list[tuple[str, CoreError]]]:
-    """Retry every exhausted entry of the tenant now (up to ``BULK_LIMIT``), a few at a time.
+    """Retry every exhausted entry of the tenant now (up to ``BULK_LIMIT``), claiming a few
+    at a time, and wait up to ``wait`` seconds for their sagas together.
 
-    Returns the entries after their retry, and those refused with why (their asset is no
-    longer held, or another process is driving its saga)."""
+    Returns the entries as they stand then (``retrying``: still under way in the
+    background), and those refused with why (their asset is no longer held, or another
+    process is driving its saga)."""
     async with db.connection(queue.pool) as conn:
         exhausted = await db.fetch_all(
             conn,
@@ -182,28 +200,36 @@ async def retry_exhausted(
             },
         )
     gate = asyncio.Semaphore(BULK_CONCURRENCY)
-    retried: list[db.Row] = []
+    started: dict[str, asyncio.Task[SagaResult]] = {}
     refused: list[tuple[str, CoreError]] = []
 
     async def one(entry_id: str) -> None:
         async with gate:
             try:
-                retried.append(
-                    await retry_entry(
-                        queue, entry_id, tenant_id, actor=actor, request_id=request_id
-                    )
+                started[entry_id] = await _start_retry(
+                    queue, entry_id, tenant_id, actor=actor, request_id=request_id
                 )
             except CoreError as exc:
                 refused.append((entry_id, exc))
 
     await asyncio.gather(*(one(str(e["id"])) for e in exhausted))
+    if started:
+        await asyncio.wait(started.values(), timeout=wait)
+    retried = [await queue.get(entry_id, tenant_id) for entry_id in started]
     return retried, refused
 
 
 async def retry_link(
-    engine: SagaEngine, asset_id: str, tenant_id: str, *, actor: str, request_id: str | None
-) -> SagaResult:
-    """Link a ``link_failed`` asset again, with a new locker command, and drive its saga here.
+    engine: SagaEngine,
+    asset_id: str,
+    tenant_id: str,
+    *,
+    actor: str,
+    request_id: str | None,
+    wait: float,
+) -> SagaResult | None:
+    """Link a ``link_failed`` asset again, with a new locker command, and drive its saga here;
+    returns where it stopped, or None when it goes on past ``wait`` seconds.
 
     One transaction locks the asset, bumps the saga's ``linkGeneration`` and claims the saga,
     moves the asset to ``pending_link`` (audited) and marks its retry-queue entry
@@ -258,14 +284,22 @@ async def retry_link(
                 },
             )
         await db.execute(conn, "resolve_alerts", {"dedup_keys": _alert_keys(asset_id)})
-    return await engine.resume(saga)
+    return await engine.within(engine.start(engine.resume(saga)), wait)
 
 
 async def cancel(
-    engine: SagaEngine, asset_id: str, tenant_id: str, *, actor: str, request_id: str | None
-) -> SagaResult:
+    engine: SagaEngine,
+    asset_id: str,
+    tenant_id: str,
+    *,
+    actor: str,
+    request_id: str | None,
+    wait: float,
+) -> SagaResult | None:
     """Give up a held registration: its saga compensates now (the locker link is undone
     unless the device refused it; the asset ends ``compensated``, its entries discarded).
+    Returns where the saga stopped, or None when the undo goes on past ``wait`` seconds (a
+    locker slow to answer the unlink).
 
     One transaction locks the asset, claims its saga, discards its retry-queue entries,
     resolves the alerts the decision answers and writes the audit row; the compensation
@@ -296,9 +330,7 @@ async def cancel(
             saga_id=saga_id,
         )
     cause = PartialCommitError(f"registration cancelled by {actor}")
-    result = await engine.cancel(saga_id, cause, claimed=saga)
-    assert result is not None  # the saga is ours: claimed above
-    return result
+    return await engine.within(engine.start(engine.compensate(saga, cause)), wait)
 
 
 def _iso(at: datetime | None) -> str | None:

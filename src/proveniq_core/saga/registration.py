@@ -37,7 +37,8 @@ from proveniq_core.errors import (
     PostCommitTimeoutError,
 )
 from proveniq_core.ledger import alerts, assets
-from proveniq_core.locker.gateway import LockerGateway
+from proveniq_core.locker import shadow
+from proveniq_core.locker.gateway import LockerGateway, reply_result
 from proveniq_core.observability import timing
 from proveniq_core.saga.engine import SagaEngine
 from proveniq_core.saga.model import (
@@ -147,11 +148,15 @@ class InFlight:
 
         def done(t: asyncio.Task[dict[str, Any]]) -> None:
             if not t.cancelled() and t.exception() is None:
-                waker = asyncio.ensure_future(self._wake_parked(saga_id))
-                self._wakers.add(waker)
-                waker.add_done_callback(self._wakers.discard)
+                self.wake_when_parked(saga_id)
 
         task.add_done_callback(done)
+
+    def wake_when_parked(self, saga_id: str) -> None:
+        """Wake ``saga_id`` as soon as it is parked (within ``patience``), in the background."""
+        waker = asyncio.ensure_future(self._wake_parked(saga_id))
+        self._wakers.add(waker)
+        waker.add_done_callback(self._wakers.discard)
 
     async def _wake_parked(self, saga_id: str) -> None:
         """Wake the saga once it is parked. An answer can come while the commit that parks
@@ -220,9 +225,25 @@ def registration_saga(
         await close_entries(ctx.tx, ctx.data["assetId"], "discarded")
         await assets.transition(ctx.tx, ctx.data["assetId"], "compensated", **audit_ctx(ctx))
 
-    def park(ctx: StepContext, cause: CoreError, until: datetime | None = None) -> Defer:
+    def park(
+        ctx: StepContext,
+        cause: CoreError,
+        until: datetime | None = None,
+        *,
+        command: str | None = None,
+    ) -> Defer:
+        """Park the link; with ``command`` (it may still be answered) the shadow records
+        that the saga waits on it, and an answer recorded already makes the saga due now."""
+
         async def write(conn: db.Conn) -> float:
-            return await park_link(conn, deferred(ctx), cause, policy.retry, until=until)
+            delay = await park_link(conn, deferred(ctx), cause, policy.retry, until=until)
+            if command is None:
+                return delay
+            d = ctx.data
+            answered = await shadow.ask(
+                conn, command, d["lockerRef"], "link", asset_id=d["assetId"], saga_id=ctx.saga_id
+            )
+            return 0.0 if answered is not None else delay
 
         return Defer(cause=cause, write=write)
 
@@ -256,10 +277,20 @@ def registration_saga(
         generation = d.get("linkGeneration", 0)
         command = command_id(ctx, f":{generation}" if generation else "")
         in_request = ctx.attempt == 1  # later attempts run in a worker or for an operator
+        answered = None
         async with db.connection(pool) as conn:
             row = await db.fetch_one(conn, "locker_maintenance", {"locker_ref": ref})
             if not in_request:
                 await db.execute(conn, "mark_retry_entry_retrying", {"asset_id": asset_id})
+                answered = await shadow.answer(conn, command)
+        if answered is not None:  # the device answered after we stopped waiting: adopt it
+            inflight.forget(command)
+            try:
+                result = reply_result(answered, {"lockerRef": ref, "commandId": command}, asset_id)
+            except LockerHardwareError as exc:
+                raise hold_for_operator(ctx, exc) from None
+            log.info("saga.link_answer_adopted", command_id=command)
+            return {"lockerId": str(result["lockerId"])}
         if row is not None:
             until = row["maintenance_until"]
             busy = LockerUnreachableError(f"locker {ref} is in maintenance until {until}")
@@ -282,9 +313,9 @@ def registration_saga(
                 f"no reply from {ref} within the {budget:g} s budget; the command stays in flight",
                 asset_id=asset_id,
             )
-            raise park(ctx, cause) from None
+            raise park(ctx, cause, command=command) from None
         except (LockerTimeoutError, LockerUnreachableError) as exc:
-            raise park(ctx, exc) from None
+            raise park(ctx, exc, command=command) from None
         except LockerHardwareError as exc:
             raise hold_for_operator(ctx, exc) from None
         inflight.forget(command)

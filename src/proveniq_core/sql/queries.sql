@@ -1019,3 +1019,39 @@ ORDER BY e.created_at, e.sha256
 SELECT s.data->>'traceparent' AS traceparent
 FROM assets a JOIN sagas s ON s.id = a.saga_id
 WHERE a.id = %(asset_id)s::uuid
+
+-- ask_locker_command --
+-- The shadow's asked side: a saga waits on this locker command (recorded when it parks);
+-- returns the device's answer when it came first (reply is NULL otherwise).
+INSERT INTO locker_commands (command_id, locker_ref, type, asset_id, saga_id)
+VALUES (%(command_id)s, %(locker_ref)s, %(type)s, %(asset_id)s, %(saga_id)s)
+ON CONFLICT (command_id) DO UPDATE
+SET type = EXCLUDED.type, asset_id = EXCLUDED.asset_id, saga_id = EXCLUDED.saga_id
+RETURNING reply
+
+-- report_locker_reply --
+-- The shadow's reported side: a device's answer to a command Core recorded, kept once
+-- (the first answer wins); returns the saga waiting on it. No row when Core never
+-- recorded the command, or already has its answer.
+UPDATE locker_commands SET reply = %(reply)s, replied_at = now()
+WHERE command_id = %(command_id)s AND locker_ref = %(locker_ref)s AND reply IS NULL
+RETURNING saga_id, asset_id, type
+
+-- locker_command_reply --
+-- The device's recorded answer to a command; no row until it answered.
+SELECT reply, replied_at FROM locker_commands
+WHERE command_id = %(command_id)s AND reply IS NOT NULL
+
+-- report_locker_presence --
+-- The device's last reported presence (online/offline), when it changed.
+UPDATE lockers SET reported_status = %(status)s, reported_at = now()
+WHERE locker_ref = %(locker_ref)s AND reported_status IS DISTINCT FROM %(status)s
+
+-- locker_shadow_commands --
+-- A locker's recorded commands, newest first: what Core asked and what the device answered.
+SELECT command_id, type, asset_id, saga_id, asked_at, reply, replied_at FROM locker_commands
+WHERE locker_ref = %(locker_ref)s ORDER BY asked_at DESC LIMIT %(limit)s
+
+-- prune_locker_commands --
+-- Forget recorded commands asked more than the given number of days ago.
+DELETE FROM locker_commands WHERE asked_at < now() - make_interval(days => %(days)s)

@@ -333,6 +333,20 @@ CREATE TABLE public.idempotency_keys (
 )
 WITH (fillfactor='80');
 
+CREATE TABLE public.locker_commands (
+    command_id text NOT NULL,
+    locker_ref text NOT NULL,
+    type text NOT NULL,
+    asset_id uuid,
+    saga_id uuid,
+    asked_at timestamp with time zone DEFAULT now() NOT NULL,
+    reply jsonb,
+    replied_at timestamp with time zone,
+    CONSTRAINT locker_commands_check CHECK (((reply IS NULL) = (replied_at IS NULL))),
+    CONSTRAINT locker_commands_command_id_check CHECK (((length(command_id) >= 1) AND (length(command_id) <= 255))),
+    CONSTRAINT locker_commands_reply_check CHECK (((reply IS NULL) OR (jsonb_typeof(reply) = 'object'::text)))
+);
+
 CREATE TABLE public.lockers (
     id uuid NOT NULL,
     tenant_id text NOT NULL,
@@ -342,8 +356,11 @@ CREATE TABLE public.lockers (
     geofence_m double precision NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     maintenance_until timestamp with time zone,
+    reported_status text,
+    reported_at timestamp with time zone,
     CONSTRAINT lockers_geofence_m_check CHECK (((geofence_m > (0)::double precision) AND (geofence_m <= (100000)::double precision))),
     CONSTRAINT lockers_locker_ref_check CHECK ((locker_ref ~ '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$'::text)),
+    CONSTRAINT lockers_reported_status_check CHECK ((reported_status = ANY (ARRAY['online'::text, 'offline'::text]))),
     CONSTRAINT lockers_site_lat_check CHECK (((site_lat >= ('-90'::integer)::double precision) AND (site_lat <= (90)::double precision))),
     CONSTRAINT lockers_site_lon_check CHECK (((site_lon >= ('-180'::integer)::double precision) AND (site_lon <= (180)::double precision)))
 );
@@ -565,6 +582,9 @@ ALTER TABLE ONLY public.evidence
 ALTER TABLE ONLY public.idempotency_keys
     ADD CONSTRAINT idempotency_keys_pkey PRIMARY KEY (tenant_id, key);
 
+ALTER TABLE ONLY public.locker_commands
+    ADD CONSTRAINT locker_commands_pkey PRIMARY KEY (command_id);
+
 ALTER TABLE ONLY public.lockers
     ADD CONSTRAINT lockers_locker_ref_key UNIQUE (locker_ref);
 
@@ -634,6 +654,10 @@ CREATE INDEX evidence_asset ON public.evidence USING btree (asset_id);
 CREATE INDEX evidence_sha ON public.evidence USING btree (sha256);
 
 CREATE INDEX idempotency_keys_created ON public.idempotency_keys USING btree (created_at);
+
+CREATE INDEX locker_commands_asked ON public.locker_commands USING btree (asked_at);
+
+CREATE INDEX locker_commands_locker ON public.locker_commands USING btree (locker_ref, asked_at DESC);
 
 CREATE INDEX lockers_tenant ON public.lockers USING btree (tenant_id, locker_ref);
 

@@ -1,0 +1,109 @@
+"""The device shadow (docs/architecture.md §4): what Core asked each locker to do and what the
+device last reported.
+
+A command is recorded (*asked*) when a saga parks waiting on it: its answer did not come
+within the request's budget, or the device could not be reached. A reply that no waiting
+send in this process takes (it came after the command's timeout, to another process, or
+after a restart) is then kept as a fact keyed by its ``commandId`` (*reported*), and the
+saga waiting on it is woken to adopt it instead of sending again. A command Core never
+parked on is not recorded: its answer went to the send that waited for it. The device's
+presence (online/offline) is kept on its locker row whenever it changes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from proveniq_core import db
+from proveniq_core.locker.protocol import Reply, validate_ref
+
+KEEP_DAYS = 7
+"""Recorded commands are forgotten this many days after they were asked."""
+
+
+async def ask(
+    conn: db.Conn,
+    command_id: str,
+    locker_ref: str,
+    type: str,
+    *,
+    asset_id: str | None,
+    saga_id: str | None,
+) -> Reply | None:
+    """Record, in the caller's transaction, that ``saga_id`` waits on ``command_id``;
+    returns the device's answer when it is recorded already (it came while the saga was
+    held, parked on an earlier try of the same command)."""
+    row = await db.fetch_one(
+        conn,
+        "ask_locker_command",
+        {
+            "command_id": command_id,
+            "locker_ref": locker_ref,
+            "type": type,
+            "asset_id": asset_id,
+            "saga_id": saga_id,
+        },
+    )
+    return Reply.model_validate(row["reply"]) if row and row["reply"] else None
+
+
+async def report(pool: db.Pool, locker_ref: str, reply: Reply) -> str | None:
+    """Keep a device's answer to a recorded command; returns the id of the saga waiting on
+    it, or None when Core never recorded the command (or has its answer already)."""
+    async with db.connection(pool) as conn:
+        row = await db.fetch_one(
+            conn,
+            "report_locker_reply",
+            {
+                "command_id": reply.commandId,
+                "locker_ref": locker_ref,
+                "reply": db.jsonb(reply.model_dump(mode="json", exclude_none=True)),
+            },
+        )
+    return str(row["saga_id"]) if row and row["saga_id"] else None
+
+
+async def answer(conn: db.Conn, command_id: str) -> Reply | None:
+    """The device's recorded answer to ``command_id``, or None while it has not answered."""
+    row = await db.fetch_one(conn, "locker_command_reply", {"command_id": command_id})
+    return Reply.model_validate(row["reply"]) if row else None
+
+
+async def report_presence(
+    pool: db.Pool, locker_ref: str, status: Literal["online", "offline"]
+) -> None:
+    """Keep the device's reported presence on its locker row when it changed."""
+    validate_ref(locker_ref)
+    async with db.connection(pool) as conn:
+        await db.execute(
+            conn, "report_locker_presence", {"locker_ref": locker_ref, "status": status}
+        )
+
+
+async def commands(conn: db.Conn, locker_ref: str, limit: int = 20) -> list[dict[str, Any]]:
+    """The locker's recorded commands, newest first: asked, and answered or still waiting."""
+    rows = await db.fetch_all(
+        conn, "locker_shadow_commands", {"locker_ref": locker_ref, "limit": limit}
+    )
+    return [
+        {
+            "commandId": r["command_id"],
+            "type": r["type"],
+            "assetId": str(r["asset_id"]) if r["asset_id"] else None,
+            "askedAt": _iso(r["asked_at"]),
+            "reply": r["reply"],
+            "repliedAt": _iso(r["replied_at"]),
+        }
+        for r in rows
+    ]
+
+
+async def prune(pool: db.Pool, days: int = KEEP_DAYS) -> int:
+    """Forget commands asked more than ``days`` ago; returns how many."""
+    async with db.connection(pool) as conn:
+        return await db.execute(conn, "prune_locker_commands", {"days": days})
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at else None

@@ -1,0 +1,22 @@
+-- The device shadow (locker/shadow.py): per locker, the commands Core is still waiting on
+-- (asked) and what the device answered them (reported), and the device's last reported
+-- presence. A command is recorded when a saga parks on it, so an answer that comes after
+-- the command's timeout, or to another process, or after a restart, is kept as a fact and
+-- its saga adopts it instead of the ledger waiting for the next retry.
+CREATE TABLE locker_commands (
+    command_id  text PRIMARY KEY CHECK (length(command_id) BETWEEN 1 AND 255),
+    locker_ref  text NOT NULL,
+    type        text NOT NULL,
+    asset_id    uuid,
+    saga_id     uuid,
+    asked_at    timestamptz NOT NULL DEFAULT now(),
+    reply       jsonb CHECK (reply IS NULL OR jsonb_typeof(reply) = 'object'),
+    replied_at  timestamptz,
+    CHECK ((reply IS NULL) = (replied_at IS NULL))
+);
+CREATE INDEX locker_commands_locker ON locker_commands (locker_ref, asked_at DESC);
+CREATE INDEX locker_commands_asked ON locker_commands (asked_at);
+
+ALTER TABLE lockers
+    ADD COLUMN reported_status text CHECK (reported_status IN ('online', 'offline')),
+    ADD COLUMN reported_at timestamptz;
