@@ -101,7 +101,7 @@ async def mqtt_url() -> AsyncIterator[str]:
         yield url
         await forget_test_lockers(url)
         return
-    broker = EmbeddedBroker()
+    broker = EmbeddedBroker(None)  # open, as the Mosquitto it stands in for
     url = await broker.start()
     try:
         yield url

@@ -7,11 +7,13 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import socket
 import subprocess
 import warnings
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import psycopg
 import structlog
@@ -264,6 +266,52 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+MQTT_USER = "proveniq"
+MQTT_PASSWORD_FILE = "mqtt-password"  # noqa: S105 (a file name)
+MQTT_USERS_FILE = "mqtt-users"
+
+
+def write_private(path: Path, text: str, *, replace: bool) -> bool:
+    """Write ``text`` to ``path`` with mode 0600: aside, then moved in, so no one else can
+    read it at any moment and no reader sees it half-written. ``replace``: overwrite an
+    existing file; else keep it (the first of two concurrent writers wins). Whether written.
+    """
+    aside = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        if replace:
+            os.replace(aside, path)
+            return True
+        try:
+            os.link(aside, path)
+        except FileExistsError:
+            return False
+        except OSError:  # a file system without hard links
+            if path.exists():
+                return False
+            os.replace(aside, path)
+        return True
+    finally:
+        aside.unlink(missing_ok=True)
+
+
+def broker_password(home: Path) -> str:
+    """The embedded broker's password, kept in ``<home>/mqtt-password`` (mode 0600) and
+    created there on first use."""
+    path = home / MQTT_PASSWORD_FILE
+    home.mkdir(parents=True, exist_ok=True)
+    write_private(path, secrets.token_urlsafe(32) + "\n", replace=False)  # kept if there
+    password = path.read_text().strip()
+    if not password:  # emptied: no client can sign in with that
+        password = secrets.token_urlsafe(32)
+        write_private(path, password + "\n", replace=True)
+    elif path.stat().st_mode & 0o077:
+        log.warning("mqtt_password_file_readable_by_others", path=str(path))
+    return password
+
+
 class _SnapshotDict(dict[Any, Any]):
     """A dict whose iteration walks a snapshot of its keys.
 
@@ -277,26 +325,53 @@ class _SnapshotDict(dict[Any, Any]):
 
 
 class EmbeddedBroker:
-    """An ``amqtt`` broker in this process, listening on loopback only."""
+    """An ``amqtt`` broker in this process, listening on loopback only.
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
+    With a ``home`` it admits one user, ``proveniq``, whose password ``broker_password``
+    keeps there, and refuses every other client, anonymous ones included: ``url`` carries
+    the credentials (``config.mqtt_url_for_messages`` hides them). ``home=None`` is an open broker
+    that admits anonymous clients, for tests that stand it in for a Mosquitto configured so.
+    """
+
+    def __init__(
+        self, home: Path | None, *, port: int | None = None, host: str = "127.0.0.1"
+    ) -> None:
+        self.home = home
         self.host = host
         self.port = port or free_port(host)
+        self._password: str | None = None
         self._broker: Any = None
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        """``mqtt://proveniq:<password>@host:port``; without credentials for an open broker."""
+        if self._password is None:
+            return f"mqtt://{self.host}:{self.port}"
+        return f"mqtt://{MQTT_USER}:{quote(self._password, safe='')}@{self.host}:{self.port}"
+
+    def _auth_plugins(self) -> dict[str, Any]:
+        if self.home is None:
+            return {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}
+        from pwdlib.hashers.argon2 import Argon2Hasher
+
+        self._password = broker_password(self.home)
+        users = self.home / MQTT_USERS_FILE
+        # A cheap hash: the password is 256 random bits, so a slow one protects nothing more,
+        # and amqtt verifies it on the event loop at every connect (argon2's defaults take a
+        # quarter second each here: minutes for a fleet of a thousand lockers).
+        digest = Argon2Hasher(time_cost=1, memory_cost=1024, parallelism=1).hash(self._password)
+        write_private(users, f"{MQTT_USER}:{digest}\n", replace=True)
+        # Alone, the file plugin refuses a client without a user name (no plugin says yes).
+        return {"amqtt.plugins.authentication.FileAuthPlugin": {"password_file": str(users)}}
 
     async def start(self) -> str:
+        """Start listening; return ``url``."""
         from amqtt.broker import Broker
 
         self._broker = Broker(
             {
                 "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
-                "plugins": {
-                    "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
-                },
+                "plugins": self._auth_plugins(),
             }
         )
         self._broker._subscriptions = _SnapshotDict()  # see _SnapshotDict

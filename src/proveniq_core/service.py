@@ -14,7 +14,7 @@ from typing import Any, Literal
 import structlog
 
 from proveniq_core import db
-from proveniq_core.config import Settings
+from proveniq_core.config import Settings, mqtt_url_for_messages
 from proveniq_core.embedded import EmbeddedBroker, EmbeddedPostgres
 from proveniq_core.errors import CoreError
 from proveniq_core.ledger import assets, audit, checkpoints, keys
@@ -259,9 +259,9 @@ async def running(
             stack.callback(pg.stop)
         mqtt_url = settings.mqtt_url
         if mqtt_url is None:
-            broker = EmbeddedBroker()
+            broker = EmbeddedBroker(settings.home)  # Core and the fleet sign in; no one else
             mqtt_url = await broker.start()
-            progress(f"embedded MQTT broker on {mqtt_url}")
+            progress(f"embedded MQTT broker on {mqtt_url_for_messages(mqtt_url)}")
             stack.push_async_callback(broker.stop)
 
         progress("applying migrations")

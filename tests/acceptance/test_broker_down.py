@@ -51,7 +51,7 @@ import asyncio, sys
 from proveniq_core.embedded import EmbeddedBroker
 
 async def main() -> None:
-    await EmbeddedBroker(int(sys.argv[1])).start()
+    await EmbeddedBroker(None, port=int(sys.argv[1])).start()
     await asyncio.Event().wait()
 
 asyncio.run(main())

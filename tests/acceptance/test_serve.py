@@ -139,6 +139,10 @@ def test_newcomer_gets_201_then_verified_and_data_survives_restart(home: Path) -
         assert kept.read_text().strip() == key
         assert kept.stat().st_mode & 0o077 == 0, "readable by others"
         assert any(str(kept) in line for line in first.lines[2:3])
+        # The embedded broker's password stays in its file: the URL is printed masked.
+        password = (home / "mqtt-password").read_text().strip()
+        assert password not in "\n".join(first.lines) + first.stderr
+        assert "· embedded MQTT broker on mqtt://proveniq:***@127.0.0.1:" in first.stderr
         curl = shutil.which("curl")
         assert curl, "the README's example uses curl"
         out = subprocess.run(shlex.split(first.curl), capture_output=True, text=True, check=True)

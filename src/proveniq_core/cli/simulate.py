@@ -79,6 +79,7 @@ def simulate(
     HTTP with --faults-port.
     """
     from proveniq_core import logs
+    from proveniq_core.config import mqtt_url_for_messages
     from proveniq_core.locker.faults import FaultBook
     from proveniq_core.locker.simulator import LatencyProfile, fleet_specs, run_fleet
     from proveniq_core.observability import tracing
@@ -126,7 +127,8 @@ def simulate(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        err.print(f"{lockers} lockers {specs[0].ref}…{specs[-1].ref} on {mqtt_url} ({profile})")
+        shown = mqtt_url_for_messages(mqtt_url)
+        err.print(f"{lockers} lockers {specs[0].ref}…{specs[-1].ref} on {shown} ({profile})")
         async with fault_control():
             await run_fleet(
                 mqtt_url, specs, prof, stop, seed=seed, state_file=state_file, faults=faults

@@ -35,6 +35,7 @@ import structlog
 from opentelemetry.trace import SpanKind
 from PIL import Image, ImageDraw
 
+from proveniq_core.config import mqtt_url_for_messages
 from proveniq_core.locker.faults import (
     ActiveFault,
     EvidenceDefect,
@@ -306,10 +307,15 @@ class LockerFleet:
         failures = [o for o in outcomes if o is not None]
         if failures:
             await self.stop()
+            where = mqtt_url_for_messages(self._url)
             raise ConnectionError(
-                f"simulated lockers cannot connect to {self._url}: {failures[0]}"
+                f"simulated lockers cannot connect to {where}: {failures[0]}"
             ) from failures[0]
-        log.info("locker.fleet_started", lockers=len(self._devices), url=self._url)
+        log.info(
+            "locker.fleet_started",
+            lockers=len(self._devices),
+            url=mqtt_url_for_messages(self._url),
+        )
 
     async def stop(self) -> None:
         """Abandon in-flight commands, publish retained ``offline``, disconnect."""
