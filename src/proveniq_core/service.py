@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,13 +202,13 @@ def _reconcile(
         except CoreError as exc:
             log.warning("shadow.presence_not_recorded", locker_ref=ref, error=str(exc))
 
-    async def adopt(ref: str, reply: Reply) -> None:
+    async def adopt(ref: str, reply: Reply, handover: bool) -> None:
         # The ledger may be down for a moment: keep trying about a lease, then the saga's
         # next try sends the command again and the device answers it from its memory.
         for delay in (0.0, 0.5, 2.0, 5.0, 8.0):
             await asyncio.sleep(delay)
             try:
-                saga_id = await shadow.report(pool, ref, reply)
+                saga_id = await shadow.report(pool, ref, reply, handover=handover)
             except CoreError as exc:
                 log.warning("shadow.reply_not_recorded", locker_ref=ref, error=str(exc))
                 continue
@@ -228,7 +229,7 @@ def _reconcile(
         elif event == "offline":
             spawn(presence(info["lockerRef"], "offline"))
         elif event == "unmatched_reply":
-            spawn(adopt(info["lockerRef"], info["reply"]))
+            spawn(adopt(info["lockerRef"], info["reply"], info.get("handover", False)))
 
     return hook
 
@@ -282,9 +283,16 @@ async def running(
 
         gateway = LockerGateway(
             mqtt_url,
-            client_id=f"proveniq-core-{os.getpid()}",
+            # Unique per process even where every container's pid is 1: the client id is also
+            # the process's reply topic.
+            client_id=f"proveniq-core-{os.getpid()}-{uuid.uuid4().hex[:8]}",
             keepalive=settings.mqtt_keepalive,
             breakers=breakers,
+            shared=(
+                settings.mqtt_shared_subscriptions
+                if settings.mqtt_shared_subscriptions is not None
+                else not settings.embedded_broker
+            ),
         )
         await gateway.start()
         stack.push_async_callback(gateway.stop)

@@ -10,6 +10,7 @@ that only the device's answer can move the asset.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -23,7 +24,7 @@ from proveniq_core.config import Settings
 from proveniq_core.ledger import keys
 from proveniq_core.locker.faults import parse_rule
 from proveniq_core.locker.simulator import LatencyProfile, LockerFleet, fleet_specs
-from proveniq_core.service import Core, register_fleet, running
+from proveniq_core.service import REWAKE_AFTER, Core, register_fleet, running
 from tests.conftest import unique_prefix
 from tests.helpers import eventually
 from tests.integration.conftest import TENANT, api_client, core_running, first_ref
@@ -48,6 +49,10 @@ async def make(database_url: str, mqtt_url: str, tmp_path: Path) -> AsyncIterato
                 core_running(database_url, mqtt_url, tmp_path, **(LATE | overrides))
             )
             key = await keys.create_key(core.pool, TENANT, keys.SCOPES, name="late answers")
+            # A locker first seen online makes its parked links due (twice, REWAKE_AFTER
+            # apart): let that pass, or it races the operator actions under test.
+            assert await core.gateway.wait_online(first_ref(core), timeout=10)
+            await asyncio.sleep(REWAKE_AFTER + 0.3)
             return core, await stack.enter_async_context(api_client(core, key))
 
         yield start
@@ -184,10 +189,12 @@ async def test_an_operator_retry_answers_within_the_budget_and_the_answer_still_
     """The seed lab: an operator retries at once while the device is still working on the
     link. The retry answers 202 with the entry retrying (not after the command timeout),
     and the device's late answer links the asset."""
-    core, http = await make()
+    # The command may take 3 s and the device answers at 5 s: the retry comes while the
+    # command is in flight, and its own wait (the 0.2 s budget) ends long before.
+    core, http = await make(locker_command_timeout=3.0)
     assert core.fleet is not None
     ref = first_ref(core)
-    delay_links(core.fleet, ref, 2500)
+    delay_links(core.fleet, ref, 5000)
     asset_id = await register(http, ref)
     entry = await entry_of(http, asset_id)
 

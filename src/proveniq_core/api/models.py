@@ -152,7 +152,7 @@ class LockerView(BaseModel):
 
 class ShadowCommand(BaseModel):
     commandId: str
-    type: str
+    type: str | None = Field(description="null: an answer handed over before the park")
     assetId: str | None
     askedAt: datetime = Field(description="when Core parked waiting on it")
     reply: dict[str, Any] | None = Field(description="the device's answer; null: not yet")

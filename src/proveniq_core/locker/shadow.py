@@ -3,11 +3,12 @@ device last reported.
 
 A command is recorded (*asked*) when a saga parks waiting on it: its answer did not come
 within the request's budget, or the device could not be reached. A reply that no waiting
-send in this process takes (it came after the command's timeout, to another process, or
-after a restart) is then kept as a fact keyed by its ``commandId`` (*reported*), and the
-saga waiting on it is woken to adopt it instead of sending again. A command Core never
-parked on is not recorded: its answer went to the send that waited for it. The device's
-presence (online/offline) is kept on its locker row whenever it changes.
+send in this process takes (it came after the command's timeout, or was meant for a
+process that is gone) is kept as a fact keyed by its
+``commandId`` (*reported*), and the saga waiting on it is woken to adopt it instead of
+sending again; a park that finds its answer already kept makes the saga due at once. A
+command answered in time is not recorded: its answer went to the send that waited for it.
+The device's presence (online/offline) is kept on its locker row whenever it changes.
 """
 
 from __future__ import annotations
@@ -48,13 +49,19 @@ async def ask(
     return Reply.model_validate(row["reply"]) if row and row["reply"] else None
 
 
-async def report(pool: db.Pool, locker_ref: str, reply: Reply) -> str | None:
+async def report(
+    pool: db.Pool, locker_ref: str, reply: Reply, *, handover: bool = False
+) -> str | None:
     """Keep a device's answer to a recorded command; returns the id of the saga waiting on
-    it, or None when Core never recorded the command (or has its answer already)."""
+    it, or None when Core never recorded the command (or has its answer already).
+
+    ``handover``: keep it even before the command is recorded (it was meant for this
+    process and came late, perhaps while the saga that asked is still writing its park; or
+    for a process that is gone): the park then finds it and makes the saga due at once."""
     async with db.connection(pool) as conn:
         row = await db.fetch_one(
             conn,
-            "report_locker_reply",
+            "hand_over_locker_reply" if handover else "report_locker_reply",
             {
                 "command_id": reply.commandId,
                 "locker_ref": locker_ref,

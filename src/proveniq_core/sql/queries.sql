@@ -1037,6 +1037,18 @@ UPDATE locker_commands SET reply = %(reply)s, replied_at = now()
 WHERE command_id = %(command_id)s AND locker_ref = %(locker_ref)s AND reply IS NULL
 RETURNING saga_id, asset_id, type
 
+-- hand_over_locker_reply --
+-- A device's late answer, or one meant for a Core process that is gone, kept whether or
+-- not Core recorded the command yet (the first answer wins); returns the saga waiting on
+-- it, NULL until a park records one.
+INSERT INTO locker_commands (command_id, locker_ref, reply, replied_at)
+VALUES (%(command_id)s, %(locker_ref)s, %(reply)s, now())
+ON CONFLICT (command_id) DO UPDATE
+SET reply = coalesce(locker_commands.reply, EXCLUDED.reply),
+    replied_at = coalesce(locker_commands.replied_at, EXCLUDED.replied_at)
+WHERE locker_commands.locker_ref = EXCLUDED.locker_ref
+RETURNING saga_id, asset_id, type
+
 -- locker_command_reply --
 -- The device's recorded answer to a command; no row until it answered.
 SELECT reply, replied_at FROM locker_commands

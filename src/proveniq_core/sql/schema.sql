@@ -336,7 +336,7 @@ WITH (fillfactor='80');
 CREATE TABLE public.locker_commands (
     command_id text NOT NULL,
     locker_ref text NOT NULL,
-    type text NOT NULL,
+    type text,
     asset_id uuid,
     saga_id uuid,
     asked_at timestamp with time zone DEFAULT now() NOT NULL,
