@@ -102,8 +102,6 @@ async def mqtt_url() -> AsyncIterator[str]:
         await forget_test_lockers(url)
         return
     broker = EmbeddedBroker(None)  # open, as the Mosquitto it stands in for
-    # amqtt has no shared subscriptions: the Cores under test must not count on them.
-    os.environ["PROVENIQ_MQTT_SHARED_SUBSCRIPTIONS"] = "false"
     url = await broker.start()
     try:
         yield url

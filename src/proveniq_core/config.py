@@ -46,12 +46,6 @@ class Settings(BaseSettings):
 
     link_sync_budget_ms: int = Field(2000, ge=1, description="how long a request waits to link")
     locker_command_timeout: float = Field(30.0, gt=0, description="how long a command may take")
-    mqtt_shared_subscriptions: bool | None = Field(
-        None,
-        description="the broker has MQTT shared subscriptions ($share/...: Mosquitto, EMQX,"
-        " HiveMQ), so each reply is taken by one Core process; default: yes for a configured"
-        " broker, no for the embedded one (amqtt has none)",
-    )
     mqtt_keepalive: int = Field(
         10, ge=2, description="MQTT keepalive, s: a silent broker is noticed within about 1.5x"
     )

@@ -170,6 +170,8 @@ def database_backlog(pool: db.Pool) -> BacklogReader:
 
 
 REWAKE_AFTER = 1.0  # seconds
+CORES_HEARD_AFTER = 3.0
+"""Seconds after connecting by which the broker has told a process which Core processes live."""
 
 
 def _reconcile(
@@ -181,8 +183,9 @@ def _reconcile(
 ) -> Callable[[str, Any], None]:
     """A gateway hook that keeps the device shadow (locker/shadow.py) and reconciles the
     ledger with it: a reply no send here waited for is kept if a parked saga waits on it,
-    and that saga woken to adopt it; a locker's presence is recorded, and when it comes
-    (back) online its deferred links are retried now."""
+    and that saga woken to adopt it; the sagas waiting on a Core process that is gone ask
+    again; a locker's presence is recorded, and when it comes (back) online its deferred
+    links are retried now."""
 
     async def wake(ref: str) -> None:
         # Twice: a link that failed just before the device came back parks its saga a
@@ -222,8 +225,22 @@ def _reconcile(
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
+    async def ask_again(after: float = 0.0) -> None:
+        await asyncio.sleep(after)
+        try:
+            woken = await shadow.ask_again(pool, gateway.live_processes())
+        except CoreError as exc:  # their retry timers ask again anyway
+            log.warning("shadow.ask_again_failed", error=str(exc))
+            return
+        if woken:
+            log.info("shadow.asking_again", sagas=len(woken))
+
     def hook(event: str, info: Any) -> None:
-        if event == "online":
+        if event == "core_gone":  # its sagas' answers would go to nobody: ask again
+            spawn(ask_again())
+        elif event == "connected":  # processes that went while none of us listened
+            spawn(ask_again(after=CORES_HEARD_AFTER))
+        elif event == "online":
             spawn(wake(info["lockerRef"]))
             spawn(presence(info["lockerRef"], "online"))
         elif event == "offline":
@@ -288,11 +305,6 @@ async def running(
             client_id=f"proveniq-core-{os.getpid()}-{uuid.uuid4().hex[:8]}",
             keepalive=settings.mqtt_keepalive,
             breakers=breakers,
-            shared=(
-                settings.mqtt_shared_subscriptions
-                if settings.mqtt_shared_subscriptions is not None
-                else not settings.embedded_broker
-            ),
         )
         await gateway.start()
         stack.push_async_callback(gateway.stop)

@@ -1,15 +1,14 @@
 """Replies reach the Core process that asked, not every process (docs/architecture.md §4).
 
 Each command carries ``replyTo``, a topic under the device's own replies topic naming the
-process that sent it. Other processes get at most a copy (one of them, through a shared
-subscription, on a broker that has them), which they drop unparsed while the process it
-was meant for lives, and take up when it is gone. A device that ignores ``replyTo`` answers
-on ``.../replies``, which every process receives, as before.
+process that sent it, and only that process receives the answer. When a process goes, the
+others hear it (its retained presence is cleared) and the sagas it was waiting for ask
+again. A device that ignores ``replyTo`` answers on ``.../replies``, which every process
+receives, as before.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
@@ -24,7 +23,6 @@ from proveniq_core.locker.gateway import LockerGateway
 from proveniq_core.locker.simulator import LatencyProfile, LockerFleet, fleet_specs
 from tests.helpers import eventually
 
-SHARED = os.environ.get("PROVENIQ_TEST_MQTT") != "embedded"  # Mosquitto has $share; amqtt not
 Events = list[tuple[str, dict[str, Any]]]
 Start = Callable[..., Any]
 
@@ -40,11 +38,14 @@ async def stack() -> AsyncIterator[AsyncExitStack]:
 
 
 async def gateway(stack: AsyncExitStack, mqtt_url: str, events: Events) -> LockerGateway:
-    """A Core process's gateway whose replies and unmatched replies land in ``events``."""
-    gw = LockerGateway(mqtt_url, shared=SHARED)
+    """A Core process's gateway whose replies, unmatched replies and the processes it saw
+    go land in ``events``."""
+    gw = LockerGateway(mqtt_url)
     gw.add_event_hook(
         lambda event, info: (
-            events.append((event, info)) if event in ("reply", "unmatched_reply") else None
+            events.append((event, info))
+            if event in ("reply", "unmatched_reply", "core_gone")
+            else None
         )
     )
     await gw.start()
@@ -65,6 +66,11 @@ def unmatched(events: Events) -> list[dict[str, Any]]:
     return [info for event, info in events if event == "unmatched_reply"]
 
 
+def of(events: Events, ref: str) -> Events:
+    """The events about ``ref``'s commands (the broker is shared with other tests)."""
+    return [(e, i) for e, i in events if i.get("lockerRef") == ref]
+
+
 async def test_each_reply_is_taken_by_the_process_that_asked_only(
     mqtt_url: str, stack: AsyncExitStack
 ) -> None:
@@ -80,39 +86,35 @@ async def test_each_reply_is_taken_by_the_process_that_asked_only(
     for _ in range(10):
         assert await asker.send(ref, "ping", command_id=new_id(), timeout=5) == {}
 
-    assert [event for event, _ in mine] == ["reply"] * 10
-    assert others == []
+    assert [event for event, _ in of(mine, ref)] == ["reply"] * 10
+    assert of(others, ref) == []
     assert lockers.device(ref).received["ping"] == 10
 
 
-async def test_a_reply_meant_for_a_process_that_is_gone_is_taken_up_by_another(
+async def test_the_other_processes_hear_that_a_process_is_gone(
     mqtt_url: str, stack: AsyncExitStack
 ) -> None:
-    """The asking process goes before the device answers: another process gets the answer
-    and hands it over (the shadow keeps it for the saga that waits on it)."""
+    """A process that stops (or dies: the broker's will clears its presence) is reported
+    gone to the others, which then ask again for the sagas it waited on."""
     survivor: Events = []
-    asker = await gateway(stack, mqtt_url, [])
-    await gateway(stack, mqtt_url, survivor)
-    lockers = await fleet(stack, mqtt_url)
-    ref = lockers.devices[0].ref
-    assert await asker.wait_online(ref, timeout=5)
-    lockers.faults.add(parse_rule({"lockerRef": ref, "fault": "delay", "delayMs": 1500}))
+    leaving = await gateway(stack, mqtt_url, [])
+    watcher = await gateway(stack, mqtt_url, survivor)
+    await eventually(lambda: leaving.process_id in watcher.live_processes(), "seen online")
 
-    command = new_id()
-    with pytest.raises(LockerTimeoutError):
-        await asker.send(ref, "link", command_id=command, asset_id="a-1", timeout=0.3)
-    await asker.stop()  # its presence cleared (a crash: the broker's will clears it)
+    await leaving.stop()
 
-    taken = await eventually(lambda: unmatched(survivor), "the answer taken up")
-    assert [(i["reply"].commandId, i["handover"]) for i in taken] == [(command, True)]
-    assert taken[0]["reply"].result == {"lockerId": lockers.devices[0].locker_id}
+    gone = await eventually(
+        lambda: [i for e, i in survivor if e == "core_gone"], "the process reported gone"
+    )
+    assert [i["process"] for i in gone] == [leaving.process_id]
+    assert leaving.process_id not in watcher.live_processes()
 
 
 async def test_a_late_answer_to_a_live_process_is_its_own_to_hand_over(
     mqtt_url: str, stack: AsyncExitStack
 ) -> None:
-    """A command that timed out here is answered late: this process hands the answer over;
-    the other process, seeing the asker alive, leaves it alone."""
+    """A command that timed out here is answered late: this process hands the answer over
+    to the shadow; the other process never sees it."""
     mine: Events = []
     others: Events = []
     asker = await gateway(stack, mqtt_url, mine)
@@ -126,9 +128,9 @@ async def test_a_late_answer_to_a_live_process_is_its_own_to_hand_over(
     with pytest.raises(LockerTimeoutError):
         await asker.send(ref, "link", command_id=command, asset_id="a-2", timeout=0.2)
 
-    taken = await eventually(lambda: unmatched(mine), "the late answer handed over")
+    taken = await eventually(lambda: unmatched(of(mine, ref)), "the late answer handed over")
     assert [(i["reply"].commandId, i["handover"]) for i in taken] == [(command, True)]
-    assert others == []
+    assert of(others, ref) == []
 
 
 async def test_a_device_that_ignores_reply_to_is_answered_as_before(
@@ -146,6 +148,6 @@ async def test_a_device_that_ignores_reply_to_is_answered_as_before(
 
     command = new_id()
     assert await asker.send(ref, "ping", command_id=command, timeout=5) == {}
-    assert [event for event, _ in mine] == ["reply"]
-    taken = await eventually(lambda: unmatched(others), "the other process's copy")
+    assert [event for event, _ in of(mine, ref)] == ["reply"]
+    taken = await eventually(lambda: unmatched(of(others, ref)), "the other process's copy")
     assert [(i["reply"].commandId, i["handover"]) for i in taken] == [(command, False)]

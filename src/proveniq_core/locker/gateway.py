@@ -69,8 +69,9 @@ log = structlog.get_logger(__name__)
 
 EventHook = Callable[[str, dict[str, Any]], None]
 """Receives ``(event, info)``; events: connected, disconnected, command_sent, reply, timeout,
-online and offline (a device's presence changed), and unmatched_reply (``info["reply"]``: a
-reply no send here waits for: late, or another process's)."""
+online and offline (a device's presence changed), unmatched_reply (``info["reply"]``: a
+reply no send here waits for: late, or another process's), core_gone (``info["process"]``:
+another Core process left the broker)."""
 
 # Nagle's algorithm plus delayed ACKs adds ~40 ms per small MQTT write; commands are tiny.
 SOCKET_OPTIONS = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
@@ -80,9 +81,6 @@ RECONNECT = Backoff(BACKOFF_MIN_S, cap=BACKOFF_MAX_S)
 """Waits between broker connection attempts: from 0.2 s, doubling, at most 5 s."""
 
 _ReplyKey = tuple[str, str]  # (locker ref, commandId)
-SHARE_GROUP = "proveniq-core"
-"""The shared-subscription group of Core's processes: one of them gets a copy of every
-directed reply, to take it up when the process it was meant for is gone."""
 ANSWERED_MEMORY = 4096
 """Command ids whose answer this process took lately: a second copy of one is dropped."""
 
@@ -151,16 +149,12 @@ class LockerGateway:
         keepalive: int = 10,
         on_event: EventHook | None = None,
         breakers: BreakerRegistry | None = None,
-        shared: bool = False,
     ) -> None:
-        """``shared``: the broker has MQTT shared subscriptions (``$share/…``: Mosquitto,
-        EMQX, HiveMQ; not amqtt): the copy of each directed reply reaches one process, not all."""
         self._host, self._port = parse_mqtt_url(mqtt_url)
         self._username, self._password = mqtt_credentials(mqtt_url)
         self.breakers = breakers if breakers is not None else BreakerRegistry()
         self._client_id = validate_ref(client_id or f"proveniq-core-{uuid.uuid4().hex[:12]}")
-        self._shared = shared
-        self._cores: dict[str, bool] = {}  # Core processes' presence, by client id
+        self._cores: set[str] = set()  # the Core processes online, by client id
         self._answered: dict[str, None] = {}  # insertion-ordered: the oldest is dropped first
         self._connect_timeout = connect_timeout
         # A broker that goes silent (a partition, no FIN) is noticed when its PINGRESP is
@@ -372,25 +366,24 @@ class LockerGateway:
             failures += 1
 
     def _subscriptions(self) -> list[str]:
-        """Replies: this process's own (``replyTo``); those on ``.../replies`` (devices that
-        ignore ``replyTo``: every process gets them); and a copy of every directed reply,
-        taken up only when the process it was meant for is gone: with shared subscriptions
-        one process of the group gets each copy, without them every process does (and drops
-        it unparsed while its process lives). Presence: the lockers' and Core's processes'."""
-        directed = f"{TOPIC_ROOT}/+/replies/+"
-        if self._shared:
-            replies = [
-                f"{TOPIC_ROOT}/+/replies/{self._client_id}",
-                f"$share/{SHARE_GROUP}/{directed}",
-            ]
-        else:
-            replies = [directed]  # this process's own among them
+        """Replies meant for this process (``replyTo``) and those on ``.../replies`` (from
+        devices that ignore ``replyTo``: every process gets them); the presence of the
+        lockers and of Core's processes."""
         return [
-            *replies,
+            f"{TOPIC_ROOT}/+/replies/{self._client_id}",
             f"{TOPIC_ROOT}/+/replies",
             f"{TOPIC_ROOT}/+/status",
             f"{CORE_ROOT}/+/status",
         ]
+
+    @property
+    def process_id(self) -> str:
+        """This process's name on the broker: its client id, and its ``replyTo``'s last level."""
+        return self._client_id
+
+    def live_processes(self) -> set[str]:
+        """The Core processes online on the broker, as this one last heard (itself included)."""
+        return self._cores | {self._client_id}
 
     def _on_connected(self, client: aiomqtt.Client) -> None:
         self._client = client
@@ -475,13 +468,18 @@ class LockerGateway:
         parts = topic.split("/")
         if len(parts) != 4 or parts[3] != "status":
             raise ValueError(f"not a Core status topic: {topic!r}")
-        self._cores[validate_ref(parts[2])] = payload == STATUS_ONLINE
+        process = validate_ref(parts[2])
+        if payload == STATUS_ONLINE:
+            self._cores.add(process)
+        elif process in self._cores:  # cleared: stopped, or gone and cleared by its will
+            self._cores.discard(process)
+            self._emit("core_gone", {"process": process})
 
     def _on_reply(self, ref: str, target: str | None, payload: Any) -> None:
         """Take a reply. ``target``: the process it was meant for (``replyTo``), None for
         one on ``.../replies``."""
-        if target is not None and target != self._client_id and self._cores.get(target):
-            return  # a copy of another live process's reply: it has it (nothing parsed)
+        if target is not None and target != self._client_id:
+            return  # not subscribed to: a broker quirk (amqtt pushes retained mismatches)
         if not isinstance(payload, bytes | str):
             raise ValueError(f"unexpected payload type {type(payload).__name__}")
         reply = decode_reply(payload)
@@ -496,9 +494,9 @@ class LockerGateway:
             return  # a second copy of an answer this process took already
         self._remember(reply.commandId)
         # Meant for this process but late (its send timed out, perhaps while its saga is
-        # still writing the park), or meant for a process that is gone: the shadow keeps it
-        # and the saga waiting or parking on it adopts it. An answer on .../replies reaches
-        # every process, the one that asked included: kept only if a parked saga waits on it.
+        # still writing the park): the shadow keeps it and the saga waiting or parking on it
+        # adopts it. An answer on .../replies reaches every process, the one that asked
+        # included: kept only if a parked saga waits on it.
         log.debug("locker.reply_unmatched", locker_ref=ref, command_id=reply.commandId)
         handover = target is not None
         self._emit("unmatched_reply", {"lockerRef": ref, "reply": reply, "handover": handover})
@@ -529,7 +527,6 @@ __all__ = [
     "BACKOFF_MIN_S",
     "DEVICE_BREAKER",
     "FLEET_BREAKER",
-    "SHARE_GROUP",
     "EventHook",
     "LockerGateway",
     "mqtt_credentials",

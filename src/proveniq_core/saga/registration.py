@@ -241,7 +241,13 @@ def registration_saga(
                 return delay
             d = ctx.data
             answered = await shadow.ask(
-                conn, command, d["lockerRef"], "link", asset_id=d["assetId"], saga_id=ctx.saga_id
+                conn,
+                command,
+                d["lockerRef"],
+                "link",
+                asset_id=d["assetId"],
+                saga_id=ctx.saga_id,
+                asked_by=gateway.process_id,
             )
             return 0.0 if answered is not None else delay
 

@@ -11,6 +11,7 @@ CREATE TABLE locker_commands (
     type        text,
     asset_id    uuid,
     saga_id     uuid,
+    asked_by    text,          -- the Core process whose replyTo the device answers
     asked_at    timestamptz NOT NULL DEFAULT now(),
     reply       jsonb CHECK (reply IS NULL OR jsonb_typeof(reply) = 'object'),
     replied_at  timestamptz,
@@ -18,6 +19,7 @@ CREATE TABLE locker_commands (
 );
 CREATE INDEX locker_commands_locker ON locker_commands (locker_ref, asked_at DESC);
 CREATE INDEX locker_commands_asked ON locker_commands (asked_at);
+CREATE INDEX locker_commands_unanswered ON locker_commands (asked_by) WHERE reply IS NULL;
 
 ALTER TABLE lockers
     ADD COLUMN reported_status text CHECK (reported_status IN ('online', 'offline')),
