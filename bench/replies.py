@@ -45,10 +45,8 @@ async def run_fleet(url: str, prefix: str, lockers: int, legacy: bool) -> None:
     await fleet.stop()
 
 
-async def run_gateway(
-    url: str, prefix: str, lockers: int, shared: bool, ask: int, conc: int
-) -> None:
-    gateway = LockerGateway(url, shared=shared)
+async def run_gateway(url: str, prefix: str, lockers: int, ask: int, conc: int) -> None:
+    gateway = LockerGateway(url)
     await gateway.start()
     refs = [spec.ref for spec in fleet_specs(lockers, prefix)]
     for ref in refs:
@@ -103,11 +101,8 @@ def one_run(args: argparse.Namespace, k: int, legacy: bool) -> tuple[float, floa
     prefix = f"b{uuid.uuid4().hex[:8]}-locker-"
     common = [args.mqtt_url, prefix, str(args.lockers)]
     fleet = spawn("--fleet", *common, "--legacy" if legacy else "--replyto")
-    shared = "--shared" if args.shared else "--no-shared"
     gateways = [
-        spawn(
-            "--gateway", *common, shared, str(args.commands if i == 0 else 0), str(args.concurrency)
-        )
+        spawn("--gateway", *common, str(args.commands if i == 0 else 0), str(args.concurrency))
         for i in range(k)
     ]
     try:
@@ -141,8 +136,8 @@ def main() -> None:
         asyncio.run(run_fleet(url, prefix, int(n), mode == "--legacy"))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "--gateway":
-        url, prefix, n, shared, ask, conc = sys.argv[2:8]
-        asyncio.run(run_gateway(url, prefix, int(n), shared == "--shared", int(ask), int(conc)))
+        url, prefix, n, ask, conc = sys.argv[2:7]
+        asyncio.run(run_gateway(url, prefix, int(n), int(ask), int(conc)))
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mqtt-url", default="mqtt://127.0.0.1:1883")
@@ -151,9 +146,6 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=50)
     ap.add_argument("--lockers", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument(
-        "--no-shared", dest="shared", action="store_false", help="a broker without $share"
-    )
     ap.add_argument("--out", type=Path, default=HERE / "replies.txt")
     args = ap.parse_args()
     ks = [int(k) for k in args.ks.split(",")]
@@ -174,7 +166,7 @@ def main() -> None:
     lines = [
         f"# bench/replies.py, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         f"# {args.commands} pings, {args.concurrency} in flight, {args.lockers} instant lockers,"
-        f" broker {args.mqtt_url} (shared subscriptions: {'yes' if args.shared else 'no'}),"
+        f" broker {args.mqtt_url},"
         f" {args.rounds} interleaved rounds; {os.cpu_count()} cores shared by everything",
         "",
         "ms of CPU per reply, medians: all K processes (of which the K-1 that did not ask)",
