@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import pytest_asyncio
 
 from proveniq_core import db
@@ -251,3 +252,32 @@ async def test_a_retry_the_device_answers_within_the_budget_answers_200_resolved
     retry = await http.post(f"/api/ops/retry-queue/{entry['id']}/retry")
     assert retry.status_code == 200, retry.text
     assert (retry.json()["status"], retry.json()["assetStatus"]) == ("resolved", "linked")
+
+
+async def test_a_request_starved_of_its_lease_answers_202_with_the_asset(
+    make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process too starved to renew its lease loses the saga mid-request to a worker,
+    which finishes it: the client gets 202 with the asset's id (reason E_CONFLICT), not a
+    409 that names nothing, and the asset is linked by the worker."""
+    # The device answers at 3 s, well inside the request's wait (5 s) and the command's
+    # (5 s), and long after the 1 s lease that nothing renews: a worker has claimed the saga
+    # by then, and the request's checkpoint after the link is refused.
+    core, http = await make(saga_lease=1.0, link_sync_budget_ms=5000, locker_command_timeout=5.0)
+    assert core.fleet is not None
+    ref = first_ref(core)
+
+    async def starved() -> int:
+        return 0  # no renewal goes out, as when the event loop or the pool is starved
+
+    monkeypatch.setattr(core.engine, "renew", starved)
+    delay_links(core.fleet, ref, 3000)
+    resp = await http.post(
+        "/api/assets", json={"name": "Nikon F", "category": "camera", "lockerRef": ref}
+    )
+    assert resp.status_code == 202, resp.text
+    body = resp.json()
+    assert body["reason"] == "E_CONFLICT"
+    assert body["assetId"]
+    await eventually(lambda: linked(http, body["assetId"]), "finished by the worker")
+    assert core.fleet.device(ref).linked[body["assetId"]] == 1

@@ -92,13 +92,16 @@ class AssetCreated(BaseModel):
 
 
 class AssetDeferred(BaseModel):
-    """202: the asset is recorded; the locker link is deferred and retried
-    (docs/architecture.md §3)."""
+    """202: the asset is recorded; the locker link is deferred and retried, or another
+    process finishes the registration (docs/architecture.md §3)."""
 
     assetId: str
-    status: str = Field(description="pending_link")
+    status: str = Field(description="pending_link; with E_CONFLICT, the asset's state now")
     retryAt: datetime | None = Field(description="the next automatic try; null: held")
-    reason: str = Field(description="E_LOCKER_TIMEOUT or E_LOCKER_UNREACHABLE")
+    reason: str = Field(
+        description="E_LOCKER_TIMEOUT or E_LOCKER_UNREACHABLE; E_CONFLICT: this process lost"
+        " the registration to another (it was starved), which finishes it: follow the asset"
+    )
 
 
 class VerificationView(BaseModel):
