@@ -30,7 +30,7 @@ is ready again (database and broker ok) and says how long that took.
 Every run gives Core a lab webhook retry schedule (``LAB_ENV``: 11 attempts over about
 5 minutes instead of 8 over a day), so the events a failing receiver refused are delivered
 again before the drain ends. ``--compressed`` also shortens Core's timers (``COMPRESSED_ENV``)
-and the chaos, and spreads the events so that every kind runs at least once (``--minutes 1``
+and the chaos, and spreads the events so that every kind runs at least once (``--minutes 2``
 at least; 3 for CI).
 
 At the end the load stops, and the run drains: until nothing is in flight (no saga leased or
@@ -1703,8 +1703,8 @@ def main() -> None:
         action="store_true",
         help="shorten Core's timers (lease 3 s, command timeout 8 s, retries from 4 s) and the"
         " chaos (warmup 10 s, quiet 20 s, outages of 3 s, a locker offline and the receiver"
-        " failing 10 s, the events spread so that each kind runs at least once, every 6 to"
-        " 30 s) for a run of a few minutes: --minutes 1 at least, 3 for CI",
+        " failing 10 s, the events spread so that each kind runs at least once, every 15 to"
+        " 30 s) for a run of a few minutes: --minutes 2 at least, 3 for CI",
     )
     ap.add_argument("--log-level", default="info", help="serve's log level")
     ap.add_argument("--serve-env", action="append", default=[], metavar="PROVENIQ_X=V")
@@ -1728,15 +1728,16 @@ def main() -> None:
                 setattr(args, name, value)
         if args.chaos_interval == ap.get_default("chaos_interval"):
             # One round of every kind across the window, at most 30 s apart (so longer runs
-            # get more rounds) and at least 6 s (a kill's restart takes a few seconds).
+            # get more rounds) and at least 15 s: a restart and the wait until every process
+            # is ready again took up to 40 s on a loaded machine, and pushes what follows.
             window = args.minutes * 60 - args.warmup - args.quiet
-            args.chaos_interval = min(30.0, max(6.0, window / (len(CHAOS_KINDS) - 1)))
+            args.chaos_interval = min(30.0, max(15.0, window / (len(CHAOS_KINDS) - 1)))
     planned = {kind for _, kind in chaos_schedule(args, random.Random(args.seed))}
     missing = sorted(set(CHAOS_KINDS) - planned)
     if missing and args.compressed:
         ap.error(
             f"--minutes {args.minutes:g} leaves no room for every chaos kind (missing:"
-            f" {', '.join(missing)}): with --compressed, --minutes 1 at least"
+            f" {', '.join(missing)}): with --compressed, --minutes 2 at least"
         )
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="proveniq-soak-"))
     workdir.mkdir(parents=True, exist_ok=True)
