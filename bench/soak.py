@@ -396,7 +396,7 @@ SELECT
 LIMIT = 200
 OUTSTANDING_SAGAS = f"""
 SELECT id, name, status, owner, extract(epoch FROM lease_until - now())::float8,
-       extract(epoch FROM run_at - now())::float8, data->>'assetId'
+       extract(epoch FROM run_at - now())::float8, input->>'assetId'
 FROM sagas WHERE status IN ('running', 'compensating')
   AND (lease_until IS NOT NULL OR run_at <= now())
 ORDER BY run_at LIMIT {LIMIT}
@@ -1041,30 +1041,37 @@ class Soak:
     def schedule(self) -> list[tuple[float, str]]:
         return chaos_schedule(self.args, random.Random(self.args.seed))
 
-    async def all_ready(self) -> bool:
+    async def not_ready(self) -> list[str]:
+        """The Core processes not ready (database and broker ok), each with why; [] if all."""
+        out = []
         async with httpx.AsyncClient(timeout=3) as http:
             for proc in self.core:
                 try:
                     r = await http.get(f"{proc.base}/readyz")
                     checks = r.json()["checks"]
-                except (httpx.HTTPError, ValueError, KeyError):
-                    return False
+                except (httpx.HTTPError, ValueError, KeyError) as exc:
+                    out.append(f"{proc.name}: /readyz {type(exc).__name__}")
+                    continue
                 if checks.get("database") != "ok" or checks.get("broker") != "ok":
-                    return False
-        return True
+                    out.append(
+                        f"{proc.name}: database {checks.get('database')},"
+                        f" broker {checks.get('broker')}"
+                    )
+        return out
 
     async def recovered(self, event: ChaosEvent, restored: float) -> None:
         """Wait until every Core process is ready again, then for the next acknowledgement."""
         deadline = restored + self.args.recover_timeout
-        while not await self.all_ready():
+        while waiting := await self.not_ready():
             if now() > deadline:
                 event.ok = False
                 self.violate(
                     "not_recovered",
                     f"{event.kind} {event.target} at t={event.t:.0f}s: not every Core process"
-                    f" ready {self.args.recover_timeout:.0f} s after the restart",
+                    f" ready {self.args.recover_timeout:.0f} s after the restart"
+                    f" ({'; '.join(waiting)})",
                 )
-                self.log(f"  NOT recovered: {event.kind} {event.target}")
+                self.log(f"  NOT recovered: {event.kind} {event.target}: {'; '.join(waiting)}")
                 return
             await asyncio.sleep(0.5)
         event.recovered_s = now() - restored
@@ -1213,9 +1220,15 @@ class Soak:
             for vid, aid, status, attempts, due_in, error in conn.execute(
                 OUTSTANDING_VERIFICATIONS
             ):
-                when = f"next try in {due_in:.0f} s" if due_in > 0 else f"due {-due_in:.0f} s ago"
+                when = (
+                    ""
+                    if status == "collecting"
+                    else f", next try in {due_in:.0f} s"
+                    if due_in > 0
+                    else f", due {-due_in:.0f} s ago"
+                )
                 out.append(
-                    f"verification {vid} of asset {aid}: {status}, attempt {attempts}, {when}"
+                    f"verification {vid} of asset {aid}: {status}, attempt {attempts}{when}"
                     + (f", last error {error[:120]}" if error else "")
                 )
             for did, eid, etype, status, attempts, due_in, error, endpoint, aid in conn.execute(
