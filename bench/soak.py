@@ -47,8 +47,9 @@ reached the receiver, and the receiver got nothing the ledger does not hold; eve
 signature verifies; ``proveniq audit verify`` passes. It prints a report and exits 1 on
 any violation, 2 when the run itself broke (``--json`` also writes it as JSON). The report
 has a row per minute of load: requests, acknowledgements, 503s by code, other failures,
-P50/P99 of the acknowledged latency, the most requests in flight, the chaos that began in
-that minute (with its recovery) and the warnings the Core processes logged most.
+P50/P99 of the acknowledged latency, the most requests in flight, the machine's load and
+the Core processes' CPU, the chaos that began in that minute (with its recovery) and the
+warnings the Core processes logged most.
 """
 
 from __future__ import annotations
@@ -809,6 +810,9 @@ class Soak:
     load_done: bool = False
     inflight: int = 0
     peak: dict[int, int] = field(default_factory=dict)  # load minute -> most requests in flight
+    # load minute -> (load average, the machine's CPU % and the Core processes' CPU %, of one
+    # core, over that minute): a slow minute on a machine others were using shows here
+    machine: dict[int, tuple[float, float, float]] = field(default_factory=dict)
     drain_s: float = 0.0
     drained: bool = False
     final: dict[str, Any] = field(default_factory=dict)
@@ -1011,9 +1015,13 @@ class Soak:
         cores = psutil.cpu_count() or 1
         seen = 0
         minute = 0
+        core_cpu = sum(p.cpu_total() for p in self.core)
         while not self.load_done:
             await asyncio.sleep(60)
             minute += 1
+            machine = psutil.cpu_percent() * cores
+            was, core_cpu = core_cpu, sum(p.cpu_total() for p in self.core)
+            self.machine[minute - 1] = (os.getloadavg()[0], machine, (core_cpu - was) / 60 * 100)
             recent = self.answers[seen:]
             seen = len(self.answers)
             codes = Counter(a.status for a in recent)
@@ -1032,7 +1040,8 @@ class Soak:
                 f" acked p50 {pct(lat, 50):.0f} / p99 {pct(lat, 99):.0f} ms;"
                 f" acked so far {acked}, in flight {self.inflight}; {assets};"
                 f" webhooks {len(self.receiver.delivered)} ({self.receiver.refused} refused);"
-                f" load {os.getloadavg()[0]:.1f}, CPU {psutil.cpu_percent() * cores:.0f} %"
+                f" load {os.getloadavg()[0]:.1f}, CPU {machine:.0f} % (Core"
+                f" {self.machine[minute - 1][2]:.0f} %)"
             )
             self.log(line)
 
@@ -1512,6 +1521,7 @@ class Soak:
                     "p50": round(pct(acked, 50)) if acked else None,
                     "p99": round(pct(acked, 99)) if acked else None,
                     "peakInFlight": self.peak.get(minute, 0),
+                    "machine": self.machine.get(minute),
                     "chaos": chaos.get(minute, []),
                 }
             )
@@ -1558,27 +1568,31 @@ class Soak:
             "Per minute of load (requests by scheduled send time; latency from the scheduled"
             " send, so a request queued in the client counts its wait; in flight: the most"
             " requests the client had open at once; chaos: m:ss after the load began, with how"
-            " long until every Core process was ready and the next acknowledgement; Core"
-            " warnings: the most frequent warning and error lines of the serve logs):"
+            " long until every Core process was ready and the next acknowledgement; machine:"
+            " the load average at the minute's end, then the whole machine's CPU and the Core"
+            " processes' CPU over the minute, in % of one core; Core warnings: the most"
+            " frequent warning and error lines of the serve logs):"
         )
         record()
         record(
             "| min | requests | acked (201 / 202) | 503 | other failures | acked P50 / P99 ms"
-            " | in flight | chaos | Core warnings |"
+            " | in flight | machine: load, CPU, Core CPU | chaos | Core warnings |"
         )
-        record("| ---: | ---: | ---: | --- | --- | ---: | ---: | --- | --- |")
+        record("| ---: | ---: | ---: | --- | --- | ---: | ---: | --- | --- | --- |")
 
         def ms(v: int | None) -> str:
             return "–" if v is None else f"{v:,}"
 
         for r in rows:
+            load = r["machine"]
+            machine = "–" if load is None else f"{load[0]:.1f}, {load[1]:.0f} %, {load[2]:.0f} %"
             codes = ", ".join(f"{k} {v}" for k, v in sorted(r["503codes"].items()))
             other = ", ".join(f"{k} {v}" for k, v in sorted(r["other"].items()))
             record(
                 f"| {r['minute']} | {r['requests']} | {r['acked']} ({r['acked201']} /"
                 f" {r['acked202']}) | {r['503']}{f' ({codes})' if codes else ''}"
                 f" | {other or '–'} | {ms(r['p50'])} / {ms(r['p99'])} | {r['peakInFlight']}"
-                f" | {'; '.join(r['chaos']) or '–'}"
+                f" | {machine} | {'; '.join(r['chaos']) or '–'}"
                 f" | {', '.join(f'{k} {v}' for k, v in r['coreWarnings'].items()) or '–'} |"
             )
 
