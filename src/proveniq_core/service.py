@@ -367,6 +367,7 @@ async def running(
                 poll=settings.poll_interval,
                 secrets=secrets,
                 allow_private=settings.webhook_allow_private,
+                schedule=settings.webhook_retry_schedule,
             )
             stack.push_async_callback(webhook_worker.aclose)  # after the tasks are cancelled
             core.tasks += [
