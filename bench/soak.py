@@ -1197,6 +1197,16 @@ class Soak:
 
     # -- drain ------------------------------------------------------------------------------
 
+    def wake_parked(self) -> int:
+        """Make every parked saga due now (an operator's retry of everything); how many."""
+        with psycopg.connect(self.db_url, connect_timeout=3) as conn:
+            cur = conn.execute(
+                "UPDATE sagas SET run_at = now(), updated_at = now() WHERE owner IS NULL"
+                " AND status IN ('running', 'compensating') AND run_at > now()"
+            )
+            conn.execute("SELECT pg_notify('proveniq_work', 'sagas')")
+            return cur.rowcount
+
     def backlog(self) -> Backlog:
         """What is still in flight, read in one statement."""
         with psycopg.connect(self.db_url, connect_timeout=3) as conn:
@@ -1459,6 +1469,15 @@ class Soak:
             )
         self.log(f"load done: {len(self.answers)} requests; draining")
         await self.drain()
+        if self.drained:
+            # Settle: parked sagas (pending_link on a retry timer, an undo waiting for its
+            # next round) are made due now, as an operator's "retry now" would, and drained
+            # again; otherwise one falls due while the processes stop, and the snapshot holds
+            # a link the device carried out whose answer nobody was left to take.
+            woken = await asyncio.to_thread(self.wake_parked)
+            self.log(f"settle: {woken} parked saga(s) made due now; draining again")
+            self.drained = False
+            await self.drain()
         await asyncio.sleep(1)  # deliveries recorded as delivered reach us before that
         for proc in self.core:
             await asyncio.to_thread(proc.stop)
