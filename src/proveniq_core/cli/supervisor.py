@@ -29,8 +29,10 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_MAX = 4
-"""The most worker processes ``serve`` starts by itself (``--workers`` sets any number)."""
+DEFAULT_MAX = 3
+"""The most worker processes ``serve`` starts by itself (``--workers`` sets any number): with
+the API process, four pools of at most ``PROVENIQ_POOL_MAX`` + 1 connections (84 at the
+default 20), within the embedded PostgreSQL's ``max_connections`` of 100."""
 STOP_GRACE = 10.0
 """Seconds a worker has to stop after SIGTERM before it is killed."""
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
