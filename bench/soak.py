@@ -1,8 +1,8 @@
 """The soak: registrations at a steady rate for ``--minutes`` under chaos, then a checker.
 
-    python bench/soak.py --out bench/soak.txt            # 30 min at 10/s, the real soak
-    python bench/soak.py --minutes 5 --out /tmp/s.txt    # a shorter one
-    python bench/soak.py --minutes 0.75 --compressed     # the CI version (about 2 min)
+    python bench/soak.py --out bench/soak.txt              # 30 min at 10/s, the real soak
+    python bench/soak.py --minutes 3 --compressed          # the CI version (about 5 min)
+    python bench/soak.py --minutes 4 --compressed --keep   # validating a change (6-8 min)
 
 Everything is real and private to the run, under ``--workdir`` (a new temporary directory by
 default, removed at the end unless ``--keep`` or a violation):
@@ -27,15 +27,29 @@ per round), restart the broker, restart PostgreSQL, a locker offline (fault ``of
 the receiver failing. After each kill and restart the run waits until every Core process
 is ready again (database and broker ok) and says how long that took.
 
-At the end the load stops, the run drains (until nothing is in flight: no saga running
-unparked, no verification queued or collecting, no webhook delivery pending; at most
-``--drain-timeout``), stops Core and the fleet, and checks the whole history against the
+Every run gives Core a lab webhook retry schedule (``LAB_ENV``: 11 attempts over about
+5 minutes instead of 8 over a day), so the events a failing receiver refused are delivered
+again before the drain ends. ``--compressed`` also shortens Core's timers (``COMPRESSED_ENV``)
+and the chaos, and spreads the events so that every kind runs at least once (``--minutes 2``
+at least; 3 for CI).
+
+At the end the load stops, and the run drains: until nothing is in flight (no saga leased or
+due, no asset ``pending``, no ``pending_link`` without its retry entry, no verification
+collecting or queued, no webhook delivery pending or delivering), saying every 15 s what it
+still waits for and when the next of it falls due (parked sagas, escalated, are not waited
+for). After ``--drain-timeout`` it gives up: each thing still outstanding is a violation
+``not_settled_in_drain`` (also in ``outstanding.txt`` in the workdir) and the checker runs
+all the same. Then it stops Core and the fleet, and checks the whole history against the
 final state: every acknowledged registration exists (a 201 one linked); every asset is
 settled or escalated; the ledger's links equal the devices' links; no asset was linked
 twice; every committed event (the outbox, and every audited asset change that emits one)
 reached the receiver, and the receiver got nothing the ledger does not hold; every
 signature verifies; ``proveniq audit verify`` passes. It prints a report and exits 1 on
-any violation (``--json`` also writes it as JSON).
+any violation, 2 when the run itself broke (``--json`` also writes it as JSON). The report
+has a row per minute of load: requests, acknowledgements, 503s by code, other failures,
+P50/P99 of the acknowledged latency, the most requests in flight, the machine's load and
+the Core processes' CPU, the chaos that began in that minute (with its recovery) and the
+warnings the Core processes logged most.
 """
 
 from __future__ import annotations
@@ -59,6 +73,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +105,9 @@ STATUS_EVENTS = {
 # Core's timers shortened for a run of a minute (--compressed): leases, command timeouts and
 # retries in seconds instead of minutes, so the drain sees the recovery within the run.
 COMPRESSED_ENV = {
-    "PROVENIQ_SAGA_LEASE": "3",
+    # 10 s, not 3: on a shared 2-core machine an API process starved for 2 s lost its leases
+    # mid-request (409 instead of an answer) in most registrations of a minute.
+    "PROVENIQ_SAGA_LEASE": "10",
     "PROVENIQ_LOCKER_COMMAND_TIMEOUT": "8",
     "PROVENIQ_RETRY_BASE": "4",
     "PROVENIQ_VERIFY_COLLECT_TIMEOUT": "8",
@@ -98,6 +115,12 @@ COMPRESSED_ENV = {
     "PROVENIQ_POLL_INTERVAL": "0.5",
     "PROVENIQ_WEBHOOK_TIMEOUT": "2",  # a delivery lease is 2 x this + 30 s
 }
+# Always, compressed or not: webhook retries over about 5 minutes instead of a day (11
+# attempts, longer than any receiver outage here), so every event outage-refused is
+# delivered again within the drain (docs/operations.md, "Webhook retries").
+LAB_ENV = {"PROVENIQ_WEBHOOK_RETRY_SCHEDULE": "[1, 2, 5, 10, 20, 30, 60, 60, 60, 60]"}
+CHAOS_KINDS = ("kill", "kill", "broker", "postgres", "offline", "webhook")
+"""One round of the chaos schedule, shuffled: every kind once, kill -9 twice."""
 
 
 def now() -> float:
@@ -329,6 +352,187 @@ class Receiver:
             await self._runner.cleanup()
 
 
+# --- the drain -------------------------------------------------------------------------------
+
+# Running or compensating sagas: leased (a worker holds it; an ended lease is a dead owner's,
+# to be claimed again), due (unclaimed, run_at past) or parked (unclaimed, run_at ahead: a
+# deferred link waiting for its retry, a link held for an operator: escalated, not waited for).
+BACKLOG_SQL = """
+WITH s AS (SELECT lease_until, run_at FROM sagas WHERE status IN ('running', 'compensating')),
+v AS (SELECT status, run_at FROM verifications WHERE status IN ('queued', 'collecting')),
+d AS (SELECT d.status, d.next_attempt_at, d.attempts, e.status AS endpoint
+      FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
+      WHERE d.status IN ('pending', 'delivering')),
+open_entry AS (SELECT DISTINCT asset_id FROM retry_queue
+               WHERE status IN ('pending', 'retrying', 'exhausted'))
+SELECT
+  (SELECT count(*) FROM s WHERE lease_until >= now()) AS sagas_leased,
+  (SELECT count(*) FROM s WHERE lease_until < now()) AS sagas_lease_ended,
+  (SELECT count(*) FROM s WHERE lease_until IS NULL AND run_at <= now()) AS sagas_due,
+  (SELECT count(*) FROM s WHERE lease_until IS NULL AND run_at > now()) AS sagas_parked,
+  (SELECT extract(epoch FROM min(run_at) - now())::float8 FROM s
+     WHERE lease_until IS NULL AND run_at > now()) AS sagas_parked_next,
+  (SELECT count(*) FROM assets WHERE status = 'pending') AS assets_pending,
+  (SELECT count(*) FROM assets a WHERE a.status = 'pending_link'
+     AND a.id NOT IN (SELECT asset_id FROM open_entry)) AS pending_link_no_entry,
+  (SELECT count(*) FROM assets a WHERE a.status = 'pending_link'
+     AND a.id IN (SELECT asset_id FROM open_entry)) AS pending_link_escalated,
+  (SELECT count(*) FROM v WHERE status = 'collecting') AS verify_collecting,
+  (SELECT count(*) FROM v WHERE status = 'queued' AND run_at <= now()) AS verify_due,
+  (SELECT count(*) FROM v WHERE status = 'queued' AND run_at > now()) AS verify_retry,
+  (SELECT extract(epoch FROM min(run_at) - now())::float8 FROM v
+     WHERE status = 'queued' AND run_at > now()) AS verify_next,
+  (SELECT count(*) FROM d WHERE endpoint <> 'active') AS hooks_endpoint_off,
+  (SELECT count(*) FROM d WHERE endpoint = 'active' AND status = 'delivering') AS hooks_delivering,
+  (SELECT count(*) FROM d WHERE endpoint = 'active' AND status = 'pending'
+     AND next_attempt_at <= now()) AS hooks_due,
+  (SELECT count(*) FROM d WHERE endpoint = 'active' AND status = 'pending'
+     AND next_attempt_at > now()) AS hooks_retry,
+  (SELECT extract(epoch FROM min(next_attempt_at) - now())::float8 FROM d
+     WHERE endpoint = 'active' AND status = 'pending' AND next_attempt_at > now()) AS hooks_next,
+  (SELECT extract(epoch FROM max(next_attempt_at) - now())::float8 FROM d
+     WHERE endpoint = 'active' AND status = 'pending' AND next_attempt_at > now()) AS hooks_last,
+  (SELECT max(attempts) FROM d) AS hooks_max_attempts
+"""
+LIMIT = 200
+OUTSTANDING_SAGAS = f"""
+SELECT id, name, status, owner, extract(epoch FROM lease_until - now())::float8,
+       extract(epoch FROM run_at - now())::float8, input->>'assetId'
+FROM sagas WHERE status IN ('running', 'compensating')
+  AND (lease_until IS NOT NULL OR run_at <= now())
+ORDER BY run_at LIMIT {LIMIT}
+"""
+OUTSTANDING_ASSETS = f"""
+SELECT a.id, a.status::text, extract(epoch FROM now() - a.updated_at)::float8,
+       (SELECT q.status || ' ' || q.retry_count || ' retries' FROM retry_queue q
+        WHERE q.asset_id = a.id ORDER BY q.created_at DESC LIMIT 1)
+FROM assets a
+WHERE a.status = 'pending' OR (a.status = 'pending_link' AND NOT EXISTS (
+  SELECT 1 FROM retry_queue q WHERE q.asset_id = a.id
+    AND q.status IN ('pending', 'retrying', 'exhausted')))
+ORDER BY a.updated_at LIMIT {LIMIT}
+"""
+OUTSTANDING_VERIFICATIONS = f"""
+SELECT id, asset_id, status, attempts, extract(epoch FROM run_at - now())::float8, last_error
+FROM verifications WHERE status IN ('queued', 'collecting') ORDER BY run_at LIMIT {LIMIT}
+"""
+OUTSTANDING_DELIVERIES = f"""
+SELECT d.id, ev.id, ev.type, d.status, d.attempts,
+       extract(epoch FROM d.next_attempt_at - now())::float8, d.last_error, e.status,
+       ev.data->>'assetId'
+FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
+JOIN webhook_events ev ON ev.id = d.event_id
+WHERE d.status IN ('pending', 'delivering') ORDER BY d.next_attempt_at LIMIT {LIMIT}
+"""
+
+
+@dataclass
+class Backlog:
+    """What is in flight at the end, by kind (``BACKLOG_SQL``); ``*_next`` are seconds until
+    the first waiting item of the kind falls due, ``hooks_last`` until the last."""
+
+    sagas_leased: int
+    sagas_lease_ended: int
+    sagas_due: int
+    sagas_parked: int
+    sagas_parked_next: float | None
+    assets_pending: int
+    pending_link_no_entry: int
+    pending_link_escalated: int
+    verify_collecting: int
+    verify_due: int
+    verify_retry: int
+    verify_next: float | None
+    hooks_endpoint_off: int
+    hooks_delivering: int
+    hooks_due: int
+    hooks_retry: int
+    hooks_next: float | None
+    hooks_last: float | None
+    hooks_max_attempts: int | None
+
+    def sagas(self) -> int:
+        return self.sagas_leased + self.sagas_lease_ended + self.sagas_due
+
+    def verifications(self) -> int:
+        return self.verify_collecting + self.verify_due + self.verify_retry
+
+    def hooks(self) -> int:
+        return self.hooks_endpoint_off + self.hooks_delivering + self.hooks_due + self.hooks_retry
+
+    def waiting(self) -> int:
+        """How many things the drain waits for (0: drained)."""
+        return (
+            self.sagas()
+            + self.assets_pending
+            + self.pending_link_no_entry
+            + self.verifications()
+            + self.hooks()
+        )
+
+    def describe(self) -> str:
+        """One line: what the drain waits for, each kind's parts, and what it does not."""
+
+        def parts(*items: tuple[int | float | None, str]) -> str:
+            return ", ".join(f"{n:g} {what}" for n, what in items if n)
+
+        def due(seconds: float | None, what: str = "next") -> str:
+            return f", {what} due in {seconds:.0f} s" if seconds is not None else ""
+
+        waits = []
+        if self.sagas():
+            waits.append(
+                f"sagas in flight {self.sagas()} ("
+                + parts(
+                    (self.sagas_leased, "leased"),
+                    (self.sagas_lease_ended, "lease ended, to be reclaimed"),
+                    (self.sagas_due, "due, unclaimed"),
+                )
+                + ")"
+            )
+        if self.assets_pending:
+            waits.append(f"assets pending {self.assets_pending}")
+        if self.pending_link_no_entry:
+            waits.append(f"pending_link without a retry entry {self.pending_link_no_entry}")
+        if self.verifications():
+            waits.append(
+                f"verifications {self.verifications()} ("
+                + parts(
+                    (self.verify_collecting, "collecting"),
+                    (self.verify_due, "due"),
+                    (self.verify_retry, "waiting for a retry"),
+                )
+                + due(self.verify_next)
+                + ")"
+            )
+        if self.hooks():
+            waits.append(
+                f"webhook deliveries {self.hooks()} ("
+                + parts(
+                    (self.hooks_delivering, "delivering"),
+                    (self.hooks_due, "due"),
+                    (self.hooks_retry, "in retry"),
+                    (self.hooks_endpoint_off, "to a disabled endpoint, never sent"),
+                )
+                + due(self.hooks_next)
+                + due(self.hooks_last, "last")
+                + (f", up to attempt {self.hooks_max_attempts}" if self.hooks_max_attempts else "")
+                + ")"
+            )
+        parked = (
+            f"sagas parked (next due in {self.sagas_parked_next:.0f} s)"
+            if self.sagas_parked_next is not None
+            else "sagas parked"
+        )
+        escalated = parts(
+            (self.sagas_parked, parked),
+            (self.pending_link_escalated, "pending_link with a retry entry"),
+        )
+        return (
+            f"waiting for {self.waiting()}: " + "; ".join(waits) if waits else "waiting for nothing"
+        ) + (f"; not waited for (escalated): {escalated}" if escalated else "")
+
+
 # --- the checker ------------------------------------------------------------------------------
 
 
@@ -506,6 +710,21 @@ def plant(h: History) -> tuple[History, set[str]]:
 # --- the run ----------------------------------------------------------------------------------
 
 
+def chaos_schedule(a: argparse.Namespace, rng: random.Random) -> list[tuple[float, str]]:
+    """(seconds after the load began, kind): from ``--warmup`` every ``--chaos-interval``
+    until ``--quiet`` before the end, in shuffled rounds of ``CHAOS_KINDS``."""
+    t, end = a.warmup, a.minutes * 60 - a.quiet
+    out: list[tuple[float, str]] = []
+    pending: list[str] = []
+    while t <= end + 1e-6:
+        if not pending:
+            pending = list(CHAOS_KINDS)
+            rng.shuffle(pending)
+        out.append((t, pending.pop()))
+        t += a.chaos_interval
+    return out
+
+
 @dataclass
 class Answer:
     """One answer to ``POST /api/assets``."""
@@ -533,6 +752,26 @@ class ChaosEvent:
     recovered_s: float | None = None  # kill / broker / postgres: until all ready again
     first_ack_s: float | None = None  # ... and until the next acknowledged registration
     ok: bool = True
+    load_s: float = 0.0  # when, in seconds since the load began
+
+    def describe(self) -> str:
+        """What happened, for the per-minute table: "kill -9 worker-1 (ready 4 s, ack 5 s)"."""
+        what = {
+            "kill": f"kill -9 {self.target}",
+            "broker": f"broker down {self.detail}",
+            "postgres": f"PostgreSQL crash, down {self.detail}",
+            "offline": f"{self.target} offline {self.detail}",
+            "webhook": f"receiver 500 for {self.detail}",
+        }.get(self.kind, f"{self.kind} {self.target}")
+        after = []
+        if self.recovered_s is not None:
+            after.append(f"ready in {self.recovered_s:.0f} s")
+        if self.first_ack_s is not None:
+            after.append(f"next ack {self.first_ack_s:.0f} s")
+        if not self.ok:
+            after.append("NOT recovered")
+        stamp = f"{int(self.load_s // 60)}:{int(self.load_s % 60):02d}"
+        return f"{stamp} {what}" + (f" ({', '.join(after)})" if after else "")
 
 
 @dataclass
@@ -567,8 +806,13 @@ class Soak:
     violations: list[Violation] = field(default_factory=list)
     t0: float = field(default_factory=now)
     load_t0: float = 0.0
+    load_wall: float = 0.0  # time.time() when the load began, for the serve logs' timestamps
     load_done: bool = False
     inflight: int = 0
+    peak: dict[int, int] = field(default_factory=dict)  # load minute -> most requests in flight
+    # load minute -> (load average, the machine's CPU % and the Core processes' CPU %, of one
+    # core, over that minute): a slow minute on a machine others were using shows here
+    machine: dict[int, tuple[float, float, float]] = field(default_factory=dict)
     drain_s: float = 0.0
     drained: bool = False
     final: dict[str, Any] = field(default_factory=dict)
@@ -601,6 +845,7 @@ class Soak:
         self.serve_env = env | {
             "PROVENIQ_LOG_LEVEL": a.log_level,
             "PROVENIQ_WEBHOOK_ALLOW_PRIVATE": "true",  # a lab: the receiver is on loopback
+            **LAB_ENV,
             **(COMPRESSED_ENV if a.compressed else {}),
             **dict(item.split("=", 1) for item in a.serve_env),
         }
@@ -715,6 +960,8 @@ class Soak:
             }
             answer = Answer(i, at - start, "", 0.0)
             self.inflight += 1
+            minute = int((loop.time() - start) // 60)
+            self.peak[minute] = max(self.peak.get(minute, 0), self.inflight)
             try:
                 async with session.post("/api/assets", json=body) as r:
                     answer.status = str(r.status)
@@ -768,9 +1015,13 @@ class Soak:
         cores = psutil.cpu_count() or 1
         seen = 0
         minute = 0
+        core_cpu = sum(p.cpu_total() for p in self.core)
         while not self.load_done:
             await asyncio.sleep(60)
             minute += 1
+            machine = psutil.cpu_percent() * cores
+            was, core_cpu = core_cpu, sum(p.cpu_total() for p in self.core)
+            self.machine[minute - 1] = (os.getloadavg()[0], machine, (core_cpu - was) / 60 * 100)
             recent = self.answers[seen:]
             seen = len(self.answers)
             codes = Counter(a.status for a in recent)
@@ -789,50 +1040,47 @@ class Soak:
                 f" acked p50 {pct(lat, 50):.0f} / p99 {pct(lat, 99):.0f} ms;"
                 f" acked so far {acked}, in flight {self.inflight}; {assets};"
                 f" webhooks {len(self.receiver.delivered)} ({self.receiver.refused} refused);"
-                f" load {os.getloadavg()[0]:.1f}, CPU {psutil.cpu_percent() * cores:.0f} %"
+                f" load {os.getloadavg()[0]:.1f}, CPU {machine:.0f} % (Core"
+                f" {self.machine[minute - 1][2]:.0f} %)"
             )
             self.log(line)
 
     # -- chaos --------------------------------------------------------------------------------
 
     def schedule(self) -> list[tuple[float, str]]:
-        a = self.args
-        rounds = ["kill", "kill", "broker", "postgres", "offline", "webhook"]
-        t, end = a.warmup, a.minutes * 60 - a.quiet
-        out: list[tuple[float, str]] = []
-        pending: list[str] = []
-        while t <= end:
-            if not pending:
-                pending = rounds[:]
-                self.rng.shuffle(pending)
-            out.append((t, pending.pop()))
-            t += a.chaos_interval
-        return out
+        return chaos_schedule(self.args, random.Random(self.args.seed))
 
-    async def all_ready(self) -> bool:
+    async def not_ready(self) -> list[str]:
+        """The Core processes not ready (database and broker ok), each with why; [] if all."""
+        out = []
         async with httpx.AsyncClient(timeout=3) as http:
             for proc in self.core:
                 try:
                     r = await http.get(f"{proc.base}/readyz")
                     checks = r.json()["checks"]
-                except (httpx.HTTPError, ValueError, KeyError):
-                    return False
+                except (httpx.HTTPError, ValueError, KeyError) as exc:
+                    out.append(f"{proc.name}: /readyz {type(exc).__name__}")
+                    continue
                 if checks.get("database") != "ok" or checks.get("broker") != "ok":
-                    return False
-        return True
+                    out.append(
+                        f"{proc.name}: database {checks.get('database')},"
+                        f" broker {checks.get('broker')}"
+                    )
+        return out
 
     async def recovered(self, event: ChaosEvent, restored: float) -> None:
         """Wait until every Core process is ready again, then for the next acknowledgement."""
         deadline = restored + self.args.recover_timeout
-        while not await self.all_ready():
+        while waiting := await self.not_ready():
             if now() > deadline:
                 event.ok = False
                 self.violate(
                     "not_recovered",
                     f"{event.kind} {event.target} at t={event.t:.0f}s: not every Core process"
-                    f" ready {self.args.recover_timeout:.0f} s after the restart",
+                    f" ready {self.args.recover_timeout:.0f} s after the restart"
+                    f" ({'; '.join(waiting)})",
                 )
-                self.log(f"  NOT recovered: {event.kind} {event.target}")
+                self.log(f"  NOT recovered: {event.kind} {event.target}: {'; '.join(waiting)}")
                 return
             await asyncio.sleep(0.5)
         event.recovered_s = now() - restored
@@ -862,10 +1110,11 @@ class Soak:
             if self.load_done:
                 break
             t = now() - self.t0
+            since_load = now() - self.load_t0
             if kind == "kill":
                 proc = self.rng.choice(self.core)
                 pid = await asyncio.to_thread(proc.kill9)
-                event = ChaosEvent(t, kind, proc.name, f"pid {pid}")
+                event = ChaosEvent(t, kind, proc.name, f"pid {pid}", load_s=since_load)
                 self.events.append(event)
                 self.log(f"chaos: kill -9 {proc.name} (pid {pid}); restart in {a.kill_pause:g} s")
                 await asyncio.sleep(a.kill_pause)
@@ -883,7 +1132,7 @@ class Soak:
                 )
                 await self.recovered(event, now())
             elif kind == "broker":
-                event = ChaosEvent(t, kind, "mosquitto")
+                event = ChaosEvent(t, kind, "mosquitto", f"{a.outage:g} s", load_s=since_load)
                 self.events.append(event)
                 self.log(f"chaos: broker stopped for {a.outage:g} s")
                 await asyncio.to_thread(self.broker.stop)
@@ -892,7 +1141,7 @@ class Soak:
                 self.log("  broker started again")
                 await self.recovered(event, now())
             elif kind == "postgres":
-                event = ChaosEvent(t, kind, "postgresql")
+                event = ChaosEvent(t, kind, "postgresql", f"{a.outage:g} s", load_s=since_load)
                 self.events.append(event)
                 assert self.pg is not None
                 self.log(f"chaos: PostgreSQL crashed (pg_ctl stop -m immediate) for {a.outage:g} s")
@@ -912,14 +1161,25 @@ class Soak:
                 async with httpx.AsyncClient(timeout=10) as http:
                     r = await http.post(self.faults_url, json=rule)
                 self.events.append(
-                    ChaosEvent(t, kind, ref, f"fault {r.json().get('id', '?')}", ok=r.is_success)
+                    ChaosEvent(
+                        t,
+                        kind,
+                        ref,
+                        f"{a.offline_seconds:g} s ({r.json().get('id', 'fault ?')})",
+                        ok=r.is_success,
+                        load_s=since_load,
+                    )
                 )
                 self.log(
                     f"chaos: locker {ref} goes offline for {a.offline_seconds:g} s at its next"
                     f" command ({r.status_code})"
                 )
             elif kind == "webhook":
-                self.events.append(ChaosEvent(t, kind, "receiver", f"{a.webhook_fail_seconds:g} s"))
+                self.events.append(
+                    ChaosEvent(
+                        t, kind, "receiver", f"{a.webhook_fail_seconds:g} s", load_s=since_load
+                    )
+                )
                 self.receiver.failing = True
                 self.log(
                     f"chaos: the webhook receiver answers 500 for {a.webhook_fail_seconds:g} s"
@@ -937,54 +1197,104 @@ class Soak:
 
     # -- drain ------------------------------------------------------------------------------
 
-    def busy(self) -> dict[str, int]:
-        """What is still in flight: the drain waits for all of it to be zero."""
-        # A saga is parked (escalated) when nobody holds it and its timer is in the future:
-        # a deferred link waiting for its retry, or a link held for an operator.
-        sql = """
-        SELECT
-          (SELECT count(*) FROM sagas WHERE status IN ('running', 'compensating')
-             AND (lease_until IS NOT NULL OR run_at <= now())) AS sagas_in_flight,
-          (SELECT count(*) FROM assets a WHERE a.status = 'pending_link' AND NOT EXISTS (
-             SELECT 1 FROM retry_queue q WHERE q.asset_id = a.id
-               AND q.status IN ('pending', 'retrying', 'exhausted'))) AS pending_link_no_entry,
-          (SELECT count(*) FROM assets WHERE status = 'pending') AS assets_pending,
-          (SELECT count(*) FROM verifications WHERE status IN ('queued', 'collecting'))
-             AS verifying,
-          (SELECT count(*) FROM webhook_deliveries WHERE status IN ('pending', 'delivering'))
-             AS outbox
-        """
+    def backlog(self) -> Backlog:
+        """What is still in flight, read in one statement."""
         with psycopg.connect(self.db_url, connect_timeout=3) as conn:
-            cur = conn.execute(sql)
+            cur = conn.execute(BACKLOG_SQL)
             assert cur.description is not None
             names = [c.name for c in cur.description]
             row = cur.fetchone()
             assert row is not None
-            return dict(zip(names, (int(v) for v in row), strict=True))
+            return Backlog(**dict(zip(names, row, strict=True)))
+
+    def outstanding(self) -> list[str]:
+        """Each thing the drain still waited for, one line each (at most ``LIMIT`` a kind)."""
+        out: list[str] = []
+        with psycopg.connect(self.db_url, connect_timeout=3) as conn:
+            for sid, name, status, owner, lease_in, due_in, asset in conn.execute(
+                OUTSTANDING_SAGAS
+            ):
+                held = (
+                    f"leased by {owner}, lease {'ends in' if lease_in >= 0 else 'ended'}"
+                    f" {abs(lease_in):.0f} s{'' if lease_in >= 0 else ' ago'}"
+                    if lease_in is not None
+                    else f"due for {-due_in:.0f} s, unclaimed"
+                )
+                out.append(f"saga {sid} ({name}, {status}, asset {asset}): {held}")
+            for aid, status, age, entry in conn.execute(OUTSTANDING_ASSETS):
+                what = " without an open retry entry" if status == "pending_link" else ""
+                out.append(
+                    f"asset {aid} {status}{what} for {age:.0f} s (last entry: {entry or 'none'})"
+                )
+            for vid, aid, status, attempts, due_in, error in conn.execute(
+                OUTSTANDING_VERIFICATIONS
+            ):
+                when = (
+                    ""
+                    if status == "collecting"
+                    else f", next try in {due_in:.0f} s"
+                    if due_in > 0
+                    else f", due {-due_in:.0f} s ago"
+                )
+                out.append(
+                    f"verification {vid} of asset {aid}: {status}, attempt {attempts}{when}"
+                    + (f", last error {error[:120]}" if error else "")
+                )
+            for did, eid, etype, status, attempts, due_in, error, endpoint, aid in conn.execute(
+                OUTSTANDING_DELIVERIES
+            ):
+                when = (
+                    f"endpoint {endpoint}: never sent again"
+                    if endpoint != "active"
+                    else f"next attempt in {due_in:.0f} s"
+                    if due_in > 0
+                    else f"due {-due_in:.0f} s ago"
+                )
+                out.append(
+                    f"webhook delivery {did} ({etype} {message_id(eid)}"
+                    + (f", asset {aid}" if aid else "")
+                    + f"): {status}, {attempts} attempt(s), {when}"
+                    + (f", last {error}" if error else "")
+                )
+        return out
 
     async def drain(self) -> None:
+        """Wait until nothing is in flight, at most ``--drain-timeout``; on a timeout each
+        thing still outstanding is a violation ``not_settled_in_drain`` (and the checker runs
+        all the same)."""
         t0 = now()
-        last_print = 0.0
+        last_print = -15.0
+        last: Backlog | None = None
         while True:
-            try:
-                state = await asyncio.to_thread(self.busy)
-            except psycopg.Error as exc:
-                state = {"database": 1}
-                self.log(f"drain: database unreachable ({exc})")
             elapsed = now() - t0
-            if not any(state.values()):
-                self.drained, self.drain_s = True, elapsed
-                self.log(f"drained in {elapsed:.0f} s: nothing in flight")
-                return
+            try:
+                last = await asyncio.to_thread(self.backlog)
+                state = last.describe()
+                if not last.waiting():
+                    self.drained, self.drain_s = True, elapsed
+                    self.log(f"drained in {elapsed:.0f} s: nothing in flight; {state}")
+                    return
+            except psycopg.Error as exc:
+                state = f"database unreachable ({str(exc).strip()[:200]})"
             if elapsed > self.args.drain_timeout:
                 self.drain_s = elapsed
-                self.violate("drain_timeout", f"still in flight after {elapsed:.0f} s: {state}")
-                self.log(f"drain: gave up after {elapsed:.0f} s: {state}")
-                return
+                self.log(f"drain: gave up after {elapsed:.0f} s, {state}")
+                break
             if elapsed - last_print >= 15:
                 last_print = elapsed
                 self.log(f"drain t={elapsed:.0f}s: {state}")
             await asyncio.sleep(1)
+        try:
+            items = await asyncio.to_thread(self.outstanding)
+        except psycopg.Error as exc:
+            items = [f"database unreachable: {str(exc).strip()[:300]}"]
+        (self.workdir / "outstanding.txt").write_text("".join(f"{i}\n" for i in items))
+        self.violate(
+            "not_settled_in_drain",
+            f"after {self.drain_s:.0f} s (limit {self.args.drain_timeout:g} s), {state}",
+        )
+        for item in items:
+            self.violate("not_settled_in_drain", item)
 
     # -- the checker --------------------------------------------------------------------------
 
@@ -1074,17 +1384,22 @@ class Soak:
             self.violate("checker_blind", f"a planted {kind} went unnoticed")
 
     def audit_verify(self) -> None:
-        done = subprocess.run(
-            [
-                *(sys.executable, "-m", "proveniq_core", "audit", "verify"),
-                *("--database-url", self.db_url, "--home", str(self.workdir / "audit-home")),
-            ],
-            env=self.serve_env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        try:
+            done = subprocess.run(
+                [
+                    *(sys.executable, "-m", "proveniq_core", "audit", "verify"),
+                    *("--database-url", self.db_url, "--home", str(self.workdir / "audit-home")),
+                ],
+                env=self.serve_env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            self.final["auditVerify"] = "timed out after 300 s"
+            self.violate("audit_verify", "proveniq audit verify did not finish within 300 s")
+            return
         out = (done.stdout + done.stderr).strip()
         self.final["auditVerify"] = out.splitlines()[-1] if out else f"exit {done.returncode}"
         if done.returncode != 0:
@@ -1108,12 +1423,20 @@ class Soak:
                 if a.compressed
                 else ""
             )
+            + " Lab settings: "
+            + ", ".join(f"{k}={v}" for k, v in LAB_ENV.items())
+            + "."
             + (f" serve environment: {', '.join(a.serve_env)}." if a.serve_env else "")
+        )
+        planned = self.schedule()
+        record(
+            f"Chaos schedule ({len(planned)} events, s after the load began): "
+            + ", ".join(f"{t:.0f} {kind}" for t, kind in planned)
         )
         record()
         self.t0 = now()
         self.log(ready)
-        self.load_t0 = now()
+        self.load_t0, self.load_wall = now(), time.time()
         self.log(
             f"load: {self.args.rate:g}/s for {self.args.minutes:g} min; chaos every"
             f" {self.args.chaos_interval:g} s from {self.args.warmup:g} s"
@@ -1127,6 +1450,13 @@ class Soak:
             chaos.cancel()
             progress.cancel()
             self.receiver.failing = False
+        ran = {e.kind for e in self.events}
+        for kind in sorted(set(CHAOS_KINDS) - ran):
+            self.violate(
+                "chaos_not_run",
+                f"no {kind} event ran (scheduled: {sum(k == kind for _, k in planned)}): the"
+                " run is too short, or recoveries delayed the schedule past the load's end",
+            )
         self.log(f"load done: {len(self.answers)} requests; draining")
         await self.drain()
         await asyncio.sleep(1)  # deliveries recorded as delivered reach us before that
@@ -1134,8 +1464,15 @@ class Soak:
             await asyncio.to_thread(proc.stop)
         if self.sim is not None:
             self.sim.send_signal(signal.SIGINT)  # the fleet writes its final state
-            await asyncio.to_thread(self.sim.wait, 30)
-        await asyncio.to_thread(self.check)
+            try:
+                await asyncio.to_thread(self.sim.wait, 30)
+            except subprocess.TimeoutExpired:
+                self.sim.kill()
+                self.violate("simulator_hung", "simulate did not exit within 30 s of SIGINT")
+        try:
+            await asyncio.to_thread(self.check)
+        except (psycopg.Error, OSError, ValueError, KeyError) as exc:
+            self.violate("checker_failed", f"{type(exc).__name__}: {exc}")
         await asyncio.to_thread(self.audit_verify)
 
     def cleanup(self) -> None:
@@ -1151,6 +1488,113 @@ class Soak:
             self.broker.stop()
 
     # -- the report ---------------------------------------------------------------------------
+
+    def per_minute(self) -> list[dict[str, Any]]:
+        """Each minute of load (by the requests' scheduled send time): requests, acks, 503s
+        (by code), other failures, the acknowledged latency and the chaos that began in it."""
+        answers: dict[int, list[Answer]] = defaultdict(list)
+        for ans in self.answers:
+            answers[int(ans.at // 60)].append(ans)
+        chaos: dict[int, list[str]] = defaultdict(list)
+        for event in self.events:
+            chaos[int(event.load_s // 60)].append(event.describe())
+        logged = self.log_digest()
+        rows = []
+        for minute in range(max([*answers, *chaos], default=-1) + 1):
+            got = answers.get(minute, [])
+            acked = [x.ms for x in got if x.acked]
+            unavailable = Counter(
+                (x.code or "?").removeprefix("E_") for x in got if x.status == "503"
+            )
+            other = Counter(x.status for x in got if not x.acked and x.status != "503")
+            rows.append(
+                {
+                    "minute": minute + 1,
+                    "coreWarnings": logged.get(minute, {}),
+                    "requests": len(got),
+                    "acked": len(acked),
+                    "acked201": sum(1 for x in got if x.acked and x.status == "201"),
+                    "acked202": sum(1 for x in got if x.acked and x.status == "202"),
+                    "503": sum(unavailable.values()),
+                    "503codes": dict(unavailable),
+                    "other": dict(other),
+                    "p50": round(pct(acked, 50)) if acked else None,
+                    "p99": round(pct(acked, 99)) if acked else None,
+                    "peakInFlight": self.peak.get(minute, 0),
+                    "machine": self.machine.get(minute),
+                    "chaos": chaos.get(minute, []),
+                }
+            )
+        return rows
+
+    def log_digest(self) -> dict[int, dict[str, int]]:
+        """Per load minute, the warnings and errors the Core processes logged, by what they
+        say and which processes said it (the 6 most frequent): how a 503 or a slow minute
+        looked from inside."""
+        counts: dict[int, Counter[str]] = defaultdict(Counter)
+        who: dict[tuple[int, str], set[str]] = defaultdict(set)
+        for proc in self.core:
+            if not proc.log.exists():
+                continue
+            with proc.log.open(errors="replace") as lines:
+                for line in lines:
+                    if '"level": "warning"' not in line and '"level": "error"' not in line:
+                        continue
+                    try:
+                        entry = json.loads(line)
+                        at = datetime.fromisoformat(entry["timestamp"]).timestamp()
+                    except (ValueError, KeyError, TypeError):
+                        continue
+                    event = str(entry.get("event", "?"))
+                    if event == "circuit_state_changed":
+                        event = f"{entry.get('circuit')} circuit {entry.get('new')}"
+                    elif event == "saga_step_failed":
+                        cause = str(entry.get("error", "")).split(":")[0].split(".")[0]
+                        event = f"step failed ({cause[:40]})"
+                    minute = int((at - self.load_wall) // 60)
+                    counts[minute][event] += 1
+                    who[minute, event].add(proc.name)
+        return {
+            minute: {
+                f"{event} ({', '.join(sorted(who[minute, event]))})": n
+                for event, n in counter.most_common(6)
+            }
+            for minute, counter in counts.items()
+        }
+
+    def record_per_minute(self, rows: list[dict[str, Any]]) -> None:
+        record()
+        record(
+            "Per minute of load (requests by scheduled send time; latency from the scheduled"
+            " send, so a request queued in the client counts its wait; in flight: the most"
+            " requests the client had open at once; chaos: m:ss after the load began, with how"
+            " long until every Core process was ready and the next acknowledgement; machine:"
+            " the load average at the minute's end, then the whole machine's CPU and the Core"
+            " processes' CPU over the minute, in % of one core; Core warnings: the most"
+            " frequent warning and error lines of the serve logs):"
+        )
+        record()
+        record(
+            "| min | requests | acked (201 / 202) | 503 | other failures | acked P50 / P99 ms"
+            " | in flight | machine: load, CPU, Core CPU | chaos | Core warnings |"
+        )
+        record("| ---: | ---: | ---: | --- | --- | ---: | ---: | --- | --- | --- |")
+
+        def ms(v: int | None) -> str:
+            return "–" if v is None else f"{v:,}"
+
+        for r in rows:
+            load = r["machine"]
+            machine = "–" if load is None else f"{load[0]:.1f}, {load[1]:.0f} %, {load[2]:.0f} %"
+            codes = ", ".join(f"{k} {v}" for k, v in sorted(r["503codes"].items()))
+            other = ", ".join(f"{k} {v}" for k, v in sorted(r["other"].items()))
+            record(
+                f"| {r['minute']} | {r['requests']} | {r['acked']} ({r['acked201']} /"
+                f" {r['acked202']}) | {r['503']}{f' ({codes})' if codes else ''}"
+                f" | {other or '–'} | {ms(r['p50'])} / {ms(r['p99'])} | {r['peakInFlight']}"
+                f" | {machine} | {'; '.join(r['chaos']) or '–'}"
+                f" | {', '.join(f'{k} {v}' for k, v in r['coreWarnings'].items()) or '–'} |"
+            )
 
     def report(self) -> dict[str, Any]:
         a = self.args
@@ -1200,6 +1644,7 @@ class Soak:
         record(
             f"- drain: {'done' if self.drained else 'NOT done'} in {self.drain_s:.0f} s"
             f" (limit {a.drain_timeout:g} s)"
+            + ("" if self.drained else "; what was outstanding: the not_settled_in_drain lines")
         )
         f = self.final
         if f:
@@ -1217,6 +1662,8 @@ class Soak:
             f"- CPU seconds: {', '.join(f'{k} {v:.0f}' for k, v in cpu.items())};"
             f" load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
         )
+        minutes = self.per_minute()
+        self.record_per_minute(minutes)
         record()
         if self.violations:
             record(
@@ -1224,9 +1671,12 @@ class Soak:
                 + ", ".join(f"{k} {v}" for k, v in violations.most_common())
             )
             for kind in violations:
-                examples = [v.detail for v in self.violations if v.kind == kind][:5]
-                for ex in examples:
+                shown = 25 if kind == "not_settled_in_drain" else 5
+                examples = [v.detail for v in self.violations if v.kind == kind]
+                for ex in examples[:shown]:
                     record(f"  - {kind}: {ex}")
+                if len(examples) > shown:
+                    record(f"  - {kind}: … {len(examples) - shown} more (--json has up to 200)")
         else:
             record("**0 violations**")
         return {
@@ -1237,11 +1687,15 @@ class Soak:
             "answers": dict(codes),
             "chaos": {k: {"events": v, "survived": survived[k]} for k, v in kinds.items()},
             "kills": dict(kills),
+            "perMinute": minutes,
             "drained": self.drained,
             "drainSeconds": round(self.drain_s, 1),
             "final": self.final,
             "violations": dict(violations),
-            "violationExamples": [v.__dict__ for v in self.violations[:200]],
+            "violationExamples": {
+                kind: [v.detail for v in self.violations if v.kind == kind][:200]
+                for kind in violations
+            },
             "workdir": str(self.workdir),
         }
 
@@ -1265,12 +1719,19 @@ def main() -> None:
     ap.add_argument("--offline-seconds", type=float, default=60, help="s a locker is offline")
     ap.add_argument("--webhook-fail-seconds", type=float, default=60, help="s the receiver fails")
     ap.add_argument("--recover-timeout", type=float, default=120)
-    ap.add_argument("--drain-timeout", type=float, default=900)
+    ap.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=600,
+        help="s the drain waits at most; then what is outstanding is a violation",
+    )
     ap.add_argument(
         "--compressed",
         action="store_true",
         help="shorten Core's timers (lease 3 s, command timeout 8 s, retries from 4 s) and the"
-        " chaos (warmup 5 s, an event every 6 s, outages of 2 s) for a run of about a minute",
+        " chaos (warmup 10 s, quiet 20 s, outages of 3 s, a locker offline and the receiver"
+        " failing 10 s, the events spread so that each kind runs at least once, every 15 to"
+        " 30 s) for a run of a few minutes: --minutes 2 at least, 3 for CI",
     )
     ap.add_argument("--log-level", default="info", help="serve's log level")
     ap.add_argument("--serve-env", action="append", default=[], metavar="PROVENIQ_X=V")
@@ -1281,18 +1742,30 @@ def main() -> None:
     args = ap.parse_args()
     if args.compressed:
         for name, value in (
-            ("warmup", 5),
-            ("chaos_interval", 6),
-            ("quiet", 8),
+            ("warmup", 10),
+            ("quiet", 20),
             ("kill_pause", 1),
-            ("outage", 2),
-            ("offline_seconds", 4),
-            ("webhook_fail_seconds", 3),
-            ("drain_timeout", 90),
+            ("outage", 3),
+            ("offline_seconds", 10),
+            ("webhook_fail_seconds", 10),
+            ("drain_timeout", 180),
             ("recover_timeout", 60),
         ):
             if getattr(args, name) == ap.get_default(name):
                 setattr(args, name, value)
+        if args.chaos_interval == ap.get_default("chaos_interval"):
+            # One round of every kind across the window, at most 30 s apart (so longer runs
+            # get more rounds) and at least 15 s: a restart and the wait until every process
+            # is ready again took up to 40 s on a loaded machine, and pushes what follows.
+            window = args.minutes * 60 - args.warmup - args.quiet
+            args.chaos_interval = min(30.0, max(15.0, window / (len(CHAOS_KINDS) - 1)))
+    planned = {kind for _, kind in chaos_schedule(args, random.Random(args.seed))}
+    missing = sorted(set(CHAOS_KINDS) - planned)
+    if missing and args.compressed:
+        ap.error(
+            f"--minutes {args.minutes:g} leaves no room for every chaos kind (missing:"
+            f" {', '.join(missing)}): with --compressed, --minutes 2 at least"
+        )
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="proveniq-soak-"))
     workdir.mkdir(parents=True, exist_ok=True)
     soak = Soak(args, workdir, random.Random(args.seed))
@@ -1310,7 +1783,12 @@ def main() -> None:
         status = 130
     except Exception as exc:
         record(f"**the soak could not run**: {type(exc).__name__}: {exc}")
-        summary = {"error": f"{type(exc).__name__}: {exc}", "violations": {"soak_failed": 1}}
+        soak.violate("soak_failed", f"{type(exc).__name__}: {exc}")
+        try:  # what it saw until then: the answers per minute, the chaos
+            summary = soak.report() | {"error": f"{type(exc).__name__}: {exc}"}
+        except Exception as again:  # the first failure is the one to report
+            say(f"no report either: {type(again).__name__}: {again}")
+            summary = {"error": f"{type(exc).__name__}: {exc}", "violations": {"soak_failed": 1}}
         status = 2
     finally:
         if args.out and OUT:

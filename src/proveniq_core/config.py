@@ -7,7 +7,7 @@ from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
-from pydantic import Field, SecretStr
+from pydantic import Field, PositiveFloat, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Role = Literal["api", "worker", "all"]
@@ -121,6 +121,12 @@ class Settings(BaseSettings):
 
     webhook_timeout: float = Field(10.0, gt=0, description="how long one webhook POST may take")
     webhook_concurrency: int = Field(16, ge=1, description="webhook POSTs one worker makes at once")
+    webhook_retry_schedule: list[PositiveFloat] = Field(
+        default=[5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
+        min_length=1,
+        description="seconds before each webhook retry (JSON list; one attempt more than its "
+        "length); keep the default (over 24 h) outside a lab",
+    )
     webhook_allow_private: bool = Field(
         False, description="allow webhooks to loopback and private networks (lab setups only)"
     )

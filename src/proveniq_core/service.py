@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,6 +173,8 @@ def database_backlog(pool: db.Pool) -> BacklogReader:
 
 
 REWAKE_AFTER = 1.0  # seconds
+CORES_HEARD_AFTER = 3.0
+"""Seconds after connecting by which the broker has told a process which Core processes live."""
 
 
 def _reconcile(
@@ -183,8 +186,9 @@ def _reconcile(
 ) -> Callable[[str, Any], None]:
     """A gateway hook that keeps the device shadow (locker/shadow.py) and reconciles the
     ledger with it: a reply no send here waited for is kept if a parked saga waits on it,
-    and that saga woken to adopt it; a locker's presence is recorded, and when it comes
-    (back) online its deferred links are retried now."""
+    and that saga woken to adopt it; the sagas waiting on a Core process that is gone ask
+    again; a locker's presence is recorded, and when it comes (back) online its deferred
+    links are retried now."""
 
     async def wake(ref: str) -> None:
         # Twice: a link that failed just before the device came back parks its saga a
@@ -204,13 +208,13 @@ def _reconcile(
         except CoreError as exc:
             log.warning("shadow.presence_not_recorded", locker_ref=ref, error=str(exc))
 
-    async def adopt(ref: str, reply: Reply) -> None:
+    async def adopt(ref: str, reply: Reply, handover: bool) -> None:
         # The ledger may be down for a moment: keep trying about a lease, then the saga's
         # next try sends the command again and the device answers it from its memory.
         for delay in (0.0, 0.5, 2.0, 5.0, 8.0):
             await asyncio.sleep(delay)
             try:
-                saga_id = await shadow.report(pool, ref, reply)
+                saga_id = await shadow.report(pool, ref, reply, handover=handover)
             except CoreError as exc:
                 log.warning("shadow.reply_not_recorded", locker_ref=ref, error=str(exc))
                 continue
@@ -224,14 +228,28 @@ def _reconcile(
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
+    async def ask_again(after: float = 0.0) -> None:
+        await asyncio.sleep(after)
+        try:
+            woken = await shadow.ask_again(pool, gateway.live_processes())
+        except CoreError as exc:  # their retry timers ask again anyway
+            log.warning("shadow.ask_again_failed", error=str(exc))
+            return
+        if woken:
+            log.info("shadow.asking_again", sagas=len(woken))
+
     def hook(event: str, info: Any) -> None:
-        if event == "online":
+        if event == "core_gone":  # its sagas' answers would go to nobody: ask again
+            spawn(ask_again())
+        elif event == "connected":  # processes that went while none of us listened
+            spawn(ask_again(after=CORES_HEARD_AFTER))
+        elif event == "online":
             spawn(wake(info["lockerRef"]))
             spawn(presence(info["lockerRef"], "online"))
         elif event == "offline":
             spawn(presence(info["lockerRef"], "offline"))
         elif event == "unmatched_reply":
-            spawn(adopt(info["lockerRef"], info["reply"]))
+            spawn(adopt(info["lockerRef"], info["reply"], info.get("handover", False)))
 
     return hook
 
@@ -285,7 +303,9 @@ async def running(
 
         gateway = LockerGateway(
             mqtt_url,
-            client_id=f"proveniq-core-{os.getpid()}",
+            # Unique per process even where every container's pid is 1: the client id is also
+            # the process's reply topic.
+            client_id=f"proveniq-core-{os.getpid()}-{uuid.uuid4().hex[:8]}",
             keepalive=settings.mqtt_keepalive,
             breakers=breakers,
         )
@@ -350,6 +370,7 @@ async def running(
                 poll=settings.poll_interval,
                 secrets=secrets,
                 allow_private=settings.webhook_allow_private,
+                schedule=settings.webhook_retry_schedule,
             )
             stack.push_async_callback(webhook_worker.aclose)  # after the tasks are cancelled
             core.tasks += [

@@ -302,6 +302,33 @@ def test_serve_with_its_port_taken_fails_before_starting_anything(home: Path) ->
     assert not (home / "pg").exists()
 
 
+@pytest.mark.parametrize(
+    ("value", "line"),
+    [
+        ("[5, 0]", "PROVENIQ_WEBHOOK_RETRY_SCHEDULE[1]: Input should be greater than 0"),
+        ("5 min", "PROVENIQ_WEBHOOK_RETRY_SCHEDULE: not a JSON value"),
+    ],
+)
+def test_serve_names_a_bad_list_setting_and_starts_nothing(
+    home: Path, value: str, line: str
+) -> None:
+    """A list setting that is not JSON, or has a bad item: one line naming the variable (and
+    the item), exit 2, no embedded PostgreSQL started."""
+    refused = subprocess.run(
+        [sys.executable, "-m", "proveniq_core", "serve"],
+        env=clean_env(
+            PROVENIQ_HOME=str(home), PROVENIQ_PORT="0", PROVENIQ_WEBHOOK_RETRY_SCHEDULE=value
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.splitlines() == [f"error: {line}"]
+    assert not (home / "pg").exists()
+
+
 def test_help_teaches_every_command() -> None:
     """``proveniq --help`` lists the commands, and serve's help names its env variables."""
     top = subprocess.run(

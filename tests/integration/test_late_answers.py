@@ -10,12 +10,14 @@ that only the device's answer can move the asset.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import pytest_asyncio
 
 from proveniq_core import db
@@ -23,7 +25,7 @@ from proveniq_core.config import Settings
 from proveniq_core.ledger import keys
 from proveniq_core.locker.faults import parse_rule
 from proveniq_core.locker.simulator import LatencyProfile, LockerFleet, fleet_specs
-from proveniq_core.service import Core, register_fleet, running
+from proveniq_core.service import REWAKE_AFTER, Core, register_fleet, running
 from tests.conftest import unique_prefix
 from tests.helpers import eventually
 from tests.integration.conftest import TENANT, api_client, core_running, first_ref
@@ -48,6 +50,10 @@ async def make(database_url: str, mqtt_url: str, tmp_path: Path) -> AsyncIterato
                 core_running(database_url, mqtt_url, tmp_path, **(LATE | overrides))
             )
             key = await keys.create_key(core.pool, TENANT, keys.SCOPES, name="late answers")
+            # A locker first seen online makes its parked links due (twice, REWAKE_AFTER
+            # apart): let that pass, or it races the operator actions under test.
+            assert await core.gateway.wait_online(first_ref(core), timeout=10)
+            await asyncio.sleep(REWAKE_AFTER + 0.3)
             return core, await stack.enter_async_context(api_client(core, key))
 
         yield start
@@ -149,9 +155,10 @@ async def _is(read: Callable[[], Awaitable[str | None]], expected: str) -> bool:
 async def test_an_answer_to_a_process_that_died_is_adopted_by_another(
     database_url: str, mqtt_url: str, tmp_path: Path
 ) -> None:
-    """The API process that sent the command stops before the device answers; a worker
-    process, running all along, records the answer and links the asset by it (the link is
-    carried out once on the device)."""
+    """The API process that sent the command stops before the device answers: its answer
+    would go to nobody. The worker process, running all along, hears it is gone and asks
+    again under the same commandId; the device answers it once, and the asset is linked (the
+    link carried out once on the device)."""
     fleet = LockerFleet(mqtt_url, fleet_specs(1, unique_prefix()), LatencyProfile.instant())
     await fleet.start()
 
@@ -169,10 +176,9 @@ async def test_an_answer_to_a_process_that_died_is_adopted_by_another(
                 asset_id = await register(http, ref)
             async with api_client(worker, key) as http:
                 assert (await asset(http, asset_id))["status"] == "pending_link"
-                await eventually(lambda: linked(http, asset_id), "adopted by the worker")
+                await eventually(lambda: linked(http, asset_id), "linked by the worker")
                 assert fleet.device(ref).linked[asset_id] == 1
-                (command,) = (await http.get(f"/api/lockers/{ref}/shadow")).json()["commands"]
-                assert command["reply"]["ok"] is True  # recorded by the worker: adopted
+                assert fleet.device(ref).received["link"] == 2  # asked again by the worker
                 assert (await entry_of(http, asset_id))["status"] == "resolved"
     finally:
         await fleet.stop()
@@ -184,10 +190,12 @@ async def test_an_operator_retry_answers_within_the_budget_and_the_answer_still_
     """The seed lab: an operator retries at once while the device is still working on the
     link. The retry answers 202 with the entry retrying (not after the command timeout),
     and the device's late answer links the asset."""
-    core, http = await make()
+    # The command may take 3 s and the device answers at 5 s: the retry comes while the
+    # command is in flight, and its own wait (the 0.2 s budget) ends long before.
+    core, http = await make(locker_command_timeout=3.0)
     assert core.fleet is not None
     ref = first_ref(core)
-    delay_links(core.fleet, ref, 2500)
+    delay_links(core.fleet, ref, 5000)
     asset_id = await register(http, ref)
     entry = await entry_of(http, asset_id)
 
@@ -244,3 +252,32 @@ async def test_a_retry_the_device_answers_within_the_budget_answers_200_resolved
     retry = await http.post(f"/api/ops/retry-queue/{entry['id']}/retry")
     assert retry.status_code == 200, retry.text
     assert (retry.json()["status"], retry.json()["assetStatus"]) == ("resolved", "linked")
+
+
+async def test_a_request_starved_of_its_lease_answers_202_with_the_asset(
+    make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process too starved to renew its lease loses the saga mid-request to a worker,
+    which finishes it: the client gets 202 with the asset's id (reason E_CONFLICT), not a
+    409 that names nothing, and the asset is linked by the worker."""
+    # The device answers at 3 s, well inside the request's wait (5 s) and the command's
+    # (5 s), and long after the 1 s lease that nothing renews: a worker has claimed the saga
+    # by then, and the request's checkpoint after the link is refused.
+    core, http = await make(saga_lease=1.0, link_sync_budget_ms=5000, locker_command_timeout=5.0)
+    assert core.fleet is not None
+    ref = first_ref(core)
+
+    async def starved() -> int:
+        return 0  # no renewal goes out, as when the event loop or the pool is starved
+
+    monkeypatch.setattr(core.engine, "renew", starved)
+    delay_links(core.fleet, ref, 3000)
+    resp = await http.post(
+        "/api/assets", json={"name": "Nikon F", "category": "camera", "lockerRef": ref}
+    )
+    assert resp.status_code == 202, resp.text
+    body = resp.json()
+    assert body["reason"] == "E_CONFLICT"
+    assert body["assetId"]
+    await eventually(lambda: linked(http, body["assetId"]), "finished by the worker")
+    assert core.fleet.device(ref).linked[body["assetId"]] == 1

@@ -454,6 +454,40 @@ async def test_exhausted_schedule_disables_the_endpoint_and_alerts(
     assert resp.json()["items"] == []
 
 
+async def test_a_lab_schedule_retries_without_waiting_minutes(
+    database_url: str, mqtt_url: str, tmp_path: Path, receivers: Callable[..., Receiver]
+) -> None:
+    """With ``webhook_retry_schedule`` [1] the worker retries a failed delivery by itself
+    after a second, and after its second failure (the schedule's end) fails it, disables the
+    endpoint and raises the alert, the reason naming the span it retried over."""
+    failing = receivers((500, {}), (500, {}))
+    async with (
+        core_running(
+            database_url,
+            mqtt_url,
+            tmp_path,
+            webhook_allow_private=True,
+            webhook_retry_schedule=[1.0],
+        ) as lab,
+        api_client(lab, await keys.create_key(lab.pool, TENANT, keys.SCOPES, name="lab")) as http,
+    ):
+        hook = await subscribe(http, failing.url, ["asset.created"])
+        await register(http, first_ref(lab))
+
+        first = await wait_for_attempts(http, hook["webhookId"], 1, "pending")
+        wait = at(first["nextAttemptAt"]) - at(first["attempts"][0]["attemptedAt"])
+        assert wait >= timedelta(seconds=1)  # then no make_due: the worker retries by itself
+        last = await wait_for_attempts(http, hook["webhookId"], 2, "failed")
+        assert [a["statusCode"] for a in last["attempts"]] == [500, 500]
+        assert len({r.headers["webhook-id"] for r in failing.received()}) == 1
+        disabled = await webhook(http, hook["webhookId"])
+        assert disabled["status"] == "disabled"
+        assert disabled["disabledReason"] == "2 attempts failed over more than 1 s (last: HTTP 500)"
+        resp = await http.get("/api/ops/alerts", params={"code": "E_WEBHOOK_FAILING"})
+        [alert] = resp.json()["items"]
+        assert alert["subject"]["webhookId"] == hook["webhookId"]
+
+
 async def test_redelivery_sends_the_same_message_again(
     core: Core, client: httpx.AsyncClient, receivers: Callable[..., Receiver]
 ) -> None:

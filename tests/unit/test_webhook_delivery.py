@@ -6,10 +6,12 @@ import base64
 import email.utils
 from datetime import UTC, datetime, timedelta
 
+import pydantic
 import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from proveniq_core.config import Settings
 from proveniq_core.webhooks import signing
 from proveniq_core.webhooks.delivery import MAX_ATTEMPTS, SCHEDULE, Attempt, decide
 
@@ -89,3 +91,43 @@ def test_outcomes() -> None:
     assert decide(3, answer(503, 1.0), rand=lambda: 0.0).delay == SCHEDULE[2]
     assert decide(1, answer(503, 10 * 86400.0), rand=lambda: 0.0).delay == 86400.0
     assert decide(1, answer(500, 600.0), rand=lambda: 0.0).delay == SCHEDULE[0]
+
+
+def test_the_default_schedule_setting_is_the_production_schedule(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Unset, PROVENIQ_WEBHOOK_RETRY_SCHEDULE is the schedule above: over more than 24 h."""
+    monkeypatch.delenv("PROVENIQ_WEBHOOK_RETRY_SCHEDULE", raising=False)
+    assert Settings().webhook_retry_schedule == list(SCHEDULE)
+    last = decide(MAX_ATTEMPTS, answer(500))
+    assert last.disable == f"{MAX_ATTEMPTS} attempts failed over more than 24 h (last: failed)"
+
+
+def test_a_lab_schedule_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The variable is a JSON list of seconds; a delivery then gets one attempt more than the
+    list is long, each retry after its step (jitter only lengthens), then fails, disables the
+    endpoint with an alert and says how long it was retried."""
+    monkeypatch.setenv("PROVENIQ_WEBHOOK_RETRY_SCHEDULE", "[1, 2.5]")
+    schedule = Settings().webhook_retry_schedule
+    assert schedule == [1.0, 2.5]
+    first = decide(1, answer(500), rand=lambda: 0.0, schedule=schedule)
+    second = decide(2, answer(None), rand=lambda: 0.999, schedule=schedule)
+    assert (first.status, first.delay) == ("pending", 1.0)
+    assert second.status == "pending" and second.delay is not None
+    assert 2.5 < second.delay < 3.0
+    last = decide(3, answer(500), schedule=schedule)
+    assert (last.status, last.exhausted) == ("failed", True)
+    assert last.disable == "3 attempts failed over more than 3.5 s (last: failed)"
+    assert decide(3, answer(204), schedule=schedule).status == "delivered"
+    # The same attempt on the production schedule is still retried, 30 min later.
+    assert decide(3, answer(500), rand=lambda: 0.0).delay == 1800.0
+
+
+@pytest.mark.parametrize("value", ["[]", "[0]", "[-5]", '[1, "soon"]', "300"])
+def test_a_schedule_without_positive_steps_is_refused(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """An empty list, a step not above 0, a word, a bare number: the settings refuse it."""
+    monkeypatch.setenv("PROVENIQ_WEBHOOK_RETRY_SCHEDULE", value)
+    with pytest.raises(pydantic.ValidationError, match="webhook_retry_schedule"):
+        Settings()

@@ -38,8 +38,11 @@ router = APIRouter()
     response_model_exclude_none=True,
     responses={
         **ERRORS,
-        202: {"model": AssetDeferred, "description": "link deferred: pending_link"},
-        409: {"description": "another process is finishing this registration"},
+        202: {
+            "model": AssetDeferred,
+            "description": "link deferred (pending_link), or the registration is being"
+            " finished by another process (reason E_CONFLICT)",
+        },
         502: {"description": "locker hardware fault: the asset is held as link_failed"},
     },
     summary="Register an asset: ledger record, locker link, verification",
@@ -98,6 +101,13 @@ async def _register(
             assetId=done.asset_id, status="pending_link", retryAt=done.retry_at, reason=done.reason
         )
         return JSONResponse(deferred.model_dump(mode="json"), status_code=202)
+    if done.outcome is Outcome.TAKEN_OVER:  # the asset exists; another process finishes it
+        async with db.connection(core.pool) as conn:
+            asset = await assets.get(conn, principal.tenant_id, done.asset_id)
+        going = AssetDeferred(
+            assetId=done.asset_id, status=asset["status"], retryAt=None, reason=str(done.reason)
+        )
+        return JSONResponse(going.model_dump(mode="json"), status_code=202)
     assert done.error is not None  # held for an operator (502) or failed
     raise done.error
 

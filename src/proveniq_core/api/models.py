@@ -94,13 +94,16 @@ class AssetCreated(BaseModel):
 
 
 class AssetDeferred(BaseModel):
-    """202: the asset is recorded; the locker link is deferred and retried
-    (docs/architecture.md §3)."""
+    """202: the asset is recorded; the locker link is deferred and retried, or another
+    process finishes the registration (docs/architecture.md §3)."""
 
     assetId: str
-    status: str = Field(description="pending_link")
+    status: str = Field(description="pending_link; with E_CONFLICT, the asset's state now")
     retryAt: datetime | None = Field(description="the next automatic try; null: held")
-    reason: str = Field(description="E_LOCKER_TIMEOUT or E_LOCKER_UNREACHABLE")
+    reason: str = Field(
+        description="E_LOCKER_TIMEOUT or E_LOCKER_UNREACHABLE; E_CONFLICT: this process lost"
+        " the registration to another (it was starved), which finishes it: follow the asset"
+    )
 
 
 class VerificationView(BaseModel):
@@ -154,7 +157,7 @@ class LockerView(BaseModel):
 
 class ShadowCommand(BaseModel):
     commandId: str
-    type: str
+    type: str | None = Field(description="null: an answer handed over before the park")
     assetId: str | None
     askedAt: datetime = Field(description="when Core parked waiting on it")
     reply: dict[str, Any] | None = Field(description="the device's answer; null: not yet")

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
 def settings(**overrides: Any) -> Settings:
     """Settings from the flags given (the rest from ``PROVENIQ_*``); a bad one in one line."""
     import pydantic
+    import pydantic_settings
 
     from proveniq_core.config import Settings
 
@@ -61,8 +63,13 @@ def settings(**overrides: Any) -> Settings:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except pydantic.ValidationError as exc:
         problem = exc.errors()[0]
-        name = "_".join(str(part) for part in problem["loc"]).upper()
-        raise CliError(f"PROVENIQ_{name}: {problem['msg']}", code=2) from None
+        name, *inside = problem["loc"]  # a list's item: PROVENIQ_X[2]
+        where = "".join(f"[{part}]" for part in inside)
+        raise CliError(f"PROVENIQ_{str(name).upper()}{where}: {problem['msg']}", code=2) from None
+    except pydantic_settings.SettingsError as exc:  # a list setting's variable is not JSON
+        found = re.search(r'field "(\w+)"', str(exc))
+        name = found.group(1).upper() if found else "*"
+        raise CliError(f"PROVENIQ_{name}: not a JSON value", code=2) from None
 
 
 def listen(host: str, port: int, option: str = "--port / PROVENIQ_PORT") -> socket.socket:

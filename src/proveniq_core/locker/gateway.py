@@ -38,6 +38,7 @@ from proveniq_core.errors import (
     LockerUnreachableError,
 )
 from proveniq_core.locker.protocol import (
+    CORE_ROOT,
     STATUS_OFFLINE,
     STATUS_ONLINE,
     TOPIC_ROOT,
@@ -45,9 +46,12 @@ from proveniq_core.locker.protocol import (
     CommandType,
     Reply,
     commands_topic,
+    core_status_topic,
     decode_reply,
+    directed_replies_topic,
     encode,
     ref_from_topic,
+    split_reply_topic,
     validate_ref,
 )
 from proveniq_core.observability import metrics, tracing
@@ -65,8 +69,9 @@ log = structlog.get_logger(__name__)
 
 EventHook = Callable[[str, dict[str, Any]], None]
 """Receives ``(event, info)``; events: connected, disconnected, command_sent, reply, timeout,
-online and offline (a device's presence changed), and unmatched_reply (``info["reply"]``: a
-reply no send here waits for: late, or another process's)."""
+online and offline (a device's presence changed), unmatched_reply (``info["reply"]``: a
+reply no send here waits for: late, or another process's), core_gone (``info["process"]``:
+another Core process left the broker)."""
 
 # Nagle's algorithm plus delayed ACKs adds ~40 ms per small MQTT write; commands are tiny.
 SOCKET_OPTIONS = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
@@ -76,6 +81,8 @@ RECONNECT = Backoff(BACKOFF_MIN_S, cap=BACKOFF_MAX_S)
 """Waits between broker connection attempts: from 0.2 s, doubling, at most 5 s."""
 
 _ReplyKey = tuple[str, str]  # (locker ref, commandId)
+ANSWERED_MEMORY = 4096
+"""Command ids whose answer this process took lately: a second copy of one is dropped."""
 
 FLEET_BREAKER: Final = LOCKER.with_filter(lambda exc: isinstance(exc, BrokerUnreachableError))
 DEVICE_BREAKER: Final = LOCKER.with_filter(
@@ -146,7 +153,9 @@ class LockerGateway:
         self._host, self._port = parse_mqtt_url(mqtt_url)
         self._username, self._password = mqtt_credentials(mqtt_url)
         self.breakers = breakers if breakers is not None else BreakerRegistry()
-        self._client_id = client_id or f"proveniq-core-{uuid.uuid4().hex[:12]}"
+        self._client_id = validate_ref(client_id or f"proveniq-core-{uuid.uuid4().hex[:12]}")
+        self._cores: set[str] = set()  # the Core processes online, by client id
+        self._answered: dict[str, None] = {}  # insertion-ordered: the oldest is dropped first
         self._connect_timeout = connect_timeout
         # A broker that goes silent (a partition, no FIN) is noticed when its PINGRESP is
         # missing: about 1.5 keepalives. aiomqtt's default of 60 s left Core sending into a
@@ -214,6 +223,11 @@ class LockerGateway:
         task, self._task = self._task, None
         if task is None:
             return
+        client = self._client
+        if client is not None:  # gone cleanly: clear the retained presence (no will is sent)
+            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await client.publish(core_status_topic(self._client_id), b"", retain=True)
         await cancel_and_wait(task)
 
     async def send(
@@ -285,6 +299,7 @@ class LockerGateway:
             assetId=asset_id,
             issuedAt=datetime.now(UTC),
             traceparent=tracing.traceparent(),
+            replyTo=directed_replies_topic(ref, self._client_id),
         )
         key = (ref, command_id)
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
@@ -325,11 +340,16 @@ class LockerGateway:
                 socket_options=SOCKET_OPTIONS,
                 username=self._username,
                 password=self._password,
+                # A process that dies leaves no retained "online": the broker clears it.
+                will=aiomqtt.Will(core_status_topic(self._client_id), b"", qos=1, retain=True),
             )
             try:
                 async with client:
-                    await client.subscribe(f"{TOPIC_ROOT}/+/replies", qos=1)
-                    await client.subscribe(f"{TOPIC_ROOT}/+/status", qos=1)
+                    for topic in self._subscriptions():
+                        await client.subscribe(topic, qos=1)
+                    await client.publish(
+                        core_status_topic(self._client_id), STATUS_ONLINE, qos=1, retain=True
+                    )
                     self._on_connected(client)
                     failures = 0
                     async for message in client.messages:
@@ -344,6 +364,26 @@ class LockerGateway:
                 self._on_disconnected()
             await asyncio.sleep(RECONNECT.delay(failures))
             failures += 1
+
+    def _subscriptions(self) -> list[str]:
+        """Replies meant for this process (``replyTo``) and those on ``.../replies`` (from
+        devices that ignore ``replyTo``: every process gets them); the presence of the
+        lockers and of Core's processes."""
+        return [
+            f"{TOPIC_ROOT}/+/replies/{self._client_id}",
+            f"{TOPIC_ROOT}/+/replies",
+            f"{TOPIC_ROOT}/+/status",
+            f"{CORE_ROOT}/+/status",
+        ]
+
+    @property
+    def process_id(self) -> str:
+        """This process's name on the broker: its client id, and its ``replyTo``'s last level."""
+        return self._client_id
+
+    def live_processes(self) -> set[str]:
+        """The Core processes online on the broker, as this one last heard (itself included)."""
+        return self._cores | {self._client_id}
 
     def _on_connected(self, client: aiomqtt.Client) -> None:
         self._client = client
@@ -385,11 +425,12 @@ class LockerGateway:
         # Filter by topic even though we only subscribe to replies and status: amqtt
         # 0.12 also pushes retained messages matching other clients' subscriptions.
         try:
-            ref = ref_from_topic(topic)
-            if topic.endswith("/status"):
-                self._on_status(ref, payload)
-            elif topic.endswith("/replies"):
-                self._on_reply(ref, payload)
+            if topic.startswith(f"{CORE_ROOT}/"):
+                self._on_core_status(topic, payload)
+            elif topic.endswith("/status"):
+                self._on_status(ref_from_topic(topic), payload)
+            elif "/replies" in topic:
+                self._on_reply(*split_reply_topic(topic), payload)
         except ValueError as exc:
             log.warning("locker.malformed_message", topic=topic, error=str(exc))
         except Exception:
@@ -423,20 +464,47 @@ class LockerGateway:
         else:
             raise ValueError(f"unknown status payload {payload!r}")
 
-    def _on_reply(self, ref: str, payload: Any) -> None:
+    def _on_core_status(self, topic: str, payload: Any) -> None:
+        parts = topic.split("/")
+        if len(parts) != 4 or parts[3] != "status":
+            raise ValueError(f"not a Core status topic: {topic!r}")
+        process = validate_ref(parts[2])
+        if payload == STATUS_ONLINE:
+            self._cores.add(process)
+        elif process in self._cores:  # cleared: stopped, or gone and cleared by its will
+            self._cores.discard(process)
+            self._emit("core_gone", {"process": process})
+
+    def _on_reply(self, ref: str, target: str | None, payload: Any) -> None:
+        """Take a reply. ``target``: the process it was meant for (``replyTo``), None for
+        one on ``.../replies``."""
+        if target is not None and target != self._client_id:
+            return  # not subscribed to: a broker quirk (amqtt pushes retained mismatches)
         if not isinstance(payload, bytes | str):
             raise ValueError(f"unexpected payload type {type(payload).__name__}")
         reply = decode_reply(payload)
         futures = self._pending.get((ref, reply.commandId))
-        if not futures:
-            # Another Core process's command, or one that already timed out here: the
-            # shadow keeps it if a parked saga waits on it.
-            log.debug("locker.reply_unmatched", locker_ref=ref, command_id=reply.commandId)
-            self._emit("unmatched_reply", {"lockerRef": ref, "reply": reply})
+        if futures:
+            for future in futures:
+                if not future.done():
+                    future.set_result(reply)
+            self._remember(reply.commandId)
             return
-        for future in futures:
-            if not future.done():
-                future.set_result(reply)
+        if reply.commandId in self._answered:
+            return  # a second copy of an answer this process took already
+        self._remember(reply.commandId)
+        # Meant for this process but late (its send timed out, perhaps while its saga is
+        # still writing the park): the shadow keeps it and the saga waiting or parking on it
+        # adopts it. An answer on .../replies reaches every process, the one that asked
+        # included: kept only if a parked saga waits on it.
+        log.debug("locker.reply_unmatched", locker_ref=ref, command_id=reply.commandId)
+        handover = target is not None
+        self._emit("unmatched_reply", {"lockerRef": ref, "reply": reply, "handover": handover})
+
+    def _remember(self, command_id: str) -> None:
+        self._answered[command_id] = None
+        if len(self._answered) > ANSWERED_MEMORY:
+            del self._answered[next(iter(self._answered))]
 
     def _emit(self, event: str, info: dict[str, Any]) -> None:
         for hook in self._hooks:

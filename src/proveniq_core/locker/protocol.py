@@ -3,7 +3,11 @@
 Core publishes a ``Command`` on ``proveniq/lockers/{ref}/commands``; the device answers
 with a ``Reply`` carrying the same ``commandId`` on ``.../replies`` and keeps a retained
 ``online`` / ``offline`` on ``.../status`` (its last will is ``offline``). All QoS 1, JSON.
-A command may carry the W3C ``traceparent`` of the span that sent it (optional field).
+A command may carry the W3C ``traceparent`` of the span that sent it, and ``replyTo``: a
+topic under the device's own replies topic (``.../replies/{core process}``) on which a
+device that knows the field answers, so the reply reaches the process that asked (both
+optional; a device that ignores ``replyTo`` answers on ``.../replies``). Each Core process
+keeps a retained ``online`` on ``proveniq/core/{process}/status``, cleared when it goes.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any, Literal, Self, TypeVar
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 TOPIC_ROOT = "proveniq/lockers"
+CORE_ROOT = "proveniq/core"
 CONTROL_TOPIC = "proveniq/sim/control"
 LOCKER_REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -61,6 +66,25 @@ def status_topic(ref: str) -> str:
     return _topic(ref, "status")
 
 
+def directed_replies_topic(ref: str, process: str) -> str:
+    """Topic on which the locker ``ref`` answers the Core process ``process`` (``replyTo``)."""
+    return f"{replies_topic(ref)}/{validate_ref(process)}"
+
+
+def core_status_topic(process: str) -> str:
+    """Retained presence topic of the Core process ``process``."""
+    return f"{CORE_ROOT}/{validate_ref(process)}/status"
+
+
+def split_reply_topic(topic: str) -> tuple[str, str | None]:
+    """``(ref, process)`` of a replies topic: process None for ``.../replies``, the
+    process a ``.../replies/{process}`` answer is meant for; ``ValueError`` otherwise."""
+    parts = topic.split("/")
+    if len(parts) not in (4, 5) or "/".join(parts[:2]) != TOPIC_ROOT or parts[3] != "replies":
+        raise ValueError(f"not a replies topic: {topic!r}")
+    return validate_ref(parts[2]), validate_ref(parts[4]) if len(parts) == 5 else None
+
+
 def ref_from_topic(topic: str) -> str:
     """Extract the locker ref from a commands, replies or status topic."""
     root, sep, rest = topic.rpartition("/")
@@ -85,6 +109,9 @@ class Command(_Wire):
     traceparent: str | None = Field(None, max_length=256)
     """Optional W3C trace context of the command; a device that traces continues it, one
     that does not ignores it, and a malformed one is ignored, never refused."""
+    replyTo: str | None = Field(None, max_length=256)
+    """Optional topic to answer on, under the device's own replies topic; a device that
+    does not know it (or gets one outside its own topics) answers on ``.../replies``."""
 
 
 class ReplyError(_Wire):

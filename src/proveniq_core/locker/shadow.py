@@ -3,10 +3,12 @@ device last reported.
 
 A command is recorded (*asked*) when a saga parks waiting on it: its answer did not come
 within the request's budget, or the device could not be reached. A reply that no waiting
-send in this process takes (it came after the command's timeout, to another process, or
-after a restart) is then kept as a fact keyed by its ``commandId`` (*reported*), and the
-saga waiting on it is woken to adopt it instead of sending again. A command Core never
-parked on is not recorded: its answer went to the send that waited for it. The device's
+send in this process takes (it came after the command's timeout) is kept as a fact keyed
+by its ``commandId`` (*reported*), and the saga waiting on it is woken to adopt it instead
+of sending again; a park that finds its answer already kept makes the saga due at once. A
+command answered in time is not recorded: its answer went to the send that waited for it.
+The device answers the process that asked (``replyTo``); when that process is gone, the
+sagas waiting on its commands ask again from a live one (``ask_again``). The device's
 presence (online/offline) is kept on its locker row whenever it changes.
 """
 
@@ -30,10 +32,11 @@ async def ask(
     *,
     asset_id: str | None,
     saga_id: str | None,
+    asked_by: str,
 ) -> Reply | None:
-    """Record, in the caller's transaction, that ``saga_id`` waits on ``command_id``;
-    returns the device's answer when it is recorded already (it came while the saga was
-    held, parked on an earlier try of the same command)."""
+    """Record, in the caller's transaction, that ``saga_id`` waits on ``command_id``, sent
+    by the Core process ``asked_by``; returns the device's answer when it is recorded
+    already (it came while the park was being written, or on an earlier try)."""
     row = await db.fetch_one(
         conn,
         "ask_locker_command",
@@ -43,18 +46,25 @@ async def ask(
             "type": type,
             "asset_id": asset_id,
             "saga_id": saga_id,
+            "asked_by": asked_by,
         },
     )
     return Reply.model_validate(row["reply"]) if row and row["reply"] else None
 
 
-async def report(pool: db.Pool, locker_ref: str, reply: Reply) -> str | None:
+async def report(
+    pool: db.Pool, locker_ref: str, reply: Reply, *, handover: bool = False
+) -> str | None:
     """Keep a device's answer to a recorded command; returns the id of the saga waiting on
-    it, or None when Core never recorded the command (or has its answer already)."""
+    it, or None when Core never recorded the command (or has its answer already).
+
+    ``handover``: keep it even before the command is recorded (it was meant for this
+    process and came late, perhaps while the saga that asked is still writing its park):
+    the park then finds it and makes the saga due at once."""
     async with db.connection(pool) as conn:
         row = await db.fetch_one(
             conn,
-            "report_locker_reply",
+            "hand_over_locker_reply" if handover else "report_locker_reply",
             {
                 "command_id": reply.commandId,
                 "locker_ref": locker_ref,
@@ -62,6 +72,17 @@ async def report(pool: db.Pool, locker_ref: str, reply: Reply) -> str | None:
             },
         )
     return str(row["saga_id"]) if row and row["saga_id"] else None
+
+
+async def ask_again(pool: db.Pool, live: set[str]) -> list[str]:
+    """Make due now the parked sagas that wait on an answer meant for a Core process not in
+    ``live`` (gone: the answer would reach nobody); they ask again from a live process,
+    under the same ``commandId``, which the device answers once. Returns their ids."""
+    async with db.transaction(pool) as conn:
+        rows = await db.fetch_all(conn, "wake_orphaned_asks", {"live": sorted(live)})
+        if rows:
+            await db.execute(conn, "notify_sagas")
+    return [str(r["id"]) for r in rows]
 
 
 async def answer(conn: db.Conn, command_id: str) -> Reply | None:

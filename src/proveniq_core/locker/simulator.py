@@ -232,12 +232,15 @@ class LockerFleet:
         seed: int | None = None,
         connect_timeout: float = 10.0,
         faults: FaultBook | None = None,
+        reply_to: bool = True,
     ) -> None:
         """A fleet of ``lockers``, connected by ``start``.
 
         ``seed`` makes latencies, GPS jitter and ``flaky`` draws reproducible. ``faults``
-        holds the injected fault rules (default: a new, empty book).
+        holds the injected fault rules (default: a new, empty book). ``reply_to``: answer
+        on a command's ``replyTo`` (False: as a device older than that field does).
         """
+        self._honour_reply_to = reply_to
         self._url = mqtt_url
         self._host, self._port = parse_mqtt_url(mqtt_url)
         self._username, self._password = mqtt_credentials(mqtt_url)
@@ -517,7 +520,17 @@ class LockerFleet:
                 answer.set_result(_failure(command, "hardware_fault", f"simulator error: {exc}"))
             if decision.error is not None:
                 device.forget(command.commandId)  # not carried out: a resend tries again
-        await self._publish(device, await asyncio.shield(answer))
+        reply = await asyncio.shield(answer)
+        await self._publish(device, reply, self._reply_topic(device, command))
+
+    def _reply_topic(self, device: LockerDevice, command: Command) -> str:
+        """Where to answer ``command``: its ``replyTo`` when this fleet honours it and the
+        topic is under the device's own replies topic (a broker's ACL would refuse any
+        other), else ``.../replies``."""
+        own = replies_topic(device.ref)
+        if self._honour_reply_to and command.replyTo and command.replyTo.startswith(own + "/"):
+            return command.replyTo
+        return own
 
     def _decide(self, device: LockerDevice, command: Command) -> Decision:
         """Choose what ``device`` does with ``command``: an injected fault, or normal service.
@@ -607,13 +620,13 @@ class LockerFleet:
             "timestamp": taken.isoformat(timespec="milliseconds"),
         }
 
-    async def _publish(self, device: LockerDevice, reply: Reply) -> None:
+    async def _publish(self, device: LockerDevice, reply: Reply, topic: str) -> None:
         client = device.client
         if client is None:
             log.warning("locker.sim_reply_lost", locker_ref=device.ref, reason="disconnected")
             return
         try:
-            await client.publish(replies_topic(device.ref), encode(reply), qos=1)
+            await client.publish(topic, encode(reply), qos=1)
         except aiomqtt.MqttError as exc:
             log.warning("locker.sim_reply_lost", locker_ref=device.ref, reason=str(exc))
 

@@ -713,6 +713,9 @@ class SagaEngine:
         except CoreError as exc:
             log.warning("saga_lease_renewal_failed", held=len(held), error=str(exc))
             return 0
-        if len(rows) < len(held):
-            log.warning("saga_leases_lost", held=len(held), renewed=len(rows))
+        renewed = {str(r["id"]) for r in rows}
+        # A saga that ended while the statement ran has no lease to renew: not lost.
+        lost = [i for i in held if i not in renewed and self._held.get(i) == held[i]]
+        if lost:
+            log.warning("saga_leases_lost", held=len(held), renewed=len(rows), lost=lost[:5])
         return len(rows)

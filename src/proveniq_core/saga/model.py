@@ -59,7 +59,8 @@ class AttemptStatus(StrEnum):
 class LeaseLostError(ConflictError):
     """This process no longer holds the saga: its lease expired and another owner claimed it.
 
-    A request that meets it answers 409: another process is finishing the work."""
+    A registration request that meets it answers 202 with the asset (another process is
+    finishing the work); an operator's action, 409."""
 
 
 WriteFn = Callable[[db.Conn], Awaitable[float]]

@@ -45,6 +45,7 @@ from proveniq_core.saga.model import (
     HOLD,
     TIMEOUT,
     Defer,
+    LeaseLostError,
     SagaDefinition,
     SagaResult,
     SagaStatus,
@@ -241,7 +242,13 @@ def registration_saga(
                 return delay
             d = ctx.data
             answered = await shadow.ask(
-                conn, command, d["lockerRef"], "link", asset_id=d["assetId"], saga_id=ctx.saga_id
+                conn,
+                command,
+                d["lockerRef"],
+                "link",
+                asset_id=d["assetId"],
+                saga_id=ctx.saga_id,
+                asked_by=gateway.process_id,
             )
             return 0.0 if answered is not None else delay
 
@@ -409,6 +416,9 @@ class Outcome(StrEnum):
     """The device refused; the asset is ``link_failed`` until an operator acts: 502."""
     FAILED = "failed"
     """Undone, or being undone: the error's own answer."""
+    TAKEN_OVER = "taken_over"
+    """This process lost the saga's lease mid-request (it was starved) and another claimed
+    it, and finishes it: 202 with the asset's id, so the client can follow it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,20 +450,27 @@ async def register(
 ) -> Registration:
     """Register an asset: run its saga here, as far as it goes within the request."""
     asset_id, verification_id = str(uuid.uuid4()), str(uuid.uuid4())
-    result = await engine.run(
-        saga,
-        {
-            "assetId": asset_id,
-            "verificationId": verification_id,
-            "tenantId": tenant_id,
-            "name": name,
-            "category": category,
-            "lockerRef": locker_ref,
-            "actor": actor,
-            "requestId": request_id,
-        },
-        tenant_id=tenant_id,
-    )
+    try:
+        result = await engine.run(
+            saga,
+            {
+                "assetId": asset_id,
+                "verificationId": verification_id,
+                "tenantId": tenant_id,
+                "name": name,
+                "category": category,
+                "lockerRef": locker_ref,
+                "actor": actor,
+                "requestId": request_id,
+            },
+            tenant_id=tenant_id,
+        )
+    except LeaseLostError as exc:
+        # A saga is claimable only once its first commit (with the asset record) is in.
+        log.warning("registration_taken_over", asset_id=asset_id, error=str(exc))
+        return Registration(
+            Outcome.TAKEN_OVER, asset_id, verification_id, reason=exc.code, error=exc
+        )
     return outcome(result, asset_id, verification_id)
 
 

@@ -1023,10 +1023,11 @@ WHERE a.id = %(asset_id)s::uuid
 -- ask_locker_command --
 -- The shadow's asked side: a saga waits on this locker command (recorded when it parks);
 -- returns the device's answer when it came first (reply is NULL otherwise).
-INSERT INTO locker_commands (command_id, locker_ref, type, asset_id, saga_id)
-VALUES (%(command_id)s, %(locker_ref)s, %(type)s, %(asset_id)s, %(saga_id)s)
+INSERT INTO locker_commands (command_id, locker_ref, type, asset_id, saga_id, asked_by)
+VALUES (%(command_id)s, %(locker_ref)s, %(type)s, %(asset_id)s, %(saga_id)s, %(asked_by)s)
 ON CONFLICT (command_id) DO UPDATE
-SET type = EXCLUDED.type, asset_id = EXCLUDED.asset_id, saga_id = EXCLUDED.saga_id
+SET type = EXCLUDED.type, asset_id = EXCLUDED.asset_id, saga_id = EXCLUDED.saga_id,
+    asked_by = EXCLUDED.asked_by
 RETURNING reply
 
 -- report_locker_reply --
@@ -1036,6 +1037,28 @@ RETURNING reply
 UPDATE locker_commands SET reply = %(reply)s, replied_at = now()
 WHERE command_id = %(command_id)s AND locker_ref = %(locker_ref)s AND reply IS NULL
 RETURNING saga_id, asset_id, type
+
+-- hand_over_locker_reply --
+-- A device's late answer to this process, kept whether or not the park that records the
+-- command has committed yet (the first answer wins); returns the saga waiting on it, NULL
+-- until a park records one.
+INSERT INTO locker_commands (command_id, locker_ref, reply, replied_at)
+VALUES (%(command_id)s, %(locker_ref)s, %(reply)s, now())
+ON CONFLICT (command_id) DO UPDATE
+SET reply = coalesce(locker_commands.reply, EXCLUDED.reply),
+    replied_at = coalesce(locker_commands.replied_at, EXCLUDED.replied_at)
+WHERE locker_commands.locker_ref = EXCLUDED.locker_ref
+RETURNING saga_id, asset_id, type
+
+-- wake_orphaned_asks --
+-- Parked sagas waiting on a command whose asking Core process is gone (its answer would go
+-- to nobody) fall due now, to ask again from a live process; returns them.
+UPDATE sagas s SET run_at = now(), updated_at = now()
+FROM locker_commands c
+WHERE c.reply IS NULL AND c.asked_by IS NOT NULL AND NOT (c.asked_by = ANY(%(live)s))
+  AND c.saga_id = s.id AND s.owner IS NULL AND s.status IN ('running', 'compensating')
+  AND s.run_at > now()
+RETURNING s.id
 
 -- locker_command_reply --
 -- The device's recorded answer to a command; no row until it answered.

@@ -336,9 +336,10 @@ WITH (fillfactor='80');
 CREATE TABLE public.locker_commands (
     command_id text NOT NULL,
     locker_ref text NOT NULL,
-    type text NOT NULL,
+    type text,
     asset_id uuid,
     saga_id uuid,
+    asked_by text,
     asked_at timestamp with time zone DEFAULT now() NOT NULL,
     reply jsonb,
     replied_at timestamp with time zone,
@@ -658,6 +659,8 @@ CREATE INDEX idempotency_keys_created ON public.idempotency_keys USING btree (cr
 CREATE INDEX locker_commands_asked ON public.locker_commands USING btree (asked_at);
 
 CREATE INDEX locker_commands_locker ON public.locker_commands USING btree (locker_ref, asked_at DESC);
+
+CREATE INDEX locker_commands_unanswered ON public.locker_commands USING btree (asked_by) WHERE (reply IS NULL);
 
 CREATE INDEX lockers_tenant ON public.lockers USING btree (tenant_id, locker_ref);
 

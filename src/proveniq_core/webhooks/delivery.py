@@ -8,7 +8,9 @@ The retry schedule (Standard Webhooks' recommendation): the first attempt at onc
 retries 5 s, 5 min, 30 min, 2 h, 5 h, 10 h and 10 h after the previous failure: 8 attempts
 over about 27.6 h. Each delay is lengthened by up to 20 % random jitter (never shortened,
 so the schedule always spans more than 24 h). A 429 or 503 answer with ``Retry-After``
-(seconds or an HTTP date) waits at least that long, up to 24 h.
+(seconds or an HTTP date) waits at least that long, up to 24 h. A lab that cannot wait a
+day replaces the schedule with ``PROVENIQ_WEBHOOK_RETRY_SCHEDULE`` (its length + 1
+attempts; ``docs/operations.md``); the default is ``SCHEDULE``.
 
 Outcomes: a 2xx answer delivers; 410 Gone fails the delivery and disables the endpoint; any
 other answer, a timeout or a connection error retries; a failure of the last attempt fails
@@ -26,7 +28,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, Literal
@@ -78,22 +80,36 @@ class Outcome:
     exhausted: bool = False
 
 
-def decide(attempt: int, result: Attempt, rand: Callable[[], float] = random.random) -> Outcome:
-    """What follows attempt number ``attempt`` (1-based) of a delivery that got ``result``."""
+def decide(
+    attempt: int,
+    result: Attempt,
+    rand: Callable[[], float] = random.random,
+    schedule: Sequence[float] = SCHEDULE,
+) -> Outcome:
+    """What follows attempt number ``attempt`` (1-based) of a delivery that got ``result``,
+    retried on ``schedule`` (``len(schedule) + 1`` attempts in all)."""
     if result.ok:
         return Outcome("delivered")
     if result.status_code == 410:
         return Outcome("failed", disable="the receiver answered 410 Gone")
-    if attempt >= MAX_ATTEMPTS:
+    if attempt > len(schedule):
         return Outcome(
             "failed",
-            disable=f"{attempt} attempts failed over more than 24 h (last: {result.error})",
+            disable=f"{attempt} attempts failed over {_span(schedule)} (last: {result.error})",
             exhausted=True,
         )
-    delay = stretch(SCHEDULE[attempt - 1], JITTER, rand)
+    delay = stretch(schedule[attempt - 1], JITTER, rand)
     if result.status_code in (429, 503) and result.retry_after is not None:
         delay = max(delay, min(result.retry_after, MAX_RETRY_AFTER))
     return Outcome("pending", delay)
+
+
+def _span(schedule: Sequence[float]) -> str:
+    """How long a schedule retries, in words: "more than 24 h" for the default."""
+    total = sum(schedule)
+    if total >= 86400:
+        return "more than 24 h"
+    return f"more than {total / 3600:.1f} h" if total >= 3600 else f"more than {total:g} s"
 
 
 class DeliveryWorker:
@@ -108,8 +124,10 @@ class DeliveryWorker:
         secrets: SecretBox,
         allow_private: bool = False,
         resolver: destinations.Resolver | None = None,
+        schedule: Sequence[float] = SCHEDULE,
     ) -> None:
         self.pool = pool
+        self.schedule = tuple(schedule)
         self.timeout = timeout
         self.poll = poll
         self.rand = rand
@@ -178,7 +196,7 @@ class DeliveryWorker:
         result = await self._post(
             job["url"], job["secret"], signing.message_id(job["event_id"]), body
         )
-        outcome = decide(job["attempts"], result, self.rand)
+        outcome = decide(job["attempts"], result, self.rand, self.schedule)
         if result.status_code is not None:
             span.set_attribute("http.response.status_code", result.status_code)
         span.set_attribute("webhook.outcome", outcome.status)
