@@ -12,7 +12,8 @@ What it does, with the helpers of bench/load.py:
 1. starts a private Mosquitto (``persistence false``), a fresh database
    ``proveniq_drain_<pid>_drain`` on ``--database-url``'s server (dropped at the end, Ctrl-C
    included), ``proveniq simulate`` with ``--lockers`` instant lockers and ``proveniq serve``
-   (``--workers N``: one ``--role api`` process and N ``--role worker`` ones), and waits until
+   (``--workers N``: ``serve --workers N``, the API process and the N worker processes it
+   starts; 0 by default, one process), and waits until
    the lockers are registered and online;
 2. stops the broker and waits until every serve process's ``/readyz`` says ``degraded`` (the
    report gives how long that took: under uvloop a gateway sometimes misses the disconnect
@@ -269,9 +270,7 @@ async def amain(args: argparse.Namespace) -> bool:
             record()
 
             say("[drain] starting the broker again")
-            meter = CpuMeter(
-                {"serve": [st.serve, *st.workers], "simulate": [st.sim]}, backends=backends
-            )
+            meter = CpuMeter({"serve": st.processes(), "simulate": [st.sim]}, backends=backends)
             t0 = time.monotonic()
             await asyncio.to_thread(broker.start)
             w = await watch(st, args, t0)

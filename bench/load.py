@@ -11,14 +11,16 @@ on ``--database-url``'s server, dropped afterwards) and the broker at ``--mqtt-u
 
 - ``proveniq simulate`` with a unique locker prefix and ``--faults-port`` (fault injection
   over loopback HTTP, not the shared MQTT control topic);
-- ``proveniq serve --database-url … --mqtt-url … --port …``; the lockers are registered
-  through ``POST /api/lockers`` with the simulator's sites.
+- ``proveniq serve --database-url … --mqtt-url … --port … --workers N`` (N = ``--workers``,
+  0 by default: one process does everything; N: serve is the API process and starts N
+  worker processes itself); the lockers are registered through ``POST /api/lockers`` with
+  the simulator's sites.
 
 The generator is open-loop: request *i* is sent at ``t0 + i / rate`` whatever the earlier
 ones are doing, and its latency is counted from that scheduled instant, so a stalled
 server or client shows up in the figures instead of slowing the arrivals down
 (no coordinated omission). CPU of the serve, simulate and generator processes comes from
-psutil over each phase.
+psutil over each phase ("serve" is the serve process and the worker processes it started).
 """
 
 from __future__ import annotations
@@ -79,11 +81,14 @@ class Stack:
     key: str
     serve: psutil.Process
     sim: psutil.Process
-    workers: list[psutil.Process]
-    worker_targets: list[str]  # host:port of each worker's /metrics
+    worker_targets: list[str]  # host:port of each worker's /metrics, from serve's banner
     faults_url: str
     refs: list[str]
     db_url: str
+
+    def processes(self) -> list[psutil.Process]:
+        """serve and the worker processes it runs now (``serve --workers N``)."""
+        return [self.serve, *self.serve.children(recursive=True)]
 
 
 @contextlib.contextmanager
@@ -159,40 +164,34 @@ async def stack(
                 args.mqtt_url,
                 "--port",
                 str(port),
+                "--workers",
+                str(args.workers),
             ],
-            env=env | ({"PROVENIQ_ROLE": "api"} if args.workers else {}) | serve_env,
+            env=env | serve_env,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
         )
-        workers: list[subprocess.Popen[bytes]] = []
-        worker_ports: list[int] = []
         try:
             assert serve.stdout is not None
             key = ""
+            worker_targets = []
             t0 = time.perf_counter()
             for line in serve.stdout:
                 if line.startswith("Admin API key:"):
                     key = line.split()[-1]
+                if line.startswith("  worker "):  # "  worker 1: pid 42, http://…/metrics"
+                    worker_targets.append(line.split()[-1].split("/")[2])
                 if line.startswith("Ctrl-C"):
                     break
             if not key:
                 raise SystemExit(f"serve exited ({serve.poll()}) before its banner")
-            say(f"[{name}] serve ready in {time.perf_counter() - t0:.1f} s on port {port}")
-            for _ in range(args.workers):  # verification, webhooks, timers: other processes
-                worker_ports.append(free_port())
-                workers.append(
-                    subprocess.Popen(  # noqa: ASYNC220
-                        [
-                            *(str(VENV_BIN / "proveniq"), "serve", "--role", "worker"),
-                            *("--home", home, "--database-url", db_url),
-                            *("--mqtt-url", args.mqtt_url, "--port", str(worker_ports[-1])),
-                        ],
-                        env=env | serve_env,
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL,
-                    )
-                )
+            if len(worker_targets) != args.workers:
+                raise SystemExit(f"serve named {worker_targets} as its {args.workers} workers")
+            say(
+                f"[{name}] serve ready in {time.perf_counter() - t0:.1f} s on port {port},"
+                f" {args.workers} worker process(es)"
+            )
             base = f"http://127.0.0.1:{port}"
             specs = fleet_specs(lockers, prefix)
             async with httpx.AsyncClient(
@@ -231,16 +230,13 @@ async def stack(
                 key=key,
                 serve=psutil.Process(serve.pid),
                 sim=psutil.Process(sim.pid),
-                workers=[psutil.Process(w.pid) for w in workers],
-                worker_targets=[f"127.0.0.1:{p}" for p in worker_ports],
+                worker_targets=worker_targets,
                 faults_url=f"http://127.0.0.1:{faults_port}/sim/faults",
                 refs=[s.ref for s in specs],
                 db_url=db_url,
             )
         finally:
-            for worker in workers:
-                stop(worker)
-            stop(serve)
+            stop(serve)  # and so its workers
             stop(sim)
             if serve.stdout:
                 serve.stdout.close()
@@ -421,8 +417,12 @@ async def run_phase(
     loop = asyncio.get_running_loop()
     n = max(1, round(rate * duration))
     inflight: set[asyncio.Task[None]] = set()
+    serve = st.processes()
+    procs = {"serve": serve, "simulate": [st.sim], "generator": [psutil.Process()]}
+    if len(serve) > 1:  # serve --workers N: its API process apart too
+        procs["api"] = [st.serve]
     meter = CpuMeter(
-        {"serve": [st.serve, *st.workers], "simulate": [st.sim], "generator": [psutil.Process()]},
+        procs,
         backends=st.db_url.split("dbname=")[1].split()[0],
     )
 
@@ -513,9 +513,10 @@ def locker_wait(server_timing: str) -> float:
 def phase_row(p: Phase) -> str:
     lat = p.ms()
     codes = ", ".join(f"{k}×{v}" for k, v in sorted(p.statuses.items()))
+    api = f" (API {p.cpu['api']:.0f})" if "api" in p.cpu else ""
     cpu = (
         " / ".join(
-            f"{p.cpu.get(k, float('nan')):.0f}"
+            f"{p.cpu.get(k, float('nan')):.0f}" + (api if k == "serve" else "")
             for k in ("serve", "postgres", "simulate", "generator", "machine")
         )
         + f" | {p.cpu.get('load1', float('nan')):.1f}"
@@ -532,7 +533,7 @@ def phase_row(p: Phase) -> str:
 PHASE_HEADER = (
     "| rate/s | s | requests | done/s in window | p50 ms | p95 ms | p99 ms | max ms"
     " | Core-added p50 / p99 ms | send lag p99 ms | in flight at end | statuses"
-    " | CPU % serve / pg / sim / gen / machine (of 200) | load avg |\n"
+    " | CPU % serve (API process) / pg / sim / gen / machine (of 200) | load avg |\n"
     "|" + " ---: |" * 11 + " --- | --- | ---: |"
 )
 STEP_HEADER = (
@@ -805,9 +806,10 @@ def header(args: argparse.Namespace) -> None:
     )
     record(f"Command: python {script} {' '.join(sys.argv[1:])}")
     record(
-        f"serve: one `--role api` process and {args.workers} `--role worker` process(es)"
+        f"serve --workers {args.workers}: the API process and the {args.workers} worker"
+        " process(es) it starts (CPU 'serve' is their sum)"
         if args.workers
-        else "serve: one process (`--role all`: the API and every worker)"
+        else "serve --workers 0: one process (the API and every worker)"
     )
     record()
 
@@ -883,8 +885,8 @@ def add_serve_options(ap: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         default=0,
-        help="0: one serve process does everything; N: serve --role api plus N serve --role"
-        " worker processes (CPU 'serve' is their sum)",
+        help="serve --workers N: 0, one serve process does everything; N, serve is the API"
+        " process and starts N worker processes (CPU 'serve' is their sum)",
     )
     ap.add_argument(
         "--serve-env",

@@ -63,6 +63,9 @@ class Core:
     breakers: BreakerRegistry = field(default_factory=BreakerRegistry)
     """The circuits: ``ledger``, ``locker`` (the broker) and ``locker:<ref>`` per device."""
     key_cache: keys.KeyCache = field(default_factory=keys.KeyCache)
+    worker_processes: Callable[[], tuple[int, int]] | None = None
+    """With ``serve --workers N``: how many of the worker processes it started are up, of
+    how many (``/readyz`` reports it); None in any other process."""
 
     @property
     def operator_wait(self) -> float:

@@ -92,6 +92,7 @@ def served(module_database_url: str, tmp_path_factory: pytest.TempPathFactory) -
         "PROVENIQ_HOME": str(home),
         "PROVENIQ_PORT": str(port),
         "PROVENIQ_DATABASE_URL": module_database_url,
+        "PROVENIQ_WORKERS": "0",  # one process: the fuzzing needs no worker processes
     }
     log = home / "serve.log"
     with log.open("w") as err:

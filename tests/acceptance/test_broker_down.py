@@ -161,6 +161,7 @@ class Stack:
                     "PROVENIQ_DATABASE_URL": self.database_url,
                     "PROVENIQ_MQTT_URL": self.broker.url,
                     "PROVENIQ_POLL_INTERVAL": "0.2",
+                    "PROVENIQ_WORKERS": "0",  # one Core process, whatever the machine's cores
                     **env,
                 },
                 stdout=out,

@@ -79,6 +79,7 @@ class Cluster:
             "PROVENIQ_SAGA_LEASE": str(LEASE_S),
             "PROVENIQ_POLL_INTERVAL": "0.1",
             "PROVENIQ_LINK_SYNC_BUDGET_MS": "10000",
+            "PROVENIQ_WORKERS": "0",  # --role all: one process, the one killed
             **extra,
         }
 

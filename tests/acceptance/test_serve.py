@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from proveniq_core.cli import supervisor
 from proveniq_core.embedded import free_port
 from tests.helpers import until
 
@@ -139,6 +140,16 @@ def test_newcomer_gets_201_then_verified_and_data_survives_restart(home: Path) -
         assert kept.read_text().strip() == key
         assert kept.stat().st_mode & 0o077 == 0, "readable by others"
         assert any(str(kept) in line for line in first.lines[2:3])
+        # By default, one worker process per core beyond the first (at most 3), named.
+        n_cores = supervisor.cores()
+        n = supervisor.default_workers(n_cores)
+        s = "s" if n_cores != 1 else ""
+        assert (
+            f"workers: {n} (from {n_cores} core{s}; --workers N to change)"
+            if n
+            else f"workers: 0, in this process (from {n_cores} core{s}; --workers N to change)"
+        ) in first.lines
+        assert sum(line.startswith("  worker ") for line in first.lines) == n
         # The embedded broker's password stays in its file: the URL is printed masked.
         password = (home / "mqtt-password").read_text().strip()
         assert password not in "\n".join(first.lines) + first.stderr
@@ -198,7 +209,7 @@ def test_serve_starts_after_a_crash_left_a_live_pid_in_the_lock_file(home: Path)
     (as after a reboot): serve recognises the stale lock, clears it, starts, keeps the data."""
     port = free_port()
     pgdata = home / "pg"
-    first = Served(home, port)
+    first = Served(home, port, PROVENIQ_WORKERS="0")
     key = first.value("Admin API key:")
     headers = {"Authorization": f"Bearer {key}"}
     body = {"name": "Watch", "category": "watch", "lockerRef": "locker-001"}
@@ -211,7 +222,7 @@ def test_serve_starts_after_a_crash_left_a_live_pid_in_the_lock_file(home: Path)
     sleeper = subprocess.Popen(["sleep", "600"])
     try:
         write_pid(pgdata, sleeper.pid)
-        second = Served(home, port)
+        second = Served(home, port, PROVENIQ_WORKERS="0")
         try:
             asset_id = created.json()["assetId"]
             again = httpx.get(f"http://127.0.0.1:{port}/api/assets/{asset_id}", headers=headers)
@@ -230,7 +241,7 @@ def test_serve_refuses_a_data_dir_a_postgres_still_uses(home: Path) -> None:
     process, serve removes nothing (two servers would corrupt it) and says so in one line."""
     port = free_port()
     pgdata = home / "pg"
-    first = Served(home, port)
+    first = Served(home, port, PROVENIQ_WORKERS="0")
     postmaster = postmaster_pid(pgdata)
     first.kill()  # its PostgreSQL lives on
     sleeper = subprocess.Popen(["sleep", "600"])
@@ -335,8 +346,16 @@ def test_help_teaches_every_command() -> None:
         check=True,
         env={**os.environ, "COLUMNS": "200"},
     ).stdout
-    for var in ("PROVENIQ_HOME", "PROVENIQ_DATABASE_URL", "PROVENIQ_MQTT_URL", "PROVENIQ_PORT"):
+    for var in (
+        "PROVENIQ_HOME",
+        "PROVENIQ_DATABASE_URL",
+        "PROVENIQ_MQTT_URL",
+        "PROVENIQ_PORT",
+        "PROVENIQ_WORKERS",
+        "PROVENIQ_WORKER_PORT",
+    ):
         assert var in serve
+    assert "--listen-fd" not in serve  # what serve tells its workers is not for people
 
 
 @pytest.mark.slow

@@ -89,6 +89,7 @@ def test_serve_exports_one_registrations_trace_to_an_otlp_receiver(
         tmp_path / "home",
         port,
         PROVENIQ_DATABASE_URL=database_url,
+        PROVENIQ_WORKERS="1",  # the verification runs in a worker process: one trace still
         OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint,
         OTEL_BSP_SCHEDULE_DELAY="100",
         NO_PROXY="127.0.0.1,localhost",

@@ -185,6 +185,7 @@ async def stack(
     specs = fleet_specs(LOCKERS, unique_prefix())
     faults_port, port = free_port(), free_port()
     common = {"PROVENIQ_DATABASE_URL": browser_database_url, "PROVENIQ_MQTT_URL": mqtt_url}
+    common["PROVENIQ_WORKERS"] = "0"  # one serve process, whatever the machine's cores
     procs: list[Proc] = []
     pool = await db.open_pool(browser_database_url, min_size=1, max_size=4)
     try:

@@ -28,9 +28,11 @@ async def healthz() -> dict[str, str]:
 async def readyz(core: CoreDep) -> JSONResponse:
     """Ready when the database answers and migrations are current; the broker may be degraded.
 
-    200 ``ready``: everything up; 200 ``degraded``: serving, but the broker is down or a
-    circuit is not closed (lockers answer later: links are deferred); 503 ``unready``: the
-    database is unreachable (or its circuit open) or migrations are pending.
+    200 ``ready``: everything up; 200 ``degraded``: serving, but the broker is down, a
+    circuit is not closed (lockers answer later: links are deferred) or, in a ``serve
+    --workers N`` process, not all of its worker processes are up (verification and the
+    other background work wait for them; registrations are still taken); 503 ``unready``:
+    the database is unreachable (or its circuit open) or migrations are pending.
     """
     checks: dict[str, str] = {}
     try:
@@ -45,9 +47,12 @@ async def readyz(core: CoreDep) -> JSONResponse:
     checks["broker"] = "ok" if core.gateway.connected else "degraded"
     circuits = {s["name"]: s["state"] for s in core.breakers.snapshots()}
     checks["ledgerCircuit"] = circuits.get(LEDGER_CIRCUIT, "closed")
+    if core.worker_processes is not None:
+        up, started = core.worker_processes()
+        checks["workers"] = "ok" if up == started else f"{up}/{started} up"
     not_closed = sorted(name for name, state in circuits.items() if state != "closed")
     ready = checks["database"] == "ok" and checks["migrations"] == "ok"
-    healthy = checks["broker"] == "ok" and not not_closed
+    healthy = checks["broker"] == "ok" and checks.get("workers", "ok") == "ok" and not not_closed
     status = "ready" if ready and healthy else ("degraded" if ready else "unready")
     return JSONResponse(
         {"status": status, "checks": checks, "openCircuits": not_closed},

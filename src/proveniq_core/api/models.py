@@ -67,12 +67,14 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 class Readiness(BaseModel):
     status: str = Field(
-        description="ready; degraded (serving, but the broker is down or a circuit is not "
-        "closed); unready (database unreachable or migrations pending: 503)"
+        description="ready; degraded (serving, but the broker is down, a circuit is not "
+        "closed or a worker process of serve --workers is not up); unready (database "
+        "unreachable or migrations pending: 503)"
     )
     checks: dict[str, str] = Field(
         description="database: ok|down; migrations: ok|pending: [...]|unknown; "
-        "broker: ok|degraded; ledgerCircuit: closed|open|half_open"
+        "broker: ok|degraded; ledgerCircuit: closed|open|half_open; in a serve --workers N "
+        "process only, workers: ok|<up>/<N> up"
     )
     openCircuits: list[str] = Field(
         description="circuits not closed (open or half-open): ledger, locker, locker:<ref>"

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import shlex
 import signal
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -33,6 +35,17 @@ from proveniq_core.cli.options import (
     service_url,
 )
 from proveniq_core.cli.render import CliError, err, out, progress
+from proveniq_core.cli.supervisor import (
+    DEFAULT_MAX,
+    Worker,
+    Workers,
+    cores,
+    default_workers,
+    watch_parent,
+)
+
+WORKERS_READY_WAIT = 60.0
+"""How long ``serve --workers N`` waits for its workers before printing the banner anyway."""
 
 if TYPE_CHECKING:
     from proveniq_core.config import Settings
@@ -59,7 +72,7 @@ def settings(**overrides: Any) -> Settings:
         raise CliError(f"PROVENIQ_{name}: not a JSON value", code=2) from None
 
 
-def listen(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int, option: str = "--port / PROVENIQ_PORT") -> socket.socket:
     """The listening socket, bound before anything starts: a taken port fails at once."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -70,7 +83,7 @@ def listen(host: str, port: int) -> socket.socket:
         sock.close()
         raise CliError(
             f"cannot listen on {host}:{port}: {exc.strerror or exc} (another 'proveniq serve'?"
-            " --port / PROVENIQ_PORT chooses another port); nothing was started"
+            f" {option} chooses another port); nothing was started"
         ) from None
     sock.set_inheritable(True)
     return sock
@@ -112,8 +125,9 @@ def serve(
             envvar="PROVENIQ_ROLE",
             metavar=choices(Role),
             case_sensitive=False,
-            help="all: the API and the workers. api: the API only. worker: the workers only,"
-            " serving just /metrics, /healthz and /readyz on --port.",
+            help="all: the API and the workers (those in worker processes of their own with"
+            " --workers N). api: the API only. worker: the workers only, serving just"
+            " /metrics, /healthz and /readyz on --port.",
         ),
     ] = Role.ALL,
     sim_lockers: Annotated[
@@ -152,6 +166,34 @@ def serve(
             help="json: one JSON line per event on stderr. console: coloured lines for people.",
         ),
     ] = LogFormat.JSON,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            envvar="PROVENIQ_WORKERS",
+            metavar="N",
+            min=0,
+            max=64,
+            show_default=False,
+            help="With --role all: this process serves the API and starts N worker processes"
+            " (serve --role worker), restarts one that dies and stops them when it stops;"
+            " 0: one process runs everything. [default: one per core beyond the first, at"
+            f" most {DEFAULT_MAX}: {default_workers(cores())} here]",
+        ),
+    ] = None,
+    worker_port: Annotated[
+        int,
+        typer.Option(
+            envvar="PROVENIQ_WORKER_PORT",
+            metavar="PORT",
+            min=0,
+            max=65535,
+            help="With --workers: worker i serves /metrics, /healthz and /readyz on PORT+i-1"
+            " (0: any free ports, printed at start; a restarted worker keeps its port).",
+        ),
+    ] = 0,
+    listen_fd: Annotated[int | None, typer.Option(hidden=True)] = None,
+    parent_pid: Annotated[int | None, typer.Option(hidden=True)] = None,
+    worker_index: Annotated[int | None, typer.Option(hidden=True)] = None,
     event_loop: Annotated[
         EventLoop,
         typer.Option(
@@ -171,32 +213,121 @@ def serve(
     and a curl to try. The admin API key is printed once, when it is created; later starts
     print the file that keeps it.
     """
+    import structlog
+
     from proveniq_core import logs
     from proveniq_core.observability import tracing
 
+    if workers and role is not Role.ALL:
+        raise CliError(
+            f"--workers / PROVENIQ_WORKERS starts worker processes beside the API: it needs"
+            f" --role all (the default), not --role {role.value}",
+            code=2,
+        )
+    n_cores = cores()
+    n = (default_workers(n_cores) if workers is None else workers) if role is Role.ALL else 0
     config = settings(
         home=home,
         database_url=database_url,
         mqtt_url=mqtt_url,
         host=host,
         port=port,
-        role=role.value,
+        role="api" if n else role.value,
         sim_lockers=sim_lockers,
         sim_profile=sim_profile,
         log_level=log_level.value,
         log_json=log_format is LogFormat.JSON,
     )
-    sock = listen(config.host, config.port)
+    if listen_fd is not None:  # a worker of 'serve --workers': its parent bound the socket
+        sock = socket.socket(fileno=listen_fd)
+    else:
+        sock = listen(config.host, config.port)
+    worker_socks: list[socket.socket] = []
+    try:
+        for i in range(n):
+            worker_socks.append(
+                listen(
+                    config.host,
+                    worker_port + i if worker_port else 0,
+                    "--worker-port / PROVENIQ_WORKER_PORT",
+                )
+            )
+    except CliError:
+        for opened in (sock, *worker_socks):
+            opened.close()
+        raise
+    if role is Role.ALL:
+        how = (
+            f"from {n_cores} core{'s' if n_cores != 1 else ''}; --workers N to change"
+            if workers is None
+            else "set by --workers or PROVENIQ_WORKERS"
+        )
+        plan: WorkerPlan | None = WorkerPlan(
+            n, how, worker_socks, log_level, log_format, event_loop
+        )
+    else:
+        plan = None
     try:
         logs.configure(config.log_level, json=config.log_json)
+        if worker_index is not None:
+            structlog.contextvars.bind_contextvars(worker=worker_index)
+        if parent_pid is not None:
+            watch_parent(parent_pid)
         tracing.configure()
-        run(_serve(config, sock), loop=event_loop.value)
+        run(_serve(config, sock, plan, quiet=parent_pid is not None), loop=event_loop.value)
     finally:
         tracing.shutdown()  # exports the spans still batched
         sock.close()
+        for opened in worker_socks:
+            opened.close()
 
 
-async def _serve(config: Settings, sock: socket.socket) -> None:
+@dataclass
+class WorkerPlan:
+    """What ``serve`` with --role all starts beside the API: ``n`` worker processes (0: it
+    runs the workers itself), why that many (for the banner), and what they inherit."""
+
+    n: int
+    how: str
+    socks: list[socket.socket]
+    log_level: LogLevel
+    log_format: LogFormat
+    event_loop: EventLoop
+
+    def workers(self, config: Settings, core: Core) -> Workers:
+        """The worker processes, on ``core``'s database and broker (the embedded ones' URLs
+        too, with their credentials: in the environment, never on the command line)."""
+        env = os.environ | {
+            "PROVENIQ_DATABASE_URL": core.conninfo,
+            "PROVENIQ_MQTT_URL": core.mqtt_url,
+        }
+        argv = Workers.argv_for(
+            *("--home", str(config.home), "--host", config.host),
+            *("--log-level", self.log_level.value, "--log-format", self.log_format.value),
+            *("--event-loop", self.event_loop.value),
+        )
+        slots = [
+            Worker(i + 1, sock, service_url(config.host, sock.getsockname()[1]))
+            for i, sock in enumerate(self.socks)
+        ]
+        return Workers(argv, env, slots)
+
+    def lines(self, workers: Workers | None) -> list[str]:
+        """The banner's lines about the workers."""
+        if workers is None:
+            return [f"workers: 0, in this process ({self.how})"]
+        lines = [f"workers: {self.n} ({self.how})"]
+        for slot in workers.slots:
+            state = "" if slot.ready else " (not ready yet)"
+            lines.append(f"  worker {slot.index}: pid {slot.pid}, {slot.url}/metrics{state}")
+        return lines
+
+
+async def _serve(
+    config: Settings, sock: socket.socket, plan: WorkerPlan | None, *, quiet: bool = False
+) -> None:
+    """Serve until SIGINT or SIGTERM. ``quiet``: a worker of ``serve --workers``, whose
+    parent says what is started and stopped (the worker's log lines still go to stderr)."""
     import psycopg
 
     from proveniq_core.api.app import create_app, create_worker_app
@@ -207,7 +338,10 @@ async def _serve(config: Settings, sock: socket.socket) -> None:
     started = time.perf_counter()
     try:
         async with running(
-            config, progress=lambda m: err.print(Text(f"· {m}", style="dim"))
+            config,
+            progress=(lambda _: None)
+            if quiet
+            else lambda m: err.print(Text(f"· {m}", style="dim")),
         ) as core:
             worker = config.role == "worker"
             server = QuietServer(
@@ -219,38 +353,56 @@ async def _serve(config: Settings, sock: socket.socket) -> None:
                     lifespan="off",
                 )
             )
+            workers = plan.workers(config, core) if plan is not None and plan.n else None
+
+            def stop() -> None:
+                server.request_exit()
+                if workers is not None:
+                    workers.stop()  # beside the HTTP server's stop
+
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, server.request_exit)
-            task = asyncio.create_task(server.serve(sockets=[sock]))
-            # uvicorn has no started event
-            while not server.started and not task.done():  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
-            if task.done():
+                loop.add_signal_handler(sig, stop)
+            try:
+                if workers is not None:
+                    workers.start()
+                    core.worker_processes = workers.status
+                task = asyncio.create_task(server.serve(sockets=[sock]))
+                # uvicorn has no started event
+                while not server.started and not task.done():  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+                if task.done():
+                    await task
+                    raise CliError("the HTTP server stopped while starting")
+                if workers is not None:
+                    await workers.wait_ready(WORKERS_READY_WAIT)
+                url = service_url(config.host, sock.getsockname()[1])
+                seconds = time.perf_counter() - started
+                if worker:
+                    print(f"Proveniq Core worker ready in {seconds:.1f}s; metrics at {url}/metrics")
+                    if core.bootstrap is not None and core.bootstrap.created:
+                        print(f"Admin API key: {core.bootstrap.token}")
+                        print(f"  (printed this once; kept in {core.bootstrap.path})")
+                    print("Ctrl-C stops the worker.", flush=True)
+                elif not server.should_exit:
+                    banner(url, core, seconds, plan.lines(workers) if plan is not None else [])
                 await task
-                raise CliError("the HTTP server stopped while starting")
-            url = service_url(config.host, sock.getsockname()[1])
-            seconds = time.perf_counter() - started
-            if worker:
-                print(f"Proveniq Core worker ready in {seconds:.1f}s; metrics at {url}/metrics")
-                if core.bootstrap is not None and core.bootstrap.created:
-                    print(f"Admin API key: {core.bootstrap.token}")
-                    print(f"  (printed this once; kept in {core.bootstrap.path})")
-                print("Ctrl-C stops the worker.", flush=True)
-            else:
-                banner(url, core, seconds)
-            await task
+            finally:
+                if workers is not None:
+                    await workers.stop()  # before the embedded parts they use stop
     except EmbeddedError as exc:
         raise CliError(str(exc)) from None
     except psycopg.OperationalError as exc:
         place = where(config.database_url) if config.database_url else "the database"
         raise CliError(f"cannot connect to {place}: {str(exc).strip().splitlines()[0]}") from None
-    err.print("stopped cleanly")
+    if not quiet:
+        err.print("stopped cleanly")
 
 
-def banner(url: str, core: Core, seconds: float) -> None:
+def banner(url: str, core: Core, seconds: float, workers: list[str]) -> None:
     """What a newcomer needs: the URL, the admin key (only when it was just created, else
-    where it is kept) and a curl that registers an asset with it."""
+    where it is kept) and a curl that registers an asset with it; then ``workers``, the
+    lines about the worker processes."""
     ref = core.fleet.devices[0].ref if core.fleet else "locker-001"
     body = json.dumps({"name": "Test watch", "category": "watch", "lockerRef": ref})
     key = core.bootstrap
@@ -269,6 +421,8 @@ def banner(url: str, core: Core, seconds: float) -> None:
         f"  curl -s -X POST {url}/api/assets -H {auth}"
         f" -H 'Content-Type: application/json' -d '{body}'"
     )
+    for line in workers:
+        print(line)
     print("Ctrl-C stops the service.", flush=True)
 
 

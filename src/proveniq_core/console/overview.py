@@ -44,9 +44,12 @@ async def readiness(c: Any) -> dict[str, Any]:
     except CoreError:
         checks["database"], checks["migrations"] = "down", "unknown"
     checks["broker"] = "ok" if c.gateway.connected else "degraded"
+    if getattr(c, "worker_processes", None) is not None:
+        up, started = c.worker_processes()
+        checks["workers"] = "ok" if up == started else f"{up}/{started} up"
     not_closed = sorted(s["name"] for s in c.breakers.snapshots() if s["state"] != "closed")
     ready = checks["database"] == "ok" and checks["migrations"] == "ok"
-    healthy = checks["broker"] == "ok" and not not_closed
+    healthy = checks["broker"] == "ok" and checks.get("workers", "ok") == "ok" and not not_closed
     status = "ready" if ready and healthy else ("degraded" if ready else "unready")
     return {"status": status, "checks": checks, "open": not_closed}
 
