@@ -140,7 +140,7 @@ def test_newcomer_gets_201_then_verified_and_data_survives_restart(home: Path) -
         assert kept.read_text().strip() == key
         assert kept.stat().st_mode & 0o077 == 0, "readable by others"
         assert any(str(kept) in line for line in first.lines[2:3])
-        # By default, one worker process per core beyond the first (at most 3), named.
+        # By default, one worker process per core beyond two (at most 3), named.
         n_cores = supervisor.cores()
         n = supervisor.default_workers(n_cores)
         s = "s" if n_cores != 1 else ""

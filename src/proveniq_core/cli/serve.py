@@ -176,7 +176,7 @@ def serve(
             show_default=False,
             help="With --role all: this process serves the API and starts N worker processes"
             " (serve --role worker), restarts one that dies and stops them when it stops;"
-            " 0: one process runs everything. [default: one per core beyond the first, at"
+            " 0: one process runs everything. [default: one per core beyond two, at"
             f" most {DEFAULT_MAX}: {default_workers(cores())} here]",
         ),
     ] = None,

@@ -53,8 +53,14 @@ def cores() -> int:
 
 
 def default_workers(n_cores: int) -> int:
-    """One worker process per core beyond the API process's, at most ``DEFAULT_MAX``."""
-    return max(0, min(DEFAULT_MAX, n_cores - 1))
+    """One worker process per core beyond two, at most ``DEFAULT_MAX``: 0 on 2 cores.
+
+    One core for the API process, one for what shares the machine with it (PostgreSQL, the
+    broker: the embedded default runs them here too). Split in two processes, Core spent
+    about a fifth more CPU per registration than in one (``bench/README.md``, "serve
+    --workers"), which pays off only where a core would otherwise stay idle.
+    """
+    return max(0, min(DEFAULT_MAX, n_cores - 2))
 
 
 def watch_parent(parent: int) -> None:
