@@ -33,9 +33,7 @@ def test_a_compressed_soak_ends_with_no_violation(tmp_path: Path) -> None:
             "--compressed",
             "--out",
             str(report),
-            "--workdir",
-            str(tmp_path / "work"),
-        ],
+        ],  # its own work dir: PostgreSQL runs there as another user, who cannot enter tmp_path
         capture_output=True,
         text=True,
         timeout=1100,
