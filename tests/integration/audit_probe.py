@@ -67,6 +67,9 @@ BOOKKEEPING: dict[str, str] = {
     "verifications": "the verify worker's queue; a verification's outcome is audited as its "
     "asset's transition",
     "evidence": "photo facts the verify worker stores once, content-addressed",
+    "locker_commands": "the device shadow: commands a parked saga waits on and the devices'"
+    " answers; what the saga does with an answer is audited by its step",
+    "locker_presence": "the presence each device last reported: telemetry, not a change",
 }
 """Tables whose rows change without an audit row of their own, and why."""
 

@@ -124,10 +124,8 @@ async def locker_shadow(
         row = await db.fetch_one(conn, "get_locker", params)
         if row is None:
             raise NotFoundError(f"locker {locker_ref} not found")
+        status, at = await shadow.presence(conn, locker_ref)
         commands = await shadow.commands(conn, locker_ref, limit)
     return LockerShadow(
-        lockerRef=locker_ref,
-        reportedStatus=row["reported_status"],
-        reportedAt=row["reported_at"],
-        commands=commands,
+        lockerRef=locker_ref, reportedStatus=status, reportedAt=at, commands=commands
     )

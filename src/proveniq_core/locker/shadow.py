@@ -9,7 +9,7 @@ of sending again; a park that finds its answer already kept makes the saga due a
 command answered in time is not recorded: its answer went to the send that waited for it.
 The device answers the process that asked (``replyTo``); when that process is gone, the
 sagas waiting on its commands ask again from a live one (``ask_again``). The device's
-presence (online/offline) is kept on its locker row whenever it changes.
+presence (online/offline) is kept whenever it changes (``locker_presence``).
 """
 
 from __future__ import annotations
@@ -94,12 +94,18 @@ async def answer(conn: db.Conn, command_id: str) -> Reply | None:
 async def report_presence(
     pool: db.Pool, locker_ref: str, status: Literal["online", "offline"]
 ) -> None:
-    """Keep the device's reported presence on its locker row when it changed."""
+    """Keep the device's reported presence when it changed."""
     validate_ref(locker_ref)
     async with db.connection(pool) as conn:
         await db.execute(
             conn, "report_locker_presence", {"locker_ref": locker_ref, "status": status}
         )
+
+
+async def presence(conn: db.Conn, locker_ref: str) -> tuple[str | None, datetime | None]:
+    """The presence the device last reported and when; (None, None) before its first."""
+    row = await db.fetch_one(conn, "locker_presence", {"locker_ref": locker_ref})
+    return (row["status"], row["reported_at"]) if row else (None, None)
 
 
 async def commands(conn: db.Conn, locker_ref: str, limit: int = 20) -> list[dict[str, Any]]:

@@ -1067,8 +1067,13 @@ WHERE command_id = %(command_id)s AND reply IS NOT NULL
 
 -- report_locker_presence --
 -- The device's last reported presence (online/offline), when it changed.
-UPDATE lockers SET reported_status = %(status)s, reported_at = now()
-WHERE locker_ref = %(locker_ref)s AND reported_status IS DISTINCT FROM %(status)s
+INSERT INTO locker_presence (locker_ref, status) VALUES (%(locker_ref)s, %(status)s)
+ON CONFLICT (locker_ref) DO UPDATE SET status = EXCLUDED.status, reported_at = now()
+WHERE locker_presence.status IS DISTINCT FROM EXCLUDED.status
+
+-- locker_presence --
+-- The presence a device last reported, and when; no row before its first report.
+SELECT status, reported_at FROM locker_presence WHERE locker_ref = %(locker_ref)s
 
 -- locker_shadow_commands --
 -- A locker's recorded commands, newest first: what Core asked and what the device answered.

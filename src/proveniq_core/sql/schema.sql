@@ -348,6 +348,13 @@ CREATE TABLE public.locker_commands (
     CONSTRAINT locker_commands_reply_check CHECK (((reply IS NULL) OR (jsonb_typeof(reply) = 'object'::text)))
 );
 
+CREATE TABLE public.locker_presence (
+    locker_ref text NOT NULL,
+    status text NOT NULL,
+    reported_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT locker_presence_status_check CHECK ((status = ANY (ARRAY['online'::text, 'offline'::text])))
+);
+
 CREATE TABLE public.lockers (
     id uuid NOT NULL,
     tenant_id text NOT NULL,
@@ -357,11 +364,8 @@ CREATE TABLE public.lockers (
     geofence_m double precision NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     maintenance_until timestamp with time zone,
-    reported_status text,
-    reported_at timestamp with time zone,
     CONSTRAINT lockers_geofence_m_check CHECK (((geofence_m > (0)::double precision) AND (geofence_m <= (100000)::double precision))),
     CONSTRAINT lockers_locker_ref_check CHECK ((locker_ref ~ '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$'::text)),
-    CONSTRAINT lockers_reported_status_check CHECK ((reported_status = ANY (ARRAY['online'::text, 'offline'::text]))),
     CONSTRAINT lockers_site_lat_check CHECK (((site_lat >= ('-90'::integer)::double precision) AND (site_lat <= (90)::double precision))),
     CONSTRAINT lockers_site_lon_check CHECK (((site_lon >= ('-180'::integer)::double precision) AND (site_lon <= (180)::double precision)))
 );
@@ -585,6 +589,9 @@ ALTER TABLE ONLY public.idempotency_keys
 
 ALTER TABLE ONLY public.locker_commands
     ADD CONSTRAINT locker_commands_pkey PRIMARY KEY (command_id);
+
+ALTER TABLE ONLY public.locker_presence
+    ADD CONSTRAINT locker_presence_pkey PRIMARY KEY (locker_ref);
 
 ALTER TABLE ONLY public.lockers
     ADD CONSTRAINT lockers_locker_ref_key UNIQUE (locker_ref);

@@ -21,6 +21,10 @@ CREATE INDEX locker_commands_locker ON locker_commands (locker_ref, asked_at DES
 CREATE INDEX locker_commands_asked ON locker_commands (asked_at);
 CREATE INDEX locker_commands_unanswered ON locker_commands (asked_by) WHERE reply IS NULL;
 
-ALTER TABLE lockers
-    ADD COLUMN reported_status text CHECK (reported_status IN ('online', 'offline')),
-    ADD COLUMN reported_at timestamptz;
+-- The presence each device last reported: telemetry, not a change anyone made, so it is
+-- kept beside the audited lockers table rather than in it.
+CREATE TABLE locker_presence (
+    locker_ref  text PRIMARY KEY,
+    status      text NOT NULL CHECK (status IN ('online', 'offline')),
+    reported_at timestamptz NOT NULL DEFAULT now()
+);
