@@ -26,10 +26,12 @@ import time
 import uuid
 from pathlib import Path
 
+import aiomqtt
 import psutil
 
 from proveniq_core import logs
-from proveniq_core.locker.gateway import LockerGateway
+from proveniq_core.locker.gateway import LockerGateway, parse_mqtt_url
+from proveniq_core.locker.protocol import status_topic
 from proveniq_core.locker.simulator import LatencyProfile, LockerFleet, fleet_specs
 
 HERE = Path(__file__).resolve().parent
@@ -43,6 +45,12 @@ async def run_fleet(url: str, prefix: str, lockers: int, legacy: bool) -> None:
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     await fleet.stop()
+    # Leave no retained "offline" behind on the shared broker: piled up over runs, they
+    # overflow every new subscriber's queue and its replies are dropped.
+    host, port = parse_mqtt_url(url)
+    async with aiomqtt.Client(host, port) as client:
+        for spec in fleet_specs(lockers, prefix):
+            await client.publish(status_topic(spec.ref), b"", qos=1, retain=True)
 
 
 async def run_gateway(url: str, prefix: str, lockers: int, ask: int, conc: int) -> None:

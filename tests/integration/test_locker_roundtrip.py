@@ -206,8 +206,9 @@ async def test_device_going_offline_fails_its_pending_sends(
     assert caught.value.details["lockerRef"] == specs[0].ref
 
 
-PRESENCE = frozenset({"online", "offline"})
-"""Gateway events about any locker's presence, which other fleets on the broker cause."""
+PRESENCE = frozenset({"online", "offline", "core_gone"})
+"""Gateway events about any locker's or Core process's presence, which other fleets and
+processes on the broker cause."""
 
 
 def _unless_presence(event: str, record: Callable[[], None]) -> None:
