@@ -11,6 +11,7 @@ import secrets
 import socket
 import subprocess
 import warnings
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -324,6 +325,24 @@ class _SnapshotDict(dict[Any, Any]):
         return iter(list(self.keys()))
 
 
+def _closing_when_done(handler: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """amqtt's connection handler, closing the connection's writer when it returns.
+
+    amqtt 0.12 returns without closing it on some refusals (a first packet that is not a
+    CONNECT, a client that sends nothing); the socket then stayed open until collected.
+    """
+
+    async def handle(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
+    ) -> None:
+        try:
+            await handler(reader, writer, listener_name)
+        finally:
+            writer.close()
+
+    return handle
+
+
 class EmbeddedBroker:
     """An ``amqtt`` broker in this process, listening on loopback only.
 
@@ -375,6 +394,7 @@ class EmbeddedBroker:
             }
         )
         self._broker._subscriptions = _SnapshotDict()  # see _SnapshotDict
+        self._broker.stream_connected = _closing_when_done(self._broker.stream_connected)
         await self._broker.start()
         return self.url
 

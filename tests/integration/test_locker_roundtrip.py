@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import io
 import math
@@ -20,6 +21,7 @@ import pytest
 import pytest_asyncio
 from PIL import Image, ImageStat
 
+from proveniq_core.embedded import EmbeddedBroker
 from proveniq_core.errors import LockerHardwareError, LockerTimeoutError, LockerUnreachableError
 from proveniq_core.locker.gateway import LockerGateway, parse_mqtt_url
 from proveniq_core.locker.protocol import (
@@ -302,19 +304,10 @@ async def test_device_fault_and_noise(mqtt_url: str, gateway: LockerGateway) -> 
 
 async def test_broker_loss_fails_pending_and_reconnects() -> None:
     """Losing the broker fails in-flight sends as unreachable; the gateway reconnects itself."""
-    from amqtt.broker import Broker
-
-    port = closed_port()
-    config = {
-        "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
-        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
-    }
-    events: list[str] = []
-    broker = Broker(config)
+    broker = EmbeddedBroker(None)  # an open amqtt broker this test can stop and start again
     await broker.start()
-    gateway = LockerGateway(
-        f"mqtt://127.0.0.1:{port}", on_event=lambda event, info: events.append(event)
-    )
+    events: list[str] = []
+    gateway = LockerGateway(broker.url, on_event=lambda event, info: events.append(event))
     await gateway.start()
     try:
         assert gateway.connected
@@ -322,18 +315,17 @@ async def test_broker_loss_fails_pending_and_reconnects() -> None:
             gateway.send("nobody-home", "ping", command_id=new_id(), timeout=30)
         )
         await eventually(lambda: "command_sent" in events)
-        await broker.shutdown()
+        await broker.stop()
         with pytest.raises(LockerUnreachableError):
             await asyncio.wait_for(pending, 5)
         assert not gateway.connected
 
-        broker = Broker(config)
-        await broker.start()
+        await broker.start()  # the same port again
         await eventually(lambda: gateway.connected, within=10)
         assert events.count("connected") == 2
     finally:
         await gateway.stop()
-        await broker.shutdown()
+        await broker.stop()
 
 
 class FreezableProxy:
@@ -352,21 +344,40 @@ class FreezableProxy:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
-        self._writers += [writer, up_writer]
+        self._writers.append(writer)
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            writer.close()
+            return
+        self._writers.append(up_writer)
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            while data := await src.read(65536):
-                if not self.frozen:
-                    dst.write(data)
+            with contextlib.suppress(ConnectionError):
+                while data := await src.read(65536):
+                    if not self.frozen:
+                        dst.write(data)
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        pipes = [
+            asyncio.create_task(pipe(reader, up_writer)),
+            asyncio.create_task(pipe(up_reader, writer)),
+        ]
+        try:  # either side hanging up ends the pair, as a real connection would
+            await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in pipes:
+                task.cancel()
+            writer.close()
+            up_writer.close()
 
     async def close(self) -> None:
-        for writer in self._writers:
-            writer.close()
         if self._server is not None:
             self._server.close()
+        for writer in self._writers:
+            writer.close()
+        for writer in self._writers:
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
 
 
 async def test_a_silent_broker_is_noticed_within_the_keepalive() -> None:
