@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,12 +17,14 @@ import structlog
 
 from proveniq_core import db, logs
 from proveniq_core.api.app import create_app
+from proveniq_core.api.health import READY_WAIT_S
 from proveniq_core.config import Settings
 from proveniq_core.errors import LedgerDownError
 from proveniq_core.ledger import keys
 from proveniq_core.locker.faults import parse_rule
 from proveniq_core.resilience.breaker import LEDGER, State
 from proveniq_core.service import Core, running
+from tests.helpers import eventually
 from tests.integration.conftest import TENANT, api_client, first_ref
 from tests.integration.test_registration import wait_status
 
@@ -177,6 +181,61 @@ async def test_readyz_is_ready_then_unready_while_the_ledger_circuit_is_open(cor
     }
     assert (alive.status_code, alive.json()) == (200, {"status": "ok"})
     assert (back.status_code, back.json()["status"]) == (200, "ready")
+
+
+async def test_readyz_answers_busy_within_its_bound_while_the_pool_is_saturated(
+    core: Core,
+) -> None:
+    """Every connection busy while others keep getting one: /readyz does not queue behind
+    the work; within its bound it answers 200 degraded with the database busy."""
+    stop = asyncio.Event()
+
+    async def hold_in_turn() -> None:
+        while not stop.is_set():
+            async with db.connection(core.pool):
+                await asyncio.sleep(1.5)
+
+    # Three times as many holders as connections: a newcomer waits about 3 s for its turn.
+    holders = [asyncio.create_task(hold_in_turn()) for _ in range(3 * core.pool.max_size)]
+    try:
+        await asyncio.sleep(0.5)
+        async with plain(core) as http:
+            started = time.monotonic()
+            busy = await http.get("/readyz")
+            took = time.monotonic() - started
+    finally:
+        stop.set()
+        await asyncio.gather(*holders, return_exceptions=True)
+    assert busy.status_code == 200
+    assert busy.json()["status"] == "degraded"
+    assert busy.json()["checks"]["database"] == "busy"
+    assert took < READY_WAIT_S + 1.0  # it answered at its bound, not after the queue
+    async with plain(core) as http:
+        assert (await http.get("/readyz")).json()["status"] == "ready"
+
+
+async def test_readyz_is_unready_when_no_connection_comes_free(core: Core) -> None:
+    """Every connection held and none handed out within the bound (a hung server looks so):
+    503 with the database down, answered at the bound."""
+    release = asyncio.Event()
+    held = 0
+
+    async def hold() -> None:
+        nonlocal held
+        async with db.connection(core.pool):
+            held += 1
+            await release.wait()
+
+    holders = [asyncio.create_task(hold()) for _ in range(core.pool.max_size)]
+    try:
+        await eventually(lambda: held == core.pool.max_size)
+        async with plain(core) as http:
+            stuck = await http.get("/readyz")
+    finally:
+        release.set()
+        await asyncio.gather(*holders, return_exceptions=True)
+    assert stuck.status_code == 503
+    assert stuck.json()["checks"]["database"] == "down"
 
 
 async def test_readyz_is_unready_while_a_migration_is_pending(core: Core) -> None:

@@ -67,12 +67,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 class Readiness(BaseModel):
     status: str = Field(
-        description="ready; degraded (serving, but the broker is down, a circuit is not "
-        "closed or a worker process of serve --workers is not up); unready (database "
-        "unreachable or migrations pending: 503)"
+        description="ready; degraded (serving, but the database is busy, the broker is "
+        "down, a circuit is not closed or a worker process of serve --workers is not up); "
+        "unready (database unreachable or migrations pending: 503)"
     )
     checks: dict[str, str] = Field(
-        description="database: ok|down; migrations: ok|pending: [...]|unknown; "
+        description="database: ok|busy (answering, but no connection of this process's "
+        "pool came free within 2 s: 200 degraded)|down; migrations: ok|pending: [...]|unknown; "
         "broker: ok|degraded; ledgerCircuit: closed|open|half_open; in a serve --workers N "
         "process only, workers: ok|<up>/<N> up"
     )

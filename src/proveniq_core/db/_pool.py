@@ -205,6 +205,12 @@ async def _through_circuit(pool: Pool) -> AsyncIterator[None]:
         _permit_holder.set(outer)
 
 
+def handed_out_since(pool: Pool, since: float) -> bool:
+    """Whether ``pool`` handed a connection to anyone after ``since`` (``time.monotonic()``):
+    a wait that timed out meanwhile was queueing behind busy work, not a dead server."""
+    return _handed_out.get(pool, since) > since
+
+
 @asynccontextmanager
 async def _checkout(pool: Pool) -> AsyncIterator[Conn]:
     """A connection from ``pool``. A wait that times out while the pool kept handing
