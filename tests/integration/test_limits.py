@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from proveniq_core.api.app import create_app
 from proveniq_core.api.limits import server_config
 from proveniq_core.ledger import keys
 from proveniq_core.service import Core
-from tests.integration.conftest import TENANT, core_running
+from tests.integration.conftest import TENANT, core_running, first_ref
 
 MIB = 1 << 20
 
@@ -91,6 +92,33 @@ async def test_a_bad_key_is_refused_before_its_body_is_read(core: Core) -> None:
         assert_envelope(refused, 401, "E_UNAUTHORIZED")
         assert refused.headers["www-authenticate"] == "Bearer"
         assert body.read == 0
+
+
+async def test_a_request_with_a_body_asks_the_database_for_its_key_once(
+    core: Core, api_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key checked before the body is the one the route uses: one lookup per request,
+    and a key that lacks the route's scope is still refused (403) after that one lookup."""
+    asked: list[str] = []
+    real = keys.authenticate
+
+    async def counted(pool: Any, token: str, cache: Any = None) -> Any:
+        asked.append(token)
+        return await real(pool, token, cache)
+
+    monkeypatch.setattr(keys, "authenticate", counted)
+    body = {"name": "Omega Speedmaster", "category": "watch", "lockerRef": first_ref(core)}
+    async with app_client(core, api_key) as http:
+        created = await http.post("/api/assets", json=body)
+    assert created.status_code == 201, created.text
+    assert asked == [api_key]
+
+    reader = await keys.create_key(core.pool, TENANT, ["assets:read"], name="reader")
+    asked.clear()
+    async with app_client(core, reader) as http:
+        refused = await http.post("/api/assets", json=body)
+    assert_envelope(refused, 403, "E_FORBIDDEN")
+    assert asked == [reader]
 
 
 @asynccontextmanager

@@ -416,6 +416,56 @@ async def test_a_crashed_owner_is_resumed_without_repeating_completed_steps(
     ]
 
 
+async def test_a_calls_end_commits_with_the_transactional_step_after_it(
+    pool: db.Pool, database_url: str
+) -> None:
+    """A call to another system followed by a ledger write: the call's end is committed in
+    the write's transaction, not on its own. While the write has not committed, the log
+    shows the call still running; if the owner dies there, the heir runs the call again
+    under the same idempotency key, then the write, and the log holds each once."""
+    calls: list[tuple[int, str]] = []
+    hang, inside = asyncio.Event(), asyncio.Event()
+
+    async def call(ctx: StepContext) -> dict[str, Any]:
+        calls.append((ctx.attempt, ctx.idempotency_key))
+        return {"answer": ctx.attempt}
+
+    async def write(ctx: StepContext) -> dict[str, Any]:
+        await ctx.tx.execute("SELECT 1")
+        if not calls[-1][0] > 1:  # the first owner "dies" inside its write
+            inside.set()
+            await hang.wait()
+        return {"written": True}
+
+    saga = SagaDefinition(
+        "folded",
+        (
+            Step("call", call, timeout=30),
+            Step("write", write, timeout=30, transactional=True),
+        ),
+    )
+    clock = ManualClock()
+    doomed = SagaEngine(pool, owner="doomed", lease=15.0, clock=clock)
+    task = asyncio.create_task(doomed.run(saga, {}))
+    await asyncio.wait_for(inside.wait(), 5)
+    saga_id = calls[0][1].split(":")[0]
+    assert await log_of(pool, saga_id) == [(0, "execute", 1, "running")]  # the end waits
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    async with second_pool(database_url) as other:
+        heir = SagaEngine(other, owner="heir", definitions=[saga], clock=clock)
+        clock.advance(15.0)
+        (result,) = await heir.run_due()
+    assert result.ok and result.data == {"answer": 2, "written": True}
+    assert calls == [(1, f"{saga_id}:0"), (2, f"{saga_id}:0")]  # the same key again
+    assert await log_of(pool, saga_id) == [
+        (0, "execute", 1, "interrupted"),
+        (0, "execute", 2, "completed"),
+        (1, "execute", 1, "completed"),
+    ]
+
+
 async def outlived_by_an_heir(
     pool: db.Pool,
     database_url: str,
@@ -496,8 +546,10 @@ async def test_a_stale_transactional_step_is_rolled_back_whole_at_its_fence(
         cur = await conn.execute("SELECT by FROM marks WHERE saga_id = %s", (result.saga_id,))
         assert [r["by"] for r in await cur.fetchall()] == ["heir"]
     assert (await saga_row(pool, result.saga_id))["data"]["by"] == "heir"
+    # "begin"'s end was to commit with the refused transaction: the heir ran it again.
     assert await log_of(pool, result.saga_id) == [
-        (0, "execute", 1, "completed"),
+        (0, "execute", 1, "interrupted"),
+        (0, "execute", 2, "completed"),
         (1, "execute", 1, "completed"),
     ]
 

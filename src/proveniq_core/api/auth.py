@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import Request
 
 from proveniq_core.api.deps import CoreDep
+from proveniq_core.api.limits import AUTHENTICATED
 from proveniq_core.errors import ForbiddenError, UnauthorizedError
 from proveniq_core.ledger import keys
 from proveniq_core.ledger.keys import Principal
@@ -25,7 +26,13 @@ def require(scope: str) -> Callable[[Request, Core], Awaitable[Principal]]:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise UnauthorizedError("Missing API key: send 'Authorization: Bearer pk_…'.")
-        principal = await keys.authenticate(core.pool, token.strip(), core.key_cache)
+        token = token.strip()
+        checked = getattr(request.state, AUTHENTICATED, None)  # by the limits, before the body
+        principal: Principal | None
+        if checked is not None and checked[0] == token:
+            principal = checked[1]
+        else:
+            principal = await keys.authenticate(core.pool, token, core.key_cache)
         if principal is None:
             raise UnauthorizedError("Invalid or revoked API key.")
         if scope not in principal.scopes:

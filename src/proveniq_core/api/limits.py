@@ -38,10 +38,14 @@ from proveniq_core.api.envelope import envelope
 from proveniq_core.config import Settings
 from proveniq_core.errors import TAXONOMY, CoreError
 from proveniq_core.ledger import keys
+from proveniq_core.ledger.keys import Principal
 from proveniq_core.service import Core
 
 UNLIMITED_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 _AUTH_BEFORE_BODY = ("/api/", "/sim/")
+AUTHENTICATED = "authenticated"
+"""The request state key of ``(token, principal)`` when these limits authenticated the key
+before the body: the route's ``require`` takes it instead of asking the database again."""
 _MAX_CLIENTS = 10_000  # buckets kept per limiter; the least recently used go first
 
 
@@ -151,10 +155,14 @@ class Limits:
         declared = int(length) if length is not None and length.isdigit() else 0
         has_body = declared > 0 or _header(scope, b"transfer-encoding") is not None
         guarded = has_body and scope["path"].startswith(_AUTH_BEFORE_BODY)
-        if guarded and not await self._authentic(token):
-            self.auth_failures.take(address)
-            await self._refuse(scope, receive, send, "E_UNAUTHORIZED")
-            return
+        if guarded:
+            authentic, principal = await self._authenticate(token)
+            if not authentic:
+                self.auth_failures.take(address)
+                await self._refuse(scope, receive, send, "E_UNAUTHORIZED")
+                return
+            if principal is not None:  # the route's auth takes it: one key lookup a request
+                scope.setdefault("state", {})[AUTHENTICATED] = (token, principal)
         if declared > self.max_body:
             await self._refuse(scope, receive, send, "E_PAYLOAD_TOO_LARGE")
             return
@@ -187,14 +195,15 @@ class Limits:
         if status == 401:
             self.auth_failures.take(address)
 
-    async def _authentic(self, token: str | None) -> bool:
+    async def _authenticate(self, token: str | None) -> tuple[bool, Principal | None]:
+        """Whether the route may read the body, and the principal if the database said so."""
         if token is None:
-            return False
+            return False, None
         try:
             principal = await keys.authenticate(self.core.pool, token, self.core.key_cache)
         except CoreError:
-            return True  # the database cannot say now: the route answers (503, or the cache)
-        return principal is not None
+            return True, None  # the database cannot say now: the route answers (503, or the cache)
+        return principal is not None, principal
 
     async def _refuse(
         self,

@@ -53,6 +53,9 @@ class SagaRun:
     tenant_id: str | None = None
     rounds: int = 0
     create: dict[str, Any] | None = None  # insert the saga row with the first commit
+    # A checkpoint written with the next one: the end of a call to another system whose
+    # successor is a transactional step commits in that step's transaction.
+    pending: dict[str, Any] | None = None
 
     def record(
         self,
@@ -126,20 +129,20 @@ class Journal:
         """A transaction; if it rolls back, the saga row still has to be created.
 
         ``pipeline``: see ``db.transaction``; a stale fence then fails at the commit."""
-        pending = run.create
+        create, pending = run.create, run.pending
         try:
             with fenced(run):
                 async with db.transaction(self.pool, pipeline=pipeline) as conn:
                     yield conn
         except BaseException:
-            run.create = pending
+            run.create, run.pending = create, pending
             raise
 
     @contextlib.asynccontextmanager
     async def scope(self, run: SagaRun) -> AsyncIterator[db.Conn]:
         """A connection for one checkpoint: autocommit, or a transaction when the saga row
-        still has to be created with it."""
-        if run.create is None:
+        or a pending checkpoint still has to be written with it."""
+        if run.create is None and run.pending is None:
             async with db.connection(self.pool) as conn:
                 yield conn
         else:
@@ -175,8 +178,11 @@ class Journal:
         defer: float | None = None,
         rounds: int | None = None,
     ) -> None:
-        """One fenced checkpoint statement, on ``conn``."""
+        """One fenced checkpoint statement, on ``conn`` (after the run's pending one)."""
         await self.create(conn, run)
+        if run.pending is not None:
+            pending, run.pending = run.pending, None
+            await self.checkpoint(conn, run, **pending)
         params = self.params(
             run.saga_id,
             run.epoch,

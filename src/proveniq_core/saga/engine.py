@@ -11,6 +11,10 @@ steps are never run again; the interrupted step runs again with the same idempot
 A *transactional* step (a ledger write) commits in the same transaction as its checkpoint.
 Any other step (a call to another system) runs between two commits; the start of the next
 step is folded into the commit that finishes the previous one, so a step costs one commit.
+When a transactional step follows, the end of the call is written in that step's
+transaction instead (or with whatever checkpoint comes first): it costs no commit of its own.
+A crash before that commit loses the call's outcome, as a crash during the call would, and
+the call runs again under the same idempotency key.
 
 ``run_at`` makes sagas durable timers: ``schedule`` creates a saga that any worker runs when
 it is due, and a step that raises ``Defer`` parks its saga until later. A compensation that
@@ -350,12 +354,15 @@ class SagaEngine:
                     if not again:
                         raise
                 else:
-                    await self.journal.commit(
-                        run,
-                        end=end_row(row, AttemptStatus.COMPLETED, out),
-                        data=out if execute else None,
+                    done = {
+                        "end": end_row(row, AttemptStatus.COMPLETED, out),
+                        "data": out if execute else None,
                         **then,
-                    )
+                    }
+                    if then:
+                        await self.journal.commit(run, **done)
+                    else:  # a transactional step follows: this end commits in its transaction
+                        run.pending = done
                     run.record(action, attempt, AttemptStatus.COMPLETED)
                     span.set_attribute("saga.step.outcome", "completed")
                     return out

@@ -284,12 +284,17 @@ def registration_saga(
         generation = d.get("linkGeneration", 0)
         command = command_id(ctx, f":{generation}" if generation else "")
         in_request = ctx.attempt == 1  # later attempts run in a worker or for an operator
-        answered = None
-        async with db.connection(pool) as conn:
-            row = await db.fetch_one(conn, "locker_maintenance", {"locker_ref": ref})
-            if not in_request:
-                await db.execute(conn, "mark_retry_entry_retrying", {"asset_id": asset_id})
-                answered = await shadow.answer(conn, command)
+        answered, until = None, None
+        if in_request and "maintenanceUntil" in d:  # the request read the locker just now
+            until = d["maintenanceUntil"] and datetime.fromisoformat(d["maintenanceUntil"])
+            until = until if until and until > datetime.now(UTC) else None
+        else:
+            async with db.connection(pool) as conn:
+                row = await db.fetch_one(conn, "locker_maintenance", {"locker_ref": ref})
+                until = row["maintenance_until"] if row is not None else None
+                if not in_request:
+                    await db.execute(conn, "mark_retry_entry_retrying", {"asset_id": asset_id})
+                    answered = await shadow.answer(conn, command)
         if answered is not None:  # the device answered after we stopped waiting: adopt it
             inflight.forget(command)
             try:
@@ -298,8 +303,7 @@ def registration_saga(
                 raise hold_for_operator(ctx, exc) from None
             log.info("saga.link_answer_adopted", command_id=command)
             return {"lockerId": str(result["lockerId"])}
-        if row is not None:
-            until = row["maintenance_until"]
+        if until is not None:
             busy = LockerUnreachableError(f"locker {ref} is in maintenance until {until}")
             raise park(ctx, busy, until)
 
@@ -447,8 +451,12 @@ async def register(
     locker_ref: str,
     actor: str,
     request_id: str | None,
+    maintenance_until: datetime | None = None,
 ) -> Registration:
-    """Register an asset: run its saga here, as far as it goes within the request."""
+    """Register an asset: run its saga here, as far as it goes within the request.
+
+    ``maintenance_until``: the locker's maintenance window end as the request just read it
+    (None: not in one); the link's first attempt takes it instead of reading it again."""
     asset_id, verification_id = str(uuid.uuid4()), str(uuid.uuid4())
     try:
         result = await engine.run(
@@ -462,6 +470,7 @@ async def register(
                 "lockerRef": locker_ref,
                 "actor": actor,
                 "requestId": request_id,
+                "maintenanceUntil": maintenance_until and maintenance_until.isoformat(),
             },
             tenant_id=tenant_id,
         )

@@ -303,19 +303,20 @@ UPDATE verifications SET status = 'cancelled', updated_at = now(), completed_at 
 WHERE asset_id = %(asset_id)s AND status IN ('queued', 'collecting')
 RETURNING id
 
--- claim_verification --
--- The most overdue due verification (or one whose collector's lease ran out), claimed, with
--- what collecting it needs: its asset's locker and saga, and the locker's site.
+-- claim_verifications --
+-- Up to %(limit)s due verifications (or ones whose collector's lease ran out), the most
+-- overdue first, claimed in one statement, each with what collecting it needs: its asset's
+-- locker and saga, and the locker's site. Fewer than asked: nothing more is due.
 WITH job AS (
     UPDATE verifications SET status = 'collecting', attempts = attempts + 1,
                              lease_until = now() + make_interval(secs => %(lease)s),
                              updated_at = now()
-    WHERE id = (
+    WHERE id IN (
         SELECT v.id FROM verifications v
         WHERE (v.status = 'queued' AND v.run_at <= now())
            OR (v.status = 'collecting' AND v.lease_until < now())
         ORDER BY v.run_at
-        LIMIT 1
+        LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
     )
     RETURNING *

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 
@@ -26,7 +27,6 @@ from proveniq_core.observability import metrics, tracing
 from proveniq_core.resilience.backoff import Backoff
 from proveniq_core.verify import reviews
 from proveniq_core.verify.analysis import (
-    Analysis,
     Evidence,
     Limits,
     MalformedEvidenceError,
@@ -99,11 +99,10 @@ class VerifyWorker:
 
     async def process_next(self) -> bool:
         """Claim one due verification and carry it to its next state; False if none was due."""
-        job = await self._claim()
-        if job is None:
-            return False
-        await self._process(job)
-        return True
+        jobs = await self.claim(1)
+        for job in jobs:
+            await self._process(job)
+        return bool(jobs)
 
     async def _process(self, job: db.Row) -> None:
         parent = await self._trace(job) if tracing.enabled() else None
@@ -122,12 +121,16 @@ class VerifyWorker:
             row = await db.fetch_one(conn, "asset_trace", {"asset_id": job["asset_id"]})
         return tracing.context_of(row["traceparent"] if row else None)
 
-    async def _claim(self) -> db.Row | None:
-        """One due verification, claimed under a lease, with its locker's ref and site."""
+    async def claim(self, limit: int) -> list[db.Row]:
+        """Up to ``limit`` due verifications, claimed under a lease in one commit, each with
+        its locker's ref and site."""
+        lease = self.settings.verify_collect_timeout + 30
         async with db.connection(self.pool) as conn:
-            return await db.fetch_one(
-                conn, "claim_verification", {"lease": self.settings.verify_collect_timeout + 30}
-            )
+            return await db.fetch_all(conn, "claim_verifications", {"lease": lease, "limit": limit})
+
+    async def _claimed(self, limit: int) -> AsyncIterator[db.Row]:
+        for job in await self.claim(limit):
+            yield job
 
     async def _handle(self, job: db.Row) -> None:
         log.info("verification_collecting", verification_id=str(job["id"]), attempt=job["attempts"])
@@ -147,37 +150,25 @@ class VerifyWorker:
         facts = [await asyncio.to_thread(inspect_photo, p.data) for p in evidence.photos]
         for photo in evidence.photos:
             await asyncio.to_thread(self.store.put, photo.data)
-        nearest = await self._nearest(job, facts)
-        site = Site(job["site_lat"], job["site_lon"], job["geofence_m"])
-        outcome = analyze(
-            evidence,
-            site,
-            now=datetime.now(UTC),
-            limits=limits(self.settings),
-            facts=facts,
-            nearest=nearest,
-        )
-        await self._settle(job, evidence, facts, outcome)
+        await self._settle(job, evidence, facts)
 
-    async def _nearest(self, job: db.Row, facts: list[PhotoFacts]) -> Match | None:
+    async def _nearest(self, conn: db.Conn, job: db.Row, facts: list[PhotoFacts]) -> Match | None:
         """The evidence of another asset closest to any of these photos."""
         best: Match | None = None
-        async with db.connection(self.pool) as conn:
-            for f in facts:
-                if f.phash is None:
-                    continue
-                row = await db.fetch_one(
-                    conn, "nearest_evidence", {"phash": f.phash, "asset_id": job["asset_id"]}
-                )
-                if row is not None and (best is None or row["distance"] < best.distance):
-                    same_tenant = row["tenant_id"] == job["tenant_id"]
-                    best = Match(row["distance"], str(row["asset_id"]) if same_tenant else None)
+        for f in facts:
+            if f.phash is None:
+                continue
+            row = await db.fetch_one(
+                conn, "nearest_evidence", {"phash": f.phash, "asset_id": job["asset_id"]}
+            )
+            if row is not None and (best is None or row["distance"] < best.distance):
+                same_tenant = row["tenant_id"] == job["tenant_id"]
+                best = Match(row["distance"], str(row["asset_id"]) if same_tenant else None)
         return best
 
-    async def _settle(
-        self, job: db.Row, evidence: Evidence, facts: list[PhotoFacts], outcome: Analysis
-    ) -> None:
-        status, reasons = outcome.status, outcome.reasons
+    async def _settle(self, job: db.Row, evidence: Evidence, facts: list[PhotoFacts]) -> None:
+        """Analyse the evidence and write the outcome, in one transaction (the look for a
+        near-duplicate photo included)."""
         async with db.transaction(self.pool) as conn:
             current = await db.fetch_one(conn, "get_verification_for_update", {"id": job["id"]})
             if (
@@ -187,6 +178,15 @@ class VerifyWorker:
             ):
                 log.info("verification_superseded", verification_id=str(job["id"]))
                 return
+            outcome = analyze(
+                evidence,
+                Site(job["site_lat"], job["site_lon"], job["geofence_m"]),
+                now=datetime.now(UTC),
+                limits=limits(self.settings),
+                facts=facts,
+                nearest=await self._nearest(conn, job, facts),
+            )
+            status, reasons = outcome.status, outcome.reasons
             for photo, fact in zip(evidence.photos, facts, strict=True):
                 await db.execute(
                     conn,
@@ -317,8 +317,8 @@ class VerifyWorker:
 
     async def run(self, waker: db.Waker) -> None:
         """Process due work until cancelled, up to ``concurrency`` at once."""
-        await db.work_loop(
-            self._claim,
+        await db.claim_loop(
+            self._claimed,
             self._process,
             concurrency=self.concurrency,
             waker=waker,
