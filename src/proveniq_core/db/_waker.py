@@ -64,9 +64,14 @@ async def claim_loop(
     poll: float,
     name: str,
     next_due: Callable[[], Awaitable[float | None]] | None = None,
+    linger: float = 0.0,
 ) -> None:
     """The one worker loop: claim due work, handle it, up to ``concurrency`` items at once,
     until cancelled.
+
+    ``linger``: seconds to wait after waking before claiming, so that work arriving in a
+    burst is claimed by one statement (one commit) rather than one each; for work whose
+    latency does not matter to a waiting client.
 
     ``claim(n)`` yields up to ``n`` items (as many as there are free slots), each handled as
     soon as it is yielded; yielding fewer means nothing more is due, and the loop sleeps
@@ -107,6 +112,8 @@ async def claim_loop(
                 await waker.wait(topic, wait)
             else:
                 await asyncio.sleep(wait)
+            if linger:
+                await asyncio.sleep(linger)
     finally:
         for task in tasks:
             task.cancel()
