@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -464,6 +465,46 @@ async def test_a_calls_end_commits_with_the_transactional_step_after_it(
         (0, "execute", 2, "completed"),
         (1, "execute", 1, "completed"),
     ]
+
+
+async def test_a_failed_precondition_writes_nothing_and_its_additions_are_never_stored(
+    pool: db.Pool,
+) -> None:
+    """The precondition runs in the saga's first transaction: when it raises, no saga row
+    and no step log exist; when it holds, the first step sees what it added to the data,
+    and the stored saga does not."""
+    seen: list[dict[str, Any]] = []
+
+    async def write(ctx: StepContext) -> dict[str, Any]:
+        seen.append(dict(ctx.data))
+        return {"written": True}
+
+    async def refuse(conn: db.Conn, data: dict[str, Any]) -> None:
+        raise LedgerConstraintError("no such thing")
+
+    async def note(conn: db.Conn, data: dict[str, Any]) -> None:
+        cur = await conn.execute("SELECT 41 + 1 AS answer")
+        row = await cur.fetchone()
+        assert row is not None
+        data["checked"] = row["answer"]
+
+    for first_is_transactional in (True, False):
+        saga = SagaDefinition(
+            f"pre{first_is_transactional}",
+            (Step("write", write, timeout=5, transactional=first_is_transactional),),
+        )
+        engine = SagaEngine(pool)
+        with pytest.raises(LedgerConstraintError):
+            await engine.run(saga, {"x": 1}, saga_id=(refused := str(uuid.uuid4())),
+                             precondition=refuse)  # fmt: skip
+        async with db.connection(pool) as conn:
+            assert await db.fetch_one(conn, "get_saga", {"id": refused}) is None
+        result = await engine.run(saga, {"x": 1}, precondition=note)
+        assert result.ok
+        assert seen.pop()["checked"] == 42
+        stored = await saga_row(pool, result.saga_id)
+        assert "checked" not in stored["input"] and "checked" not in stored["data"]
+        assert await log_of(pool, result.saga_id) == [(0, "execute", 1, "completed")]
 
 
 async def outlived_by_an_heir(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -59,11 +58,7 @@ async def create_asset(
     (docs/architecture.md §3)."""
 
     async def register() -> Response:
-        async with db.connection(core.pool) as conn:
-            locker = await assets.get_locker(conn, principal.tenant_id, body.lockerRef)
-        return await _register(
-            core, body, principal, request.state.request_id, locker.maintenance_until
-        )
+        return await _register(core, body, principal, request.state.request_id)
 
     return await run_idempotent(
         request,
@@ -75,11 +70,7 @@ async def create_asset(
 
 
 async def _register(
-    core: Core,
-    body: AssetCreate,
-    principal: Principal,
-    request_id: str,
-    maintenance_until: datetime | None,
+    core: Core, body: AssetCreate, principal: Principal, request_id: str
 ) -> Response:
     """Run the registration saga and map its outcome: 201 linked, 202 deferred, or the
     error's envelope (raised: 502 when held for an operator)."""
@@ -92,7 +83,6 @@ async def _register(
         locker_ref=body.lockerRef,
         actor=principal.actor,
         request_id=request_id,
-        maintenance_until=maintenance_until,
     )
     if done.outcome is Outcome.LINKED:
         created = AssetCreated(

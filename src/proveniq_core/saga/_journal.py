@@ -10,7 +10,7 @@ are on the engine's clock.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,10 @@ _CHECKPOINT_ARGS = (
 )  # fmt: skip
 
 
+Precondition = Callable[[db.Conn, dict[str, Any]], Awaitable[None]]
+"""What must hold for a saga to start, checked in its first transaction (``SagaEngine.run``)."""
+
+
 def phase_of(action: Run | Undo) -> Phase:
     return Phase.EXECUTE if isinstance(action, Run) else Phase.COMPENSATE
 
@@ -56,6 +60,7 @@ class SagaRun:
     # A checkpoint written with the next one: the end of a call to another system whose
     # successor is a transactional step commits in that step's transaction.
     pending: dict[str, Any] | None = None
+    precondition: Precondition | None = None  # checked before the saga row is inserted
 
     def record(
         self,
@@ -151,8 +156,11 @@ class Journal:
 
     @staticmethod
     async def create(conn: db.Conn, run: SagaRun) -> None:
-        """Insert the saga row, if its first commit has not done so yet."""
+        """Insert the saga row, if its first commit has not done so yet, once its
+        precondition holds (in the same transaction)."""
         if run.create is not None:
+            if run.precondition is not None:
+                await run.precondition(conn, run.data)
             create, run.create = run.create, None
             await db.execute(conn, "insert_saga", create)
 

@@ -46,6 +46,7 @@ from proveniq_core.resilience.backoff import Backoff
 from proveniq_core.saga import planner
 from proveniq_core.saga._journal import (
     Journal,
+    Precondition,
     SagaRun,
     attempt_row,
     end_row,
@@ -195,8 +196,14 @@ class SagaEngine:
         *,
         saga_id: str | None = None,
         tenant_id: str | None = None,
+        precondition: Precondition | None = None,
     ) -> SagaResult:
-        """Start a saga now, in this process, and drive it as far as it goes."""
+        """Start a saga now, in this process, and drive it as far as it goes.
+
+        ``precondition(conn, data)`` runs in the saga's first transaction, before its row is
+        written: if it raises, nothing of the saga is written and the error propagates. What
+        it adds to ``data`` is there for the first attempts in this process, never stored.
+        """
         self.register(definition)
         saga_id = saga_id or str(uuid.uuid4())
         input = _traced(input)
@@ -208,13 +215,16 @@ class SagaEngine:
             SagaState(SagaStatus.RUNNING),
             tenant_id,
             create=self.journal.saga_row(saga_id, definition, input, tenant_id, owner=self.owner),
+            precondition=precondition,
         )
         first = definition.steps[0]
         self._held[saga_id] = 1
         try:
-            if not first.transactional:  # one statement: the saga and its first attempt
+            if not first.transactional:  # one commit: the saga and its first attempt
                 assert run.create is not None
-                async with db.connection(self.pool) as conn:
+                async with db.transaction(self.pool) as conn:
+                    if precondition is not None:
+                        await precondition(conn, run.data)
                     await db.execute(conn, "insert_saga", run.create | {"first_step": first.name})
                 run.create = None
             return await self._observed(run, self._drive(run, begun=not first.transactional))
@@ -298,6 +308,7 @@ class SagaEngine:
                         async with self.journal.transaction(run, pipeline=True) as conn:
                             ctx.conn = conn
                             await self.journal.create(conn, run)
+                            ctx.data.update(run.data)  # with what a precondition added
                             out = await _call(step, ctx)
                             await self.journal.checkpoint(
                                 conn,
@@ -618,7 +629,8 @@ class SagaEngine:
                 span.set_attribute("saga.outcome", outcome)
             return result
         finally:
-            metrics.saga_run(run.definition.name, outcome, time.perf_counter() - started)
+            if run.create is None:  # a saga never written (its precondition failed) is no run
+                metrics.saga_run(run.definition.name, outcome, time.perf_counter() - started)
 
     # -- bounded waits -----------------------------------------------------------------------
 

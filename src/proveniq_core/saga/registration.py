@@ -285,9 +285,9 @@ def registration_saga(
         command = command_id(ctx, f":{generation}" if generation else "")
         in_request = ctx.attempt == 1  # later attempts run in a worker or for an operator
         answered, until = None, None
-        if in_request and "maintenanceUntil" in d:  # the request read the locker just now
-            until = d["maintenanceUntil"] and datetime.fromisoformat(d["maintenanceUntil"])
-            until = until if until and until > datetime.now(UTC) else None
+        if in_request and "maintenanceUntil" in d:  # read with the locker as the saga began
+            until = d["maintenanceUntil"]
+            until = until if until is not None and until > datetime.now(UTC) else None
         else:
             async with db.connection(pool) as conn:
                 row = await db.fetch_one(conn, "locker_maintenance", {"locker_ref": ref})
@@ -441,6 +441,12 @@ class Registration:
     error: CoreError | None = None
 
 
+async def _locker_of_tenant(conn: db.Conn, data: dict[str, Any]) -> None:
+    """The registration's locker is its tenant's; its maintenance window, for the link."""
+    locker = await assets.get_locker(conn, data["tenantId"], data["lockerRef"])
+    data["maintenanceUntil"] = locker.maintenance_until
+
+
 async def register(
     engine: SagaEngine,
     saga: SagaDefinition,
@@ -451,12 +457,12 @@ async def register(
     locker_ref: str,
     actor: str,
     request_id: str | None,
-    maintenance_until: datetime | None = None,
 ) -> Registration:
     """Register an asset: run its saga here, as far as it goes within the request.
 
-    ``maintenance_until``: the locker's maintenance window end as the request just read it
-    (None: not in one); the link's first attempt takes it instead of reading it again."""
+    The locker must be the tenant's (``LedgerConstraintError`` with nothing written): the
+    saga's first transaction reads it, with its maintenance window for the link's first
+    attempt."""
     asset_id, verification_id = str(uuid.uuid4()), str(uuid.uuid4())
     try:
         result = await engine.run(
@@ -470,9 +476,9 @@ async def register(
                 "lockerRef": locker_ref,
                 "actor": actor,
                 "requestId": request_id,
-                "maintenanceUntil": maintenance_until and maintenance_until.isoformat(),
             },
             tenant_id=tenant_id,
+            precondition=_locker_of_tenant,
         )
     except LeaseLostError as exc:
         # A saga is claimable only once its first commit (with the asset record) is in.
