@@ -32,12 +32,15 @@ run() {  # run NAME DIR N VENV
     (cd "$2" && "$4/bin/python" "$here/bench/load.py" --scenario instant --rate "$rate" \
         --duration 30 --steps "$rate" --step-duration 5 --out "$out" >/dev/null 2>&1)
     # the latency phase's row: | rate | s | requests | done/s | p50 | p95 | p99 | max | Core-added | lag | in flight | statuses | CPU … |
-    grep -A4 '^### Latency' "$out" | tail -1 | awk -F'|' -v name="$1" -v rate="$rate" '{
-        split($14, cpu, "/"); gsub(/ /, "", cpu[1]);
-        printf "%s\t%.1f\t%.1f\t%.1f\n", name, cpu[1] * 10 / rate, $6, $8 }'
+    # and the whole run's commits per asset, from the ledger line after the ramp
+    local commits
+    commits=$(grep -o 'all sources): [0-9]* = [0-9.]* per asset' "$out" | tail -1 | awk '{print $5}')
+    grep -A4 '^### Latency' "$out" | tail -1 | awk -F'|' -v name="$1" -v rate="$rate" -v commits="${commits:-nan}" '{
+        split($14, cpu, "/"); gsub(/ /, "", cpu[1]); gsub(/ /, "", cpu[2]);
+        printf "%s\t%.1f\t%.1f\t%.1f\t%.1f\t%s\n", name, cpu[1] * 10 / rate, cpu[2] * 10 / rate, $6, $8, commits }'
 }
 
-echo -e "build\tserve CPU ms/registration\tp50 ms\tp99 ms"
+echo -e "build\tserve CPU ms/registration\tPostgreSQL CPU ms/registration\tp50 ms\tp99 ms\tcommits/asset"
 results=()
 for n in $(seq "$rounds"); do
     for side in base new; do
@@ -50,10 +53,10 @@ done
 printf '%s\n' "${results[@]}" | python3 -c '
 import statistics, sys
 rows = [line.split("\t") for line in sys.stdin.read().splitlines()]
-med = {s: [statistics.median(float(r[i]) for r in rows if r[0] == s) for i in (1, 2, 3)]
+med = {s: [statistics.median(float(r[i]) for r in rows if r[0] == s) for i in (1, 2, 3, 4, 5)]
        for s in ("base", "new")}
-for s, (cpu, p50, p99) in med.items():
-    print(f"median {s}\t{cpu:.1f}\t{p50:.1f}\t{p99:.1f}")
+for s, values in med.items():
+    print(f"median {s}\t" + "\t".join(f"{v:.1f}" for v in values))
 new, base = med["new"], med["base"]
 print("new/base\t" + "\t".join(f"{n / b:.2f}" for n, b in zip(new, base)))
 '
