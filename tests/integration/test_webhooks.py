@@ -637,11 +637,16 @@ async def test_scope_and_tenant_isolation(
     assert (await client.get(base)).status_code == 200  # untouched by the other tenant
 
 
+@pytest.mark.parametrize("batch", [1, 5])
 async def test_concurrent_workers_deliver_each_message_once(
-    database_url: str, mqtt_url: str, tmp_path: Path, receivers: Callable[..., Receiver]
+    database_url: str,
+    mqtt_url: str,
+    tmp_path: Path,
+    receivers: Callable[..., Receiver],
+    batch: int,
 ) -> None:
-    """Several workers on one database (as in several processes) claim with SKIP LOCKED:
-    every message is delivered exactly once."""
+    """Several workers on one database (as in several processes) claim with SKIP LOCKED,
+    one delivery or ``batch`` at a time: every message is delivered exactly once."""
     receiver = receivers()
     async with core_running(
         database_url, mqtt_url, tmp_path, role="api", webhook_allow_private=True
@@ -656,8 +661,9 @@ async def test_concurrent_workers_deliver_each_message_once(
         workers = [DeliveryWorker(core.pool, secrets=box, allow_private=True) for _ in range(4)]
 
         async def drain(worker: DeliveryWorker) -> None:
-            while await worker.process_next():
-                pass
+            while jobs := await worker.claim(batch):
+                for job in jobs:
+                    await worker._deliver(job)
 
         try:
             await asyncio.gather(*(drain(w) for w in workers for _ in range(3)))

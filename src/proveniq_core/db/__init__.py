@@ -36,7 +36,7 @@ from proveniq_core.db._pool import (
     translate,
     translate_errors,
 )
-from proveniq_core.db._waker import Waker, claim_loop, work_loop
+from proveniq_core.db._waker import Waker, claim_loop
 
 __all__ = [
     "LEDGER_BREAKER",
@@ -65,5 +65,4 @@ __all__ = [
     "transaction",
     "translate",
     "translate_errors",
-    "work_loop",
 ]

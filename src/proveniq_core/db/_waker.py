@@ -118,34 +118,3 @@ async def claim_loop(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def work_loop(
-    claim: Callable[[], Awaitable[T | None]],
-    handle: Callable[[T], Awaitable[None]],
-    *,
-    concurrency: int,
-    waker: Waker,
-    topic: str,
-    poll: float,
-    name: str,
-) -> None:
-    """``claim_loop`` for work claimed one item per call (``claim`` returns None when
-    nothing is due)."""
-
-    async def one_by_one(limit: int) -> AsyncIterator[T]:
-        for _ in range(limit):
-            item = await claim()
-            if item is None:
-                return
-            yield item
-
-    await claim_loop(
-        one_by_one,
-        handle,
-        concurrency=concurrency,
-        waker=waker,
-        topic=topic,
-        poll=poll,
-        name=name,
-    )

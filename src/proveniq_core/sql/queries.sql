@@ -643,20 +643,21 @@ SELECT outbox_emit(%(id)s, %(tenant_id)s, %(type)s, %(data)s)
 -- Wake the webhook workers (NOTIFY proveniq_work 'webhooks') on commit.
 SELECT pg_notify('proveniq_work', 'webhooks')
 
--- claim_webhook_delivery --
--- One due delivery to an active endpoint (or one whose worker's lease ran out), with what it
--- takes to send it; ``attempts`` becomes the number of the attempt being made.
+-- claim_webhook_deliveries --
+-- Up to %(limit)s due deliveries to active endpoints (or ones whose worker's lease ran out),
+-- the most overdue first, claimed in one statement, each with what it takes to send it;
+-- ``attempts`` becomes the number of the attempt being made. Fewer than asked: no more due.
 UPDATE webhook_deliveries d
 SET status = 'delivering', attempts = d.attempts + 1,
     lease_until = now() + make_interval(secs => %(lease)s), updated_at = now()
 FROM webhook_endpoints e, webhook_events ev
-WHERE d.id = (
+WHERE d.id IN (
     SELECT c.id FROM webhook_deliveries c JOIN webhook_endpoints ce ON ce.id = c.endpoint_id
     WHERE ce.status = 'active'
       AND ((c.status = 'pending' AND c.next_attempt_at <= now())
            OR (c.status = 'delivering' AND c.lease_until < now()))
     ORDER BY c.next_attempt_at
-    LIMIT 1
+    LIMIT %(limit)s
     FOR UPDATE OF c SKIP LOCKED
 )
   AND e.id = d.endpoint_id AND ev.id = d.event_id
