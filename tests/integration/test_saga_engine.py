@@ -507,6 +507,88 @@ async def test_a_failed_precondition_writes_nothing_and_its_additions_are_never_
         assert await log_of(pool, result.saga_id) == [(0, "execute", 1, "completed")]
 
 
+async def commits_of(pool: db.Pool, saga_id: str) -> list[str]:
+    """The transaction that last wrote each of the saga's step log rows, in log order."""
+    async with db.connection(pool) as conn:
+        cur = await conn.execute(
+            "SELECT xmin::text AS tx FROM saga_steps WHERE saga_id = %s"
+            " ORDER BY started_at, step_index, attempt",
+            (saga_id,),
+        )
+        return [row["tx"] for row in await cur.fetchall()]
+
+
+async def test_consecutive_ledger_steps_commit_together(pool: db.Pool) -> None:
+    """A call, then two ledger steps, then a call: the first call's end and both ledger
+    steps are written by one transaction; the saga's outcome is as step by step."""
+    async with db.connection(pool) as conn:
+        await conn.execute("CREATE TABLE IF NOT EXISTS pair_marks (saga_id uuid, step text)")
+
+    def mark(name: str) -> Any:
+        async def run(ctx: StepContext) -> dict[str, Any]:
+            await ctx.tx.execute("INSERT INTO pair_marks VALUES (%s, %s)", (ctx.saga_id, name))
+            return {name: True}
+
+        return run
+
+    async def call(ctx: StepContext) -> dict[str, Any]:
+        return {ctx.step_name: True}
+
+    saga = SagaDefinition(
+        "pair",
+        (
+            Step("call", call),
+            Step("a", mark("a"), transactional=True),
+            Step("b", mark("b"), transactional=True),
+            Step("after", call),
+        ),
+    )
+    result = await SagaEngine(pool).run(saga, {})
+    assert result.ok and result.data == {"call": True, "a": True, "b": True, "after": True}
+    call_tx, a_tx, b_tx, after_tx = await commits_of(pool, result.saga_id)
+    assert call_tx == a_tx == b_tx != after_tx
+    async with db.connection(pool) as conn:
+        cur = await conn.execute(
+            "SELECT step FROM pair_marks WHERE saga_id = %s", (result.saga_id,)
+        )
+        assert sorted(r["step"] for r in await cur.fetchall()) == ["a", "b"]
+
+
+async def test_when_the_second_ledger_step_defers_the_first_commits_alone(pool: db.Pool) -> None:
+    """The second of two ledger steps defers: nothing of the shared try is kept; the first
+    runs again alone and commits (its write once), the second is deferred, then completes."""
+    async with db.connection(pool) as conn:
+        await conn.execute("CREATE TABLE IF NOT EXISTS pair_marks (saga_id uuid, step text)")
+    tries = {"b": 0}
+
+    async def a(ctx: StepContext) -> dict[str, Any]:
+        await ctx.tx.execute("INSERT INTO pair_marks VALUES (%s, 'a')", (ctx.saga_id,))
+        return {"a": True}
+
+    async def b(ctx: StepContext) -> dict[str, Any]:
+        tries["b"] += 1
+        if tries["b"] <= 2:  # the shared try and the one on its own
+            raise Defer(0.0)
+        return {"b": True}
+
+    saga = SagaDefinition(
+        "pair_defer", (Step("a", a, transactional=True), Step("b", b, transactional=True))
+    )
+    engine = SagaEngine(pool, definitions=[saga])
+    parked = await engine.run(saga, {})
+    assert parked.deferred is not None
+    assert [s[:2] + s[3:] for s in await log_of(pool, parked.saga_id)] == [
+        (0, "execute", "completed"),
+        (1, "execute", "deferred"),
+    ]
+    (done,) = await engine.run_due()
+    assert done.ok and done.data == {"a": True, "b": True}
+    async with db.connection(pool) as conn:
+        cur = await conn.execute("SELECT step FROM pair_marks WHERE saga_id = %s", (done.saga_id,))
+        assert [r["step"] for r in await cur.fetchall()] == ["a"]
+    assert tries["b"] == 3
+
+
 async def outlived_by_an_heir(
     pool: db.Pool,
     database_url: str,

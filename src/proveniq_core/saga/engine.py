@@ -58,6 +58,7 @@ from proveniq_core.saga.model import (
     AttemptStatus,
     Defer,
     LeaseLostError,
+    Phase,
     SagaDefinition,
     SagaResult,
     SagaStatus,
@@ -392,6 +393,17 @@ class SagaEngine:
             done = Attempt(action.index, phase_of(action), action.attempt, AttemptStatus.COMPLETED)
             after = planner.next_action(definition, run.state.record(done))
             then = self._fold(run, after)
+            if (pair := self._pair(run, action, after)) is not None:
+                second, beyond = pair
+                if isinstance(action, Run) and await self._together(
+                    run, action, second, then=self._fold(run, beyond)
+                ):
+                    action, after = second, beyond
+                    then = self._fold(run, after)
+                    if isinstance(after, Finish):
+                        return self._finished(run, after, started)
+                    action, begun = after, "next" in then
+                    continue
             try:
                 if isinstance(action, Run):
                     with metrics.saga_step(definition.name, step.name):
@@ -421,18 +433,90 @@ class SagaEngine:
                     deferral=deferral,
                 )
             if isinstance(after, Finish):
-                if after.status is SagaStatus.COMPLETED:
-                    log.debug(
-                        "saga_completed",
-                        saga_id=run.saga_id,
-                        saga=definition.name,
-                        ms=round((time.perf_counter() - started) * 1000, 1),
-                    )
-                return SagaResult(run.saga_id, after.status, run.data)
+                return self._finished(run, after, started)
             action, begun = after, "next" in then
         # Resumed with nothing left to do: only the end is still to be recorded.
         await self.journal.commit(run, status=action.status)
         return SagaResult(run.saga_id, action.status, run.data)
+
+    @staticmethod
+    def _finished(run: SagaRun, end: Finish, started: float) -> SagaResult:
+        if end.status is SagaStatus.COMPLETED:
+            log.debug(
+                "saga_completed",
+                saga_id=run.saga_id,
+                saga=run.definition.name,
+                ms=round((time.perf_counter() - started) * 1000, 1),
+            )
+        return SagaResult(run.saga_id, end.status, run.data)
+
+    def _pair(
+        self, run: SagaRun, action: Run | Undo, after: Run | Undo | Finish
+    ) -> tuple[Run, Run | Undo | Finish] | None:
+        """The step to run with ``action`` in one transaction, and what follows the two; None
+        unless both are ledger steps run forwards, the second right after the first."""
+        steps = run.definition.steps
+        if not (
+            isinstance(action, Run)
+            and isinstance(after, Run)
+            and after.index == action.index + 1
+            and steps[action.index].transactional
+            and steps[after.index].transactional
+        ):
+            return None
+        done = [
+            Attempt(a.index, Phase.EXECUTE, a.attempt, AttemptStatus.COMPLETED)
+            for a in (action, after)
+        ]
+        return after, planner.next_action(run.definition, run.state.record(done[0]).record(done[1]))
+
+    async def _together(
+        self, run: SagaRun, first: Run, second: Run, *, then: dict[str, Any]
+    ) -> bool:
+        """Run two consecutive ledger steps in one transaction, each with its checkpoint:
+        one commit instead of two. True when both completed. If the second does not (it
+        fails, defers, or a retry would be needed), nothing of either is kept and False
+        says to run them one by one, as if this had not been tried."""
+        definition = run.definition
+        outs: list[dict[str, Any]] = []
+        data = dict(run.data)
+        try:
+            async with self.journal.transaction(run, pipeline=True) as conn:
+                for action in (first, second):
+                    step = definition.steps[action.index]
+                    ctx = StepContext(run.saga_id, action.index, step.name, action.attempt, data)
+                    ctx.conn = conn
+                    row = attempt_row(action.index, Phase.EXECUTE, action.attempt, step.name)
+                    attributes = {
+                        "saga.step": step.name,
+                        "saga.step.phase": Phase.EXECUTE.value,
+                        "saga.step.attempt": action.attempt,
+                        **_span_attributes(run),
+                    }
+                    with (
+                        metrics.saga_step(definition.name, step.name),
+                        tracing.span(f"saga.step {step.name}", attributes, errors=False) as span,
+                    ):
+                        await self.journal.create(conn, run)
+                        ctx.data.update(run.data)  # with what a precondition added
+                        out = await _call(step, ctx)
+                        await self.journal.checkpoint(
+                            conn,
+                            run,
+                            begin=row,
+                            end=end_row(row, AttemptStatus.COMPLETED, out),
+                            data=out,
+                            **(then if action is second else {}),
+                        )
+                        span.set_attribute("saga.step.outcome", "completed")
+                    data = {**ctx.data, **out}
+                    outs.append(out)
+        except (_StepFailedError, Defer):
+            return False
+        for action, out in zip((first, second), outs, strict=True):
+            run.record(action, action.attempt, AttemptStatus.COMPLETED)
+            run.data.update(out)
+        return True
 
     async def _stop(self, run: SagaRun, exc: BaseException, step_name: str | None) -> SagaResult:
         """Go no further forwards: record why and the undo plan, then compensate; with
