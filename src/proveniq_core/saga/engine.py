@@ -307,17 +307,8 @@ class SagaEngine:
                         # checkpoint after the step's writes fences them all (a stale owner's
                         # commit fails and takes the writes with it).
                         async with self.journal.transaction(run, pipeline=True) as conn:
-                            ctx.conn = conn
-                            await self.journal.create(conn, run)
-                            ctx.data.update(run.data)  # with what a precondition added
-                            out = await _call(step, ctx)
-                            await self.journal.checkpoint(
-                                conn,
-                                run,
-                                begin=row,
-                                end=end_row(row, AttemptStatus.COMPLETED, out),
-                                data=out if execute else None,
-                                **then,
+                            out = await self._step_in(
+                                conn, run, step, ctx, row, data=execute, then=then
                             )
                         run.record(action, attempt, AttemptStatus.COMPLETED)
                         span.set_attribute("saga.step.outcome", "completed")
@@ -439,6 +430,33 @@ class SagaEngine:
         await self.journal.commit(run, status=action.status)
         return SagaResult(run.saga_id, action.status, run.data)
 
+    async def _step_in(
+        self,
+        conn: db.Conn,
+        run: SagaRun,
+        step: Step,
+        ctx: StepContext,
+        row: dict[str, Any],
+        *,
+        data: bool = True,
+        then: dict[str, Any],
+    ) -> dict[str, Any]:
+        """A ledger step's attempt on ``conn``, in its transaction: its writes, then the one
+        checkpoint that begins and ends it (with ``then``), after the saga row if not in yet."""
+        ctx.conn = conn
+        await self.journal.create(conn, run)
+        ctx.data.update(run.data)  # with what a precondition added
+        out = await _call(step, ctx)
+        await self.journal.checkpoint(
+            conn,
+            run,
+            begin=row,
+            end=end_row(row, AttemptStatus.COMPLETED, out),
+            data=out if data else None,
+            **then,
+        )
+        return out
+
     @staticmethod
     def _finished(run: SagaRun, end: Finish, started: float) -> SagaResult:
         if end.status is SagaStatus.COMPLETED:
@@ -485,7 +503,6 @@ class SagaEngine:
                 for action in (first, second):
                     step = definition.steps[action.index]
                     ctx = StepContext(run.saga_id, action.index, step.name, action.attempt, data)
-                    ctx.conn = conn
                     row = attempt_row(action.index, Phase.EXECUTE, action.attempt, step.name)
                     attributes = {
                         "saga.step": step.name,
@@ -497,16 +514,8 @@ class SagaEngine:
                         metrics.saga_step(definition.name, step.name),
                         tracing.span(f"saga.step {step.name}", attributes, errors=False) as span,
                     ):
-                        await self.journal.create(conn, run)
-                        ctx.data.update(run.data)  # with what a precondition added
-                        out = await _call(step, ctx)
-                        await self.journal.checkpoint(
-                            conn,
-                            run,
-                            begin=row,
-                            end=end_row(row, AttemptStatus.COMPLETED, out),
-                            data=out,
-                            **(then if action is second else {}),
+                        out = await self._step_in(
+                            conn, run, step, ctx, row, then=then if action is second else {}
                         )
                         span.set_attribute("saga.step.outcome", "completed")
                     data = {**ctx.data, **out}
