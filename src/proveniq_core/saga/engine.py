@@ -722,7 +722,7 @@ class SagaEngine:
                 span.set_attribute("saga.outcome", outcome)
             return result
         finally:
-            if run.create is None:  # a saga never written (its precondition failed) is no run
+            if run.create is None:  # never written (a failed precondition, say): no run
                 metrics.saga_run(run.definition.name, outcome, time.perf_counter() - started)
 
     # -- bounded waits -----------------------------------------------------------------------
