@@ -257,11 +257,13 @@ async def test_worker_killed_while_a_step_is_in_flight(
         assert completed in scraped
 
 
-async def test_worker_killed_between_two_steps(
+async def test_worker_killed_between_the_link_and_the_status_update(
     database_url: str, mqtt_url: str, tmp_path: Path
 ) -> None:
-    """kill -9 after the link is recorded, before the status update commits → resumed at the
-    status update; the link is not sent again."""
+    """kill -9 after the device answered the link, while the status update (whose commit
+    also records the link's end) waits on a lock → the heir finds the link unrecorded and
+    sends it again with the same commandId: the device answers from its record and links
+    once; the status update and the verification are the heir's."""
     async with cluster(database_url, mqtt_url, tmp_path) as c:
         first, base = await c.serve("first", "all")
         request = asyncio.create_task(post_asset(base, c))
@@ -275,14 +277,19 @@ async def test_worker_killed_between_two_steps(
             await blocker.execute("SELECT * FROM assets FOR UPDATE")
             saga = await the_saga(c)
 
-            async def link_recorded() -> bool:
-                return any(
-                    e[0] == "link_locker" and e[3] == "completed"
-                    for e in await c.step_log(saga["id"])
+            async def waiting_on_the_row() -> bool:
+                return bool(
+                    await c.query(
+                        "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND wait_event_type = 'Lock'"
+                    )
                 )
 
-            await c.until(link_recorded, "the link to be recorded")
-            await asyncio.sleep(0.3)  # update_status is now blocked on the row
+            await c.until(waiting_on_the_row, "the status update to wait on the asset row")
+            assert [e[:4] for e in await c.step_log(saga["id"])] == [
+                ("create_ledger_record", "execute", 1, "completed"),
+                ("link_locker", "execute", 1, "running"),  # answered, not yet recorded
+            ]
             first.kill9()
             await blocker.rollback()
         with pytest.raises(httpx.TransportError):
@@ -292,15 +299,17 @@ async def test_worker_killed_between_two_steps(
         log = await c.step_log(saga["id"])
         assert [e[:4] for e in log] == [
             ("create_ledger_record", "execute", 1, "completed"),
-            ("link_locker", "execute", 1, "completed"),
+            ("link_locker", "execute", 1, "interrupted"),
+            ("link_locker", "execute", 2, "completed"),
             ("update_status", "execute", 1, "completed"),
             ("queue_verification", "execute", 1, "completed"),
         ]
-        assert log[1][4] != log[2][4]  # the link by the first process, the rest by the heir
+        assert log[0][4] != log[2][4] == log[3][4]  # the heir's from the second link on
         (asset,) = await c.query("SELECT status FROM assets")
         assert asset["status"] in ("linked", "verified")
         device = await settle_and_check(c)
-        assert device["received"]["link"] == 1  # never sent again
+        assert device["received"]["link"] == 2  # asked again after the crash…
+        assert device["commands"]["link"] == 1  # …and carried out once
 
 
 async def test_worker_killed_during_compensation(
