@@ -248,9 +248,10 @@ RULES = Path(__file__).resolve().parent.parent / "deploy" / "prometheus" / "aler
 
 
 @contextlib.contextmanager
-def prometheus(targets: list[str], interval: int) -> Iterator[str | None]:
-    """Debian's ``prometheus`` scraping ``targets`` (host:port) every ``interval`` seconds and
-    evaluating ``deploy/prometheus/alerts.yml``; yields its URL, or None when not installed."""
+def prometheus(targets: dict[str, list[str]], interval: int) -> Iterator[str | None]:
+    """Debian's ``prometheus`` scraping ``targets`` (host:port, by the ``role`` label they get,
+    as deploy/prometheus/prometheus.yml labels them) every ``interval`` seconds and evaluating
+    ``deploy/prometheus/alerts.yml``; yields its URL, or None when not installed."""
     binary = shutil.which("prometheus")
     if binary is None:
         yield None
@@ -261,8 +262,12 @@ def prometheus(targets: list[str], interval: int) -> Iterator[str | None]:
         conf.write_text(
             f"global:\n  scrape_interval: {interval}s\n  evaluation_interval: {interval}s\n"
             f"rule_files: ['{RULES}']\n"
-            "scrape_configs:\n  - job_name: proveniq-core\n"
-            f"    static_configs: [{{targets: {targets!r}}}]\n"
+            "scrape_configs:\n  - job_name: proveniq-core\n    static_configs:\n"
+            + "".join(
+                f"      - {{targets: {hosts!r}, labels: {{role: {role}}}}}\n"
+                for role, hosts in targets.items()
+                if hosts
+            )
         )
         proc = subprocess.Popen(
             [
@@ -732,7 +737,10 @@ async def scenario_seed(args: argparse.Namespace) -> None:
             + (f"; serve environment: {', '.join(args.serve_env)}." if args.serve_env else ".")
         )
         record()
-        targets = [st.base.removeprefix("http://"), *st.worker_targets]
+        api = st.base.removeprefix("http://")
+        targets = (
+            {"api": [api], "worker": st.worker_targets} if st.worker_targets else {"all": [api]}
+        )
         with prometheus(targets, args.scrape_interval) as prom:
             if prom is None:
                 say("[seed] prometheus is not installed: no scraping (apt-get install prometheus)")
