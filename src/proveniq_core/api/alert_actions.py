@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Request
 
 from proveniq_core.api.auth import require
+from proveniq_core.api.deps import CoreDep
 from proveniq_core.api.models import ERRORS, AlertView, ErrorEnvelope, alert_view
 from proveniq_core.ledger import alerts
 from proveniq_core.ledger.keys import Principal
@@ -26,10 +27,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("/api/ops/alerts/{alert_id}/acknowledge", response_model=AlertView, responses=_ERRORS)
-async def acknowledge_alert(request: Request, alert_id: AlertId, principal: Writer) -> AlertView:
+async def acknowledge_alert(
+    request: Request, core: CoreDep, alert_id: AlertId, principal: Writer
+) -> AlertView:
     """Say someone is on it: the alert stays open, marked acknowledged (the first time)."""
     row = await alerts.acknowledge(
-        request.app.state.core.pool,
+        core.pool,
         alert_id=alert_id,
         tenant_id=principal.tenant_id,
         actor=principal.actor,
@@ -39,10 +42,12 @@ async def acknowledge_alert(request: Request, alert_id: AlertId, principal: Writ
 
 
 @router.post("/api/ops/alerts/{alert_id}/resolve", response_model=AlertView, responses=_ERRORS)
-async def resolve_alert(request: Request, alert_id: AlertId, principal: Writer) -> AlertView:
+async def resolve_alert(
+    request: Request, core: CoreDep, alert_id: AlertId, principal: Writer
+) -> AlertView:
     """Close the alert by hand; should its cause recur, a new alert opens."""
     row = await alerts.resolve(
-        request.app.state.core.pool,
+        core.pool,
         alert_id=alert_id,
         tenant_id=principal.tenant_id,
         actor=principal.actor,

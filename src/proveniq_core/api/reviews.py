@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from proveniq_core import db
 from proveniq_core.api.auth import require
+from proveniq_core.api.deps import CoreDep
 from proveniq_core.api.evidence import EvidenceLinks, EvidenceView, Sha256, evidence_view
 from proveniq_core.api.models import ERRORS, ErrorEnvelope, Strict
 from proveniq_core.api.paging import decode_position as _decode_position
@@ -130,7 +131,7 @@ async def _evidence(conn: db.Conn, rows: list[db.Row]) -> list[db.Row]:
 
 @router.get("/api/reviews", response_model=ReviewPage, responses=ERRORS)
 async def list_reviews(
-    request: Request,
+    core: CoreDep,
     principal: Reviewer,
     status: Annotated[
         ReviewStatus | None, Query(description="default: the undecided (pending and expired)")
@@ -147,7 +148,7 @@ async def list_reviews(
         "after_id": after[1] if after else None,
         "limit": limit + 1,
     }
-    async with db.connection(request.app.state.core.pool) as conn:
+    async with db.connection(core.pool) as conn:
         rows = await db.fetch_all(conn, "list_reviews", params)
         rows, more = rows[:limit], len(rows) > limit
         evidence = await _evidence(conn, rows)
@@ -165,19 +166,19 @@ _HELD: dict[int | str, dict[str, Any]] = {
 
 
 @router.get("/api/reviews/reasons", response_model=ReasonCodes, responses=ERRORS)
-async def reason_codes(request: Request, principal: Reviewer) -> ReasonCodes:
+async def reason_codes(core: CoreDep, principal: Reviewer) -> ReasonCodes:
     """The reason codes a decision may give, per outcome."""
-    settings = request.app.state.core.settings
+    settings = core.settings
     return ReasonCodes(
         approve=settings.review_reasons_approve, reject=settings.review_reasons_reject
     )
 
 
 @router.get("/api/reviews/{review_id}", response_model=ReviewView, responses=ERRORS)
-async def get_review(request: Request, review_id: ReviewId, principal: Reviewer) -> ReviewView:
+async def get_review(core: CoreDep, review_id: ReviewId, principal: Reviewer) -> ReviewView:
     """One review, with who holds it and links to its photos."""
     reviews.check_id(review_id)
-    async with db.connection(request.app.state.core.pool) as conn:
+    async with db.connection(core.pool) as conn:
         row = await db.fetch_one(
             conn, "get_review", {"id": review_id, "tenant_id": principal.tenant_id}
         )
@@ -188,12 +189,12 @@ async def get_review(request: Request, review_id: ReviewId, principal: Reviewer)
 
 
 @router.post("/api/reviews/{review_id}/claim", response_model=ReviewClaim, responses=_HELD)
-async def claim_review(request: Request, review_id: ReviewId, principal: Reviewer) -> ReviewClaim:
+async def claim_review(core: CoreDep, review_id: ReviewId, principal: Reviewer) -> ReviewClaim:
     """Hold the review for 15 minutes so no one else works it; claim again to renew.
 
     409 when it is decided or another key holds it (``details.heldBy``, ``claimedUntil``)."""
     row = await reviews.claim(
-        request.app.state.core.pool,
+        core.pool,
         tenant_id=principal.tenant_id,
         review_id=review_id,
         key_id=principal.key_id,
@@ -205,10 +206,10 @@ async def claim_review(request: Request, review_id: ReviewId, principal: Reviewe
 
 
 @router.delete("/api/reviews/{review_id}/claim", status_code=204, responses=_HELD)
-async def release_review(request: Request, review_id: ReviewId, principal: Reviewer) -> Response:
+async def release_review(core: CoreDep, review_id: ReviewId, principal: Reviewer) -> Response:
     """Give the review back to the queue; 409 if another key holds it."""
     await reviews.release(
-        request.app.state.core.pool,
+        core.pool,
         tenant_id=principal.tenant_id,
         review_id=review_id,
         key_id=principal.key_id,
@@ -228,11 +229,10 @@ async def release_review(request: Request, review_id: ReviewId, principal: Revie
     },
 )
 async def review_photo(
-    request: Request, review_id: ReviewId, sha256: Sha256, principal: Reviewer
+    core: CoreDep, review_id: ReviewId, sha256: Sha256, principal: Reviewer
 ) -> Response:
     """A photo of the review's evidence, or of the asset its photo resembles (to compare)."""
     reviews.check_id(review_id)
-    core = request.app.state.core
     async with db.connection(core.pool) as conn:
         row = await db.fetch_one(
             conn,
@@ -273,11 +273,10 @@ def check_reason(settings: Any, body: ReviewDecision) -> None:
     responses=_HELD,
 )
 async def decide_review(
-    review_id: str, body: ReviewDecision, request: Request, principal: Reviewer
+    review_id: str, body: ReviewDecision, request: Request, core: CoreDep, principal: Reviewer
 ) -> ReviewView:
     """Approve (asset and verification ``verified``) or reject (both ``rejected``); a review
     is decided once, and not while another key holds it. Recorded with the key's name."""
-    core = request.app.state.core
     check_reason(core.settings, body)
     pool = core.pool
     row = await reviews.decide(
