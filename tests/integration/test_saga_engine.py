@@ -931,3 +931,113 @@ async def test_saga_statuses_are_one_list_in_the_engine_the_api_and_the_database
         (row,) = await cur.fetchall()
     in_database = set(re.findall(r"'(\w+)'", row["d"]))
     assert in_database == {s.value for s in SagaStatus} == set(store.SAGA_STATUSES)
+
+
+# -- group commit ---------------------------------------------------------------------------
+
+
+def gated_saga(name: str, gate: asyncio.Event, runs: list[tuple[str, int]]) -> SagaDefinition:
+    """Three call steps; the first waits at ``gate``, so the sagas reach their first
+    checkpoint together. ``runs`` gets (saga id, step) for every execution."""
+
+    def step(i: int) -> Any:
+        async def run(ctx: StepContext) -> dict[str, Any]:
+            runs.append((ctx.saga_id, i))
+            if i == 0:
+                await gate.wait()
+            return {f"out{i}": True}
+
+        return run
+
+    return SagaDefinition(name, tuple(Step(f"s{i}", step(i), timeout=30) for i in range(3)))
+
+
+async def first_step_commits(pool: db.Pool, ids: list[str]) -> dict[str, str]:
+    """For each saga, the transaction that wrote the end of its first step."""
+    async with db.connection(pool) as conn:
+        cur = await conn.execute(
+            "SELECT saga_id::text AS id, xmin::text AS tx FROM saga_steps"
+            " WHERE saga_id = ANY(%s::uuid[]) AND step_index = 0 AND status = 'completed'",
+            (ids,),
+        )
+        return {row["id"]: row["tx"] for row in await cur.fetchall()}
+
+
+async def started(runs: list[tuple[str, int]], n: int) -> list[str]:
+    """The ids of the ``n`` sagas once each is inside its first step."""
+    await eventually(lambda: len(runs) == n)
+    return [saga_id for saga_id, _ in runs]
+
+
+async def test_checkpoints_of_sagas_waiting_together_share_one_commit(pool: db.Pool) -> None:
+    """Twenty sagas finish their first step at the same moment: their checkpoints are
+    written by one or two transactions, not twenty, and every saga completes."""
+    gate, runs = asyncio.Event(), []
+    saga = gated_saga("group", gate, runs)
+    engine = SagaEngine(pool)
+    tasks = [asyncio.create_task(engine.run(saga, {"i": i})) for i in range(20)]
+    ids = await started(runs, 20)
+    gate.set()
+    results = await asyncio.gather(*tasks)
+    assert all(r.ok for r in results)
+    commits = await first_step_commits(pool, ids)
+    assert len(commits) == 20
+    assert len(set(commits.values())) <= 2
+
+
+async def test_a_refused_checkpoint_in_a_group_fails_only_its_own_saga(pool: db.Pool) -> None:
+    """One of ten sagas whose checkpoints commit together was claimed by someone else
+    meanwhile (its epoch moved on): its fence fails the shared transaction, yet only that
+    saga gets LeaseLostError; the other nine commit and complete."""
+    gate, runs = asyncio.Event(), []
+    saga = gated_saga("group", gate, runs)
+    engine = SagaEngine(pool)
+    tasks = [asyncio.create_task(engine.run(saga, {"i": i})) for i in range(10)]
+    ids = await started(runs, 10)
+    stale = ids[4]
+    async with db.connection(pool) as conn:
+        await conn.execute("UPDATE sagas SET epoch = epoch + 1 WHERE id = %s", (stale,))
+    gate.set()
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    by_id = dict(zip(ids, outcomes, strict=True))
+    assert isinstance(by_id.pop(stale), LeaseLostError)
+    assert all(isinstance(r, SagaResult) and r.ok for r in by_id.values())
+    assert await log_of(pool, stale) == [(0, "execute", 1, "running")]
+    assert len(await first_step_commits(pool, list(by_id))) == 9
+
+
+async def test_a_crash_after_a_group_commits_loses_nothing_and_repeats_nothing(
+    pool: db.Pool, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process dies right after a group's commit, before any saga hears it is durable.
+    Another process resumes them all: each finished first step is kept (it is not run
+    again) and every step runs exactly once in all."""
+    gate, runs = asyncio.Event(), []
+    saga = gated_saga("group", gate, runs)
+    clock = ManualClock()
+    doomed = SagaEngine(pool, owner="doomed", lease=15.0, clock=clock)
+    tasks = [asyncio.create_task(doomed.run(saga, {"i": i})) for i in range(10)]
+    ids = await started(runs, 10)
+    committed: list[int] = []
+    together = db.GroupCommit._together
+
+    async def commit_then_die(self: db.GroupCommit, units: list[db.Unit]) -> None:
+        await together(self, units)
+        committed.append(len(units))
+        raise asyncio.CancelledError  # the process is gone: no saga is told
+
+    monkeypatch.setattr(db.GroupCommit, "_together", commit_then_die)
+    gate.set()
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(o, asyncio.CancelledError) for o in outcomes)
+    assert committed and committed[0] > 1  # one group, several sagas, committed
+    monkeypatch.undo()
+    clock.advance(15.0)
+    async with second_pool(database_url) as other:
+        heir = SagaEngine(other, owner="heir", definitions=[saga], clock=clock)
+        results = await heir.run_due()
+    assert sorted(r.saga_id for r in results) == sorted(ids)
+    assert all(r.ok for r in results)
+    assert sorted(runs) == sorted((saga_id, i) for saga_id in ids for i in range(3))
+    for saga_id in ids:
+        assert (await log_of(pool, saga_id))[0] == (0, "execute", 1, "completed")

@@ -3,11 +3,12 @@ the one claim loop.
 
 Callers import the package (``from proveniq_core import db``) and use the names below;
 ``_pool`` holds the pool, connections, named queries and error translation, ``_migrate``
-the migrations, ``_waker`` the ``LISTEN/NOTIFY`` waker and ``claim_loop``.
+the migrations, ``_waker`` the ``LISTEN/NOTIFY`` waker and ``claim_loop``, ``_group`` group commit.
 """
 
 from __future__ import annotations
 
+from proveniq_core.db._group import GroupCommit, Unit
 from proveniq_core.db._migrate import (
     MIGRATION_LOCK,
     Migration,
@@ -43,9 +44,11 @@ __all__ = [
     "MIGRATION_LOCK",
     "NEVER",
     "Conn",
+    "GroupCommit",
     "Migration",
     "Pool",
     "Row",
+    "Unit",
     "Waker",
     "claim_loop",
     "connection",

@@ -5,6 +5,10 @@ the migrations), fenced on the epoch of the claim: when another process has clai
 saga since, it fails with SQLSTATE ``PVL01`` and the writer gets ``LeaseLostError``. A saga
 started in this process is inserted with its first commit. Times written (a lease, a timer)
 are on the engine's clock.
+
+A checkpoint that is not part of a ledger step's transaction is group-committed
+(``db.GroupCommit``): the checkpoints of all sagas waiting at that moment share one
+transaction and one commit, and each saga goes on only once its own is durable.
 """
 
 from __future__ import annotations
@@ -105,6 +109,7 @@ class Journal:
         self.pool = pool
         self.clock = clock
         self.lease = lease
+        self.group = db.GroupCommit(pool)
 
     def saga_row(
         self,
@@ -142,17 +147,6 @@ class Journal:
         except BaseException:
             run.create, run.pending = create, pending
             raise
-
-    @contextlib.asynccontextmanager
-    async def scope(self, run: SagaRun) -> AsyncIterator[db.Conn]:
-        """A connection for one checkpoint: autocommit, or a transaction when the saga row
-        or a pending checkpoint still has to be written with it."""
-        if run.create is None and run.pending is None:
-            async with db.connection(self.pool) as conn:
-                yield conn
-        else:
-            async with self.transaction(run) as conn:
-                yield conn
 
     @staticmethod
     async def create(conn: db.Conn, run: SagaRun) -> None:
@@ -208,9 +202,26 @@ class Journal:
             await db.execute(conn, "saga_checkpoint", params)
 
     async def commit(self, run: SagaRun, **args: Any) -> None:
-        """One checkpoint, committed on its own."""
-        async with self.scope(run) as conn:
+        """One checkpoint, committed with whatever other sagas commit at the same moment
+        (group commit); returns once it is durable."""
+        create, pending = run.create, run.pending
+
+        async def write(conn: db.Conn) -> None:
+            run.create, run.pending = create, pending  # as they were, if written again
             await self.checkpoint(conn, run, **args)
+
+        await self.write(run, write)
+
+    async def write(self, run: SagaRun, unit: db.Unit) -> None:
+        """Commit ``unit``, writes about ``run``, in the next group commit; a refused fence
+        is ``LeaseLostError``, and after a failure the saga row is still to be created."""
+        create, pending = run.create, run.pending
+        try:
+            with fenced(run):
+                await self.group.commit(unit)
+        except BaseException:
+            run.create, run.pending = create, pending
+            raise
 
     async def load_log(self, run: SagaRun) -> None:
         """Read the saga's step log into ``run``'s state."""

@@ -14,7 +14,9 @@ step is folded into the commit that finishes the previous one, so a step costs o
 When a transactional step follows, the end of the call is written in that step's
 transaction instead (or with whatever checkpoint comes first): it costs no commit of its own.
 A crash before that commit loses the call's outcome, as a crash during the call would, and
-the call runs again under the same idempotency key.
+the call runs again under the same idempotency key. Those commits of a call's step are
+shared with other sagas' (group commit, see ``_journal``): under load one commit carries the
+checkpoints of many sagas.
 
 ``run_at`` makes sagas durable timers: ``schedule`` creates a saga that any worker runs when
 it is due, and a step that raises ``Defer`` parks its saga until later. A compensation that
@@ -223,10 +225,14 @@ class SagaEngine:
         try:
             if not first.transactional:  # one commit: the saga and its first attempt
                 assert run.create is not None
-                async with db.transaction(self.pool) as conn:
+                create = run.create | {"first_step": first.name}
+
+                async def insert(conn: db.Conn) -> None:
                     if precondition is not None:
                         await precondition(conn, run.data)
-                    await db.execute(conn, "insert_saga", run.create | {"first_step": first.name})
+                    await db.execute(conn, "insert_saga", create)
+
+                await self.journal.write(run, insert)
                 run.create = None
             return await self._observed(run, self._drive(run, begun=not first.transactional))
         finally:

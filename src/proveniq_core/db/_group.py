@@ -1,0 +1,98 @@
+"""Group commit: many tasks' small writes in one transaction, one commit for all of them.
+
+A task hands ``GroupCommit.commit`` a *unit*: a coroutine function that writes on the
+connection it is given. Units are committed in batches by one flush at a time: whatever
+is waiting when the previous commit ends goes into the next transaction (pipelined), so
+under load a commit carries many units and when idle a unit commits at once, alone. Each
+caller waits until its own unit is durable (or has failed) before it goes on.
+
+When a batch fails because one unit's statement failed (a constraint, a fence), the batch
+rolls back and each of its units is committed again on its own: only the unit at fault
+sees its error. A unit must therefore be safe to run again after a rollback. When the
+database cannot be reached, every unit of the batch gets that error at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Awaitable, Callable
+
+from proveniq_core.db._pool import Conn, Pool, is_ledger_down, transaction
+
+Unit = Callable[[Conn], Awaitable[None]]
+
+_Waiting = tuple[Unit, "asyncio.Future[None]"]
+
+
+class GroupCommit:
+    """Commits units of writes on ``pool``, up to ``max_batch`` per transaction."""
+
+    def __init__(self, pool: Pool, *, max_batch: int = 100) -> None:
+        self.pool = pool
+        self.max_batch = max_batch
+        self._waiting: list[_Waiting] = []
+        self._flushing: asyncio.Task[None] | None = None
+
+    async def commit(self, unit: Unit) -> None:
+        """Run ``unit`` in the next group's transaction; return once it is committed, or
+        raise its error. Cancelling the wait does not withdraw a unit already being written."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((unit, done))
+        if self._flushing is None:
+            # A context of its own: the flush belongs to none of the tasks it writes for.
+            self._flushing = asyncio.create_task(self._flush(), context=contextvars.Context())
+        await done
+
+    async def _flush(self) -> None:
+        batch: list[_Waiting] = []
+        try:
+            while self._waiting:
+                batch = [w for w in self._waiting[: self.max_batch] if not w[1].done()]
+                del self._waiting[: self.max_batch]
+                if batch:
+                    await self._write(batch)
+        except BaseException as exc:  # cancelled with the event loop: nobody waits forever
+            for _, done in batch + self._waiting:
+                _settle(done, exc)
+            self._waiting.clear()
+            raise
+        finally:
+            self._flushing = None
+
+    async def _write(self, batch: list[_Waiting]) -> None:
+        try:
+            await self._together([unit for unit, _ in batch])
+        except Exception as exc:
+            if len(batch) == 1 or is_ledger_down(exc):
+                for _, done in batch:
+                    _settle(done, exc)
+                return
+            # Rolled back whole: each unit again on its own, so only the faulty one fails.
+            for unit, done in batch:
+                try:
+                    await self._together([unit])
+                except Exception as alone:
+                    _settle(done, alone)
+                else:
+                    _settle(done, None)
+            return
+        for _, done in batch:
+            _settle(done, None)
+
+    async def _together(self, units: list[Unit]) -> None:
+        """One transaction holding ``units``, committed."""
+        async with transaction(self.pool, pipeline=True) as conn:
+            for unit in units:
+                await unit(conn)
+
+
+def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
+    if done.done():  # its waiter was cancelled
+        return
+    if error is None:
+        done.set_result(None)
+    elif isinstance(error, asyncio.CancelledError):
+        done.cancel()
+    else:
+        done.set_exception(error)
