@@ -1021,7 +1021,7 @@ async def test_a_crash_after_a_group_commits_loses_nothing_and_repeats_nothing(
     committed: list[int] = []
     together = db.GroupCommit._together
 
-    async def commit_then_die(self: db.GroupCommit, units: list[db.Unit]) -> None:
+    async def commit_then_die(self: db.GroupCommit, units: list[Any]) -> None:
         await together(self, units)
         committed.append(len(units))
         raise asyncio.CancelledError  # the process is gone: no saga is told

@@ -210,15 +210,16 @@ class Journal:
             run.create, run.pending = create, pending  # as they were, if written again
             await self.checkpoint(conn, run, **args)
 
-        await self.write(run, write)
+        await self.write(run, write, single=create is None and pending is None)
 
-    async def write(self, run: SagaRun, unit: db.Unit) -> None:
-        """Commit ``unit``, writes about ``run``, in the next group commit; a refused fence
-        is ``LeaseLostError``, and after a failure the saga row is still to be created."""
+    async def write(self, run: SagaRun, unit: db.Unit, *, single: bool = False) -> None:
+        """Commit ``unit``, writes about ``run`` (``single``: one statement), in the next group
+        commit; a refused fence is ``LeaseLostError``, and after a failure the saga row is
+        still to be created."""
         create, pending = run.create, run.pending
         try:
             with fenced(run):
-                await self.group.commit(unit)
+                await self.group.commit(unit, single=single)
         except BaseException:
             run.create, run.pending = create, pending
             raise
