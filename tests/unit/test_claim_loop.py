@@ -74,3 +74,50 @@ async def test_without_lingering_the_burst_waits_for_the_next_wake() -> None:
     found, handled = await burst(linger=0.0)
     assert found == [0, 1]
     assert handled == [1]
+
+
+async def test_a_limit_lowers_how_many_run_at_once_while_it_says_so() -> None:
+    """Work of lower priority: while ``limit()`` says 1, one item at a time runs out of a
+    concurrency of 5; once it lifts, the rest run together. Nothing is starved meanwhile."""
+    queue = list(range(100))
+    running: set[int] = set()
+    most: list[int] = []
+    release = asyncio.Event()
+    backlog = {"on": True}
+
+    async def claim(limit: int) -> AsyncIterator[int]:
+        batch = queue[:limit]
+        del queue[:limit]
+        for item in batch:
+            yield item
+
+    async def handle(item: int) -> None:
+        running.add(item)
+        most.append(len(running))
+        if not backlog["on"]:
+            await release.wait()
+        else:
+            await asyncio.sleep(0.005)
+        running.discard(item)
+
+    loop = asyncio.create_task(
+        db.claim_loop(
+            claim,
+            handle,
+            concurrency=5,
+            waker=None,
+            topic="t",
+            poll=0.01,
+            name="t",
+            limit=lambda: 1 if backlog["on"] else 5,
+        )
+    )
+    try:
+        await eventually(lambda: len(queue) <= 95, within=2)  # progress while limited
+        assert max(most) == 1
+        backlog["on"] = False
+        await eventually(lambda: len(running) == 5, within=2)
+    finally:
+        release.set()
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)

@@ -65,6 +65,7 @@ async def claim_loop(
     name: str,
     next_due: Callable[[], Awaitable[float | None]] | None = None,
     linger: float = 0.0,
+    limit: Callable[[], int] | None = None,
 ) -> None:
     """The one worker loop: claim due work, handle it, up to ``concurrency`` items at once,
     until cancelled.
@@ -72,6 +73,9 @@ async def claim_loop(
     ``linger``: seconds to wait after waking before claiming, so that work arriving in a
     burst is claimed by one statement (one commit) rather than one each; for work whose
     latency does not matter to a waiting client.
+
+    ``limit()``: how many of the ``concurrency`` slots may be busy right now (at least one),
+    asked before each claim: work of lower priority gives way while it says less.
 
     ``claim(n)`` yields up to ``n`` items (as many as there are free slots), each handled as
     soon as it is yielded; yielding fewer means nothing more is due, and the loop sleeps
@@ -90,7 +94,8 @@ async def claim_loop(
 
     try:
         while True:
-            free = concurrency - len(tasks)
+            allowed = concurrency if limit is None else min(concurrency, max(1, limit()))
+            free = allowed - len(tasks)
             if free <= 0:
                 await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 continue

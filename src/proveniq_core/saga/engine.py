@@ -177,6 +177,7 @@ class SagaEngine:
         self.journal = Journal(pool, clock, lease)
         self.definitions: dict[str, SagaDefinition] = {}
         self._held: dict[str, int] = {}  # saga id -> epoch, renewed by keepalive
+        self._capacity: int | None = None  # what ``work`` drives at once, once it runs
         self._background: set[asyncio.Task[SagaResult]] = set()
         for definition in definitions:
             self.register(definition)
@@ -793,6 +794,7 @@ class SagaEngine:
         Woken by ``NOTIFY`` (topic ``sagas``) when a saga is scheduled or parked; polls every
         ``poll`` seconds for expired leases, and sleeps no longer than the next timer.
         """
+        self._capacity = concurrency
 
         async def due(limit: int) -> AsyncIterator[db.Row]:
             for row in await self.claim(limit):  # one statement claims the whole batch
@@ -808,6 +810,11 @@ class SagaEngine:
             name="saga_worker",
             next_due=self.next_due_in,
         )
+
+    def saturated(self) -> bool:
+        """Whether this process drives as many sagas as its worker may at once: a backlog
+        (parked registrations retried after an outage, say) that other work should yield to."""
+        return self._capacity is not None and len(self._held) >= self._capacity
 
     async def keepalive(self) -> None:
         """Forever: renew the leases of the sagas this process is driving."""
