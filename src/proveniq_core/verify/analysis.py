@@ -49,10 +49,11 @@ class Photo:
     claimed_sha256: str
     content_type: str
     data: bytes
+    sha256: str = field(init=False)
+    """The SHA-256 of ``data``, computed once at construction."""
 
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.data).hexdigest()
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha256", hashlib.sha256(self.data).hexdigest())
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,12 +156,13 @@ def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     return 2 * EARTH_RADIUS_M * math.asin(math.sqrt(a))
 
 
-def inspect_photo(data: bytes) -> PhotoFacts:
+def inspect_photo(data: bytes, sha256: str | None = None) -> PhotoFacts:
     """Decode ``data`` once: its format, grey-level spread and perceptual hash.
 
+    ``sha256``: the SHA-256 of ``data`` if already known (computed here otherwise).
     CPU-bound (a large photo takes a while): run it in a thread from async code.
     """
-    digest = hashlib.sha256(data).hexdigest()
+    digest = hashlib.sha256(data).hexdigest() if sha256 is None else sha256
     try:
         with Image.open(io.BytesIO(data)) as img:
             content_type = Image.MIME.get(img.format or "", OCTET_STREAM)
@@ -194,7 +196,7 @@ def analyze(
     ``nearest``: the closest evidence of another asset to any of the photos, if any.
     """
     limits = limits or Limits()
-    facts = [inspect_photo(p.data) for p in ev.photos] if facts is None else facts
+    facts = [inspect_photo(p.data, p.sha256) for p in ev.photos] if facts is None else facts
     out = Analysis("verified")
 
     def check(name: str, verdict: Verdict, reason: str, **measured: Any) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 
@@ -31,6 +31,7 @@ from proveniq_core.verify.analysis import (
     Limits,
     MalformedEvidenceError,
     Match,
+    Photo,
     PhotoFacts,
     Site,
     analyze,
@@ -63,6 +64,17 @@ def limits(settings: Settings) -> Limits:
         duplicate_distance=settings.verify_duplicate_distance,
         similar_distance=settings.verify_similar_distance,
     )
+
+
+def inspect_and_store(store: EvidenceStore, photos: Sequence[Photo]) -> list[PhotoFacts]:
+    """``inspect_photo`` of each photo, in order, then each photo stored in ``store``.
+
+    Blocking (decoding and disk writes): async code runs it in one thread per job.
+    """
+    facts = [inspect_photo(p.data, p.sha256) for p in photos]
+    for photo in photos:
+        store.put(photo.data, sha256=photo.sha256)
+    return facts
 
 
 def retry_delay(settings: Settings, attempt: int) -> float:
@@ -149,10 +161,8 @@ class VerifyWorker:
         except (LockerError, MalformedEvidenceError) as exc:
             await self._retry_or_escalate(job, exc)
             return
-        # Decoding and hashing photos is CPU-bound: off the event loop, like the disk writes.
-        facts = [await asyncio.to_thread(inspect_photo, p.data) for p in evidence.photos]
-        for photo in evidence.photos:
-            await asyncio.to_thread(self.store.put, photo.data)
+        # Decoding photos is CPU-bound and storing them is disk I/O: off the event loop.
+        facts = await asyncio.to_thread(inspect_and_store, self.store, evidence.photos)
         await self._settle(job, evidence, facts)
 
     async def _nearest(self, conn: db.Conn, job: db.Row, facts: list[PhotoFacts]) -> Match | None:
