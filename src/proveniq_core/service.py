@@ -361,7 +361,12 @@ async def running(
         if settings.role in ("worker", "all"):
             waker = db.Waker(conninfo)
             worker = VerifyWorker(
-                pool, gateway, core.evidence, settings, concurrency=settings.verify_concurrency
+                pool,
+                gateway,
+                core.evidence,
+                settings,
+                concurrency=settings.verify_concurrency,
+                yield_to=engine.saturated,
             )
             webhook_worker = DeliveryWorker(
                 pool,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 
+from proveniq_core import db
 from proveniq_core.api.app import create_app
 from proveniq_core.config import Settings
 from proveniq_core.ledger import keys
@@ -15,6 +17,7 @@ from proveniq_core.locker.simulator import LatencyProfile, LockerFleet, fleet_sp
 from proveniq_core.service import Core, register_fleet, running
 from proveniq_core.verify.worker import VerifyWorker
 from tests.conftest import unique_prefix
+from tests.helpers import eventually
 
 
 @asynccontextmanager
@@ -81,3 +84,41 @@ async def test_due_verifications_are_claimed_together_up_to_the_limit(
     assert {str(job["asset_id"]) for job in first + second} == set(ids)
     assert [v["verification"]["status"] for v in views] == ["collecting"] * 3
     assert [a["status"] for a in after] == ["verified"] * 3
+
+
+async def test_while_registrations_have_a_backlog_verification_goes_one_at_a_time(
+    database_url: str, mqtt_url: str, tmp_path: Path
+) -> None:
+    """Four queued verifications and a worker of concurrency 4 whose ``yield_to`` says a
+    backlog of registrations comes first: it claims one at a time, yet verifies them all."""
+    async with api_only(database_url, mqtt_url, tmp_path, 4) as (core, fleet, http):
+        ids = []
+        for device in fleet.devices:
+            body = {"name": "a", "category": "watch", "lockerRef": device.ref}
+            ids.append((await http.post("/api/assets", json=body)).json()["assetId"])
+        worker = VerifyWorker(
+            core.pool, core.gateway, core.evidence, core.settings, concurrency=4,
+            yield_to=lambda: True,
+        )  # fmt: skip
+        asked: list[int] = []
+        claim = worker.claim
+
+        async def counted(limit: int) -> list[db.Row]:
+            asked.append(limit)
+            return await claim(limit)
+
+        worker.claim = counted  # type: ignore[method-assign]
+        waker = db.Waker(database_url)
+        tasks = [asyncio.create_task(waker.run()), asyncio.create_task(worker.run(waker))]
+        try:
+
+            async def all_verified() -> bool:
+                views = [(await http.get(f"/api/assets/{i}")).json() for i in ids]
+                return all(v["status"] == "verified" for v in views)
+
+            await eventually(all_verified, within=20)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    assert asked and set(asked) == {1}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 
@@ -97,6 +97,10 @@ async def _completed(conn: db.Conn, job: db.Row, outcome: str, reasons: list[str
 
 
 class VerifyWorker:
+    """Collects and analyses evidence, up to ``concurrency`` verifications at once; one at a
+    time while ``yield_to()`` says a backlog of registrations comes first (a fleet's parked
+    links retried after an outage, say): verification waits, nothing is dropped."""
+
     def __init__(
         self,
         pool: db.Pool,
@@ -105,12 +109,14 @@ class VerifyWorker:
         settings: Settings,
         *,
         concurrency: int = 16,
+        yield_to: Callable[[], bool] | None = None,
     ) -> None:
         self.pool = pool
         self.gateway = gateway
         self.store = store
         self.settings = settings
         self.concurrency = concurrency
+        self.yield_to = yield_to
 
     async def process_next(self) -> bool:
         """Claim one due verification and carry it to its next state; False if none was due."""
@@ -339,4 +345,8 @@ class VerifyWorker:
             poll=self.settings.poll_interval,
             name="verify_worker",
             linger=CLAIM_LINGER_S,
+            limit=self._limit,
         )
+
+    def _limit(self) -> int:
+        return 1 if self.yield_to is not None and self.yield_to() else self.concurrency
