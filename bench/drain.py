@@ -1,11 +1,12 @@
-"""Recovery: links deferred while the broker is down, drained when it comes back (DESIGN.md §9).
+"""Recovery: links deferred while the broker is down, drained when it comes back
+(docs/architecture.md §9).
 
     .venv-bench/bin/python bench/drain.py         # 10 000 links, 100 lockers -> bench/drain.txt
     .venv-bench/bin/python bench/drain.py --links 500 --out /tmp/d.md     # a smoke run, ~1 min
     .venv-bench/bin/python bench/drain.py --links 2000 --workers 1        # API and workers apart
     .venv-bench/bin/python bench/drain.py --serve-env PROVENIQ_SAGA_CONCURRENCY=128
 
-Target (DESIGN.md §9): 10 000 pending links drained in < 60 s once the broker is back.
+Target (docs/architecture.md §9): 10 000 pending links drained in < 60 s once the broker is back.
 
 What it does, with the helpers of bench/load.py:
 

@@ -1,4 +1,4 @@
-"""Fuzz the OpenAPI surface with schemathesis (DESIGN.md §10): no 5xx, no schema violation.
+"""Fuzz the OpenAPI surface with schemathesis: no 5xx, no schema violation.
 
 The schema is the app's own (``create_app(…).openapi()``, the document ``/openapi.json``
 serves; the test checks that the running service serves exactly it). The calls go over

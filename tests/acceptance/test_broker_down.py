@@ -1,4 +1,4 @@
-"""The MQTT broker stops under a running Core and comes back (DESIGN.md §3, §10).
+"""The MQTT broker stops under a running Core and comes back (docs/architecture.md §3).
 
 Every part is a real process: a broker this test owns (Mosquitto on a free port; amqtt
 where Mosquitto is not installed or ``PROVENIQ_TEST_MQTT=embedded``), ``proveniq simulate``

@@ -1,5 +1,5 @@
-"""The database stopped mid-load (DESIGN.md §3, §10): fail closed with 503, fast once the ledger
-circuit is open, recover by itself, lose no accepted work.
+"""The database stopped mid-load (docs/architecture.md §3): fail closed with 503, fast once the
+ledger circuit is open, recover by itself, lose no accepted work.
 
 The database is a private embedded PostgreSQL that this test stops and starts (never the
 machine's shared server); Core runs in this process against it, with the real broker and a

@@ -1,4 +1,4 @@
-"""Every failure code of DESIGN.md §3 through the real API, driven by real faults.
+"""Every failure code of docs/architecture.md §3 through the real API, driven by real faults.
 
 Each test registers assets over HTTP against a running Core, with faults injected into the
 simulated lockers (``FaultBook``, as ``POST /sim/faults`` does) or into the real database

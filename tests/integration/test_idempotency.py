@@ -1,4 +1,4 @@
-"""Idempotency-Key (DESIGN.md §3) through HTTP, on a test-only route over real PostgreSQL.
+"""Idempotency-Key (see the README) through HTTP, on a test-only route over real PostgreSQL.
 
 The route ``POST /test/idem/{name}`` runs ``run_idempotent`` around a handler that logs each
 call in ``idem_calls`` and then behaves as the next entry of ``Harness.plan`` says.

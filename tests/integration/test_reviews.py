@@ -1,4 +1,4 @@
-"""Human review (DESIGN.md §5): the queue, decisions, and expiry after the timeout.
+"""Human review (docs/architecture.md §5): the queue, decisions, and expiry after the timeout.
 
 A review comes from evidence whose GPS fix is too imprecise to place inside the geofence
 (the simulator's ``low_accuracy`` defect). The 24 h timeout is never waited for: the test

@@ -1,4 +1,4 @@
-"""Verify end to end (DESIGN.md §5): each analysis outcome, the evidence API, retries.
+"""Verify end to end (docs/architecture.md §5): each analysis outcome, the evidence API, retries.
 
 Evidence defects come from the simulator's ``bad_evidence`` fault (``POST /sim/faults``),
 which spoils only ``collect_evidence`` answers, so the link before it is unaffected.

@@ -1,4 +1,5 @@
-"""Webhooks (DESIGN.md §6) through the real API, the real workers and a real HTTP receiver.
+"""Webhooks (docs/architecture.md §7) through the real API, the real workers and a real HTTP
+receiver.
 
 Each receiver is an HTTP server on a free local port that records every POST and answers
 from a script (then 200). Signatures are checked with the ``standardwebhooks`` library, as
