@@ -366,7 +366,7 @@ async def running(
                 core.evidence,
                 settings,
                 concurrency=settings.verify_concurrency,
-                yield_to=engine.saturated,
+                yield_to=engine.backlogged,
             )
             webhook_worker = DeliveryWorker(
                 pool,

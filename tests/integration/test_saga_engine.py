@@ -816,12 +816,12 @@ async def test_a_worker_drives_at_most_its_concurrency_and_stopping_it_leaves_th
     clock = ManualClock()
     first = SagaEngine(pool, owner="first", definitions=[saga], clock=clock)
     ids = [await first.schedule(saga, {}) for _ in range(5)]
-    assert not first.saturated()  # no worker yet
+    assert not first.backlogged()  # no worker yet
     worker = asyncio.create_task(first.work(concurrency=2, poll=0.05))
     try:
         await eventually(lambda: settled(running, 2))
         assert await owners(pool, ids) == {"first": 2, None: 3}
-        assert first.saturated()  # a backlog: other work yields to it
+        assert first.backlogged()  # a backlog: other work yields to it
     finally:
         worker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -833,7 +833,7 @@ async def test_a_worker_drives_at_most_its_concurrency_and_stopping_it_leaves_th
     clock.advance(first.lease)
     assert [r.ok for r in await second.run_due()] == [True, True]
     assert await owners(pool, ids) == {None: 5}
-    assert not first.saturated()
+    assert not first.backlogged()
 
 
 async def settled(running: list[int], n: int) -> bool:

@@ -9,7 +9,8 @@ caller waits until its own unit is durable (or has failed) before it goes on.
 When a batch fails because one unit's statement failed (a constraint, a fence), the batch
 rolls back and each of its units is committed again on its own: only the unit at fault
 sees its error. A unit must therefore be safe to run again after a rollback. When the
-database cannot be reached, every unit of the batch gets that error at once.
+database cannot be reached, or no connection came free in time, every unit of the batch
+gets that error at once.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import contextvars
 from collections.abc import Awaitable, Callable
 
 from proveniq_core.db._pool import Conn, Pool, connection, is_ledger_down, transaction
+from proveniq_core.errors import LedgerSaturatedError
 
 Unit = Callable[[Conn], Awaitable[None]]
 
@@ -67,7 +69,7 @@ class GroupCommit:
         try:
             await self._together(batch)
         except Exception as exc:
-            if len(batch) == 1 or is_ledger_down(exc):
+            if len(batch) == 1 or is_ledger_down(exc) or isinstance(exc, LedgerSaturatedError):
                 for *_, done in batch:
                     _settle(done, exc)
                 return

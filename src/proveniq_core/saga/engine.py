@@ -177,7 +177,7 @@ class SagaEngine:
         self.journal = Journal(pool, clock, lease)
         self.definitions: dict[str, SagaDefinition] = {}
         self._held: dict[str, int] = {}  # saga id -> epoch, renewed by keepalive
-        self._capacity: int | None = None  # what ``work`` drives at once, once it runs
+        self._backlog = False  # the worker's last claim found as many due sagas as it asked
         self._background: set[asyncio.Task[SagaResult]] = set()
         for definition in definitions:
             self.register(definition)
@@ -794,27 +794,32 @@ class SagaEngine:
         Woken by ``NOTIFY`` (topic ``sagas``) when a saga is scheduled or parked; polls every
         ``poll`` seconds for expired leases, and sleeps no longer than the next timer.
         """
-        self._capacity = concurrency
 
         async def due(limit: int) -> AsyncIterator[db.Row]:
-            for row in await self.claim(limit):  # one statement claims the whole batch
+            rows = await self.claim(limit)  # one statement claims the whole batch
+            self._backlog = len(rows) == limit
+            for row in rows:
                 yield row
 
-        await db.claim_loop(
-            due,
-            self._resume_logged,
-            concurrency=concurrency,
-            waker=waker,
-            topic="sagas",
-            poll=poll,
-            name="saga_worker",
-            next_due=self.next_due_in,
-        )
+        try:
+            await db.claim_loop(
+                due,
+                self._resume_logged,
+                concurrency=concurrency,
+                waker=waker,
+                topic="sagas",
+                poll=poll,
+                name="saga_worker",
+                next_due=self.next_due_in,
+            )
+        finally:
+            self._backlog = False
 
-    def saturated(self) -> bool:
-        """Whether this process drives as many sagas as its worker may at once: a backlog
-        (parked registrations retried after an outage, say) that other work should yield to."""
-        return self._capacity is not None and len(self._held) >= self._capacity
+    def backlogged(self) -> bool:
+        """Whether this process's worker has a backlog of due sagas: its last claim found as
+        many as it had room for (parked registrations retried after an outage, say). Other
+        work yields to it until a claim finds fewer."""
+        return self._backlog
 
     async def keepalive(self) -> None:
         """Forever: renew the leases of the sagas this process is driving."""
