@@ -554,6 +554,49 @@ async def test_consecutive_ledger_steps_commit_together(pool: db.Pool) -> None:
         assert sorted(r["step"] for r in await cur.fetchall()) == ["a", "b"]
 
 
+@pytest.mark.parametrize("failing", ["a", "b"])
+async def test_a_statement_failing_in_a_pair_of_ledger_steps_fails_its_own_step(
+    pool: db.Pool, failing: str
+) -> None:
+    """Two ledger steps share a transaction whose statements are read only at the commit:
+    when one step's write breaks a constraint, nothing of the shared try is kept, and the
+    steps run one by one find which: the saga fails at that step, the other's write stays
+    only if it came first."""
+    async with db.connection(pool) as conn:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS pair_checked (saga_id uuid, step text CHECK (step <> 'x'))"
+        )
+
+    def mark(name: str) -> Any:
+        async def run(ctx: StepContext) -> dict[str, Any]:
+            value = "x" if name == failing else name
+            await ctx.tx.execute("INSERT INTO pair_checked VALUES (%s, %s)", (ctx.saga_id, value))
+            return {name: True}
+
+        return run
+
+    async def call(ctx: StepContext) -> dict[str, Any]:
+        return {ctx.step_name: True}
+
+    saga = SagaDefinition(
+        "pair_fails",
+        (
+            Step("call", call),
+            Step("a", mark("a"), transactional=True),
+            Step("b", mark("b"), transactional=True),
+        ),
+    )
+    result = await SagaEngine(pool).run(saga, {})
+    assert result.status is SagaStatus.FAILED and result.failed_step == failing
+    assert isinstance(result.error, LedgerConstraintError)
+    async with db.connection(pool) as conn:
+        cur = await conn.execute(
+            "SELECT step FROM pair_checked WHERE saga_id = %s", (result.saga_id,)
+        )
+        kept = [r["step"] for r in await cur.fetchall()]
+    assert kept == ([] if failing == "a" else ["a"])
+
+
 async def test_when_the_second_ledger_step_defers_the_first_commits_alone(pool: db.Pool) -> None:
     """The second of two ledger steps defers: nothing of the shared try is kept; the first
     runs again alone and commits (its write once), the second is deferred, then completes."""

@@ -98,11 +98,13 @@ def _compensation(step: Step) -> Step:
     )
 
 
-async def _call(step: Step, ctx: StepContext) -> dict[str, Any]:
+async def _call(step: Step, ctx: StepContext, *, sync: bool = True) -> dict[str, Any]:
+    """Run ``step``; its failure as ``_StepFailedError``. ``sync=False``: a transactional
+    step's pipelined errors are left to surface later (at the commit)."""
     try:
         async with asyncio.timeout(step.timeout):  # no extra task, unlike wait_for
             result = await step.execute(ctx)
-            if ctx.conn is not None:
+            if sync and ctx.conn is not None:
                 # A transactional step's statements are pipelined: their errors are raised
                 # at this sync, as the step's own failure, not at the checkpoint's commit.
                 await db.sync(ctx.conn)
@@ -447,13 +449,15 @@ class SagaEngine:
         *,
         data: bool = True,
         then: dict[str, Any],
+        sync: bool = True,
     ) -> dict[str, Any]:
         """A ledger step's attempt on ``conn``, in its transaction: its writes, then the one
-        checkpoint that begins and ends it (with ``then``), after the saga row if not in yet."""
+        checkpoint that begins and ends it (with ``then``), after the saga row if not in yet.
+        ``sync``: see ``_call``."""
         ctx.conn = conn
         await self.journal.create(conn, run)
         ctx.data.update(run.data)  # with what a precondition added
-        out = await _call(step, ctx)
+        out = await _call(step, ctx, sync=sync)
         await self.journal.checkpoint(
             conn,
             run,
@@ -499,9 +503,11 @@ class SagaEngine:
         self, run: SagaRun, first: Run, second: Run, *, then: dict[str, Any]
     ) -> bool:
         """Run two consecutive ledger steps in one transaction, each with its checkpoint:
-        one commit instead of two. True when both completed. If the second does not (it
-        fails, defers, or a retry would be needed), nothing of either is kept and False
-        says to run them one by one, as if this had not been tried."""
+        one commit instead of two. True when both completed. If either does not (it fails,
+        defers, or a retry would be needed), nothing of either is kept and False says to
+        run them one by one, as if this had not been tried. The steps' pipelined errors are
+        read only at the commit (no round trip after each step): which step failed is found
+        out by that one-by-one run. A lost fence or an unreachable database is raised."""
         definition = run.definition
         outs: list[dict[str, Any]] = []
         data = dict(run.data)
@@ -522,12 +528,24 @@ class SagaEngine:
                         tracing.span(f"saga.step {step.name}", attributes, errors=False) as span,
                     ):
                         out = await self._step_in(
-                            conn, run, step, ctx, row, then=then if action is second else {}
+                            conn,
+                            run,
+                            step,
+                            ctx,
+                            row,
+                            then=then if action is second else {},
+                            sync=False,
                         )
                         span.set_attribute("saga.step.outcome", "completed")
                     data = {**ctx.data, **out}
                     outs.append(out)
         except (_StepFailedError, Defer):
+            return False
+        except LeaseLostError:
+            raise
+        except Exception as exc:  # a step's statement, failing at the commit
+            if db.is_ledger_down(exc):
+                raise
             return False
         for action, out in zip((first, second), outs, strict=True):
             run.record(action, action.attempt, AttemptStatus.COMPLETED)
