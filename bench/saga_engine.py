@@ -29,7 +29,8 @@ Every operation is verified afterwards by counting completed rows (sagas and the
 DBOS workflows and their step outputs, inserted rows).
 
 Ratios at the highest level: proveniq / DBOS throughput (target >= 10x) and proveniq /
-(raw commit rate / proveniq commits per saga) (target >= 50 %).
+(raw commit rate / 5), the rate one commit per checkpoint would allow (the saga's start and
+each step's end): only checkpoints of many sagas committed together pass it (target >= 100 %).
 
 Each system gets its own database on the server (dropped and re-created on every run):
 proveniq_bench, proveniq_bench_dbos, proveniq_bench_raw. Needs the bench venv, which has
@@ -70,6 +71,7 @@ DATABASES = {
     "raw": "proveniq_bench_raw",
 }
 STEPS = 4
+CHECKPOINTS = STEPS + 1  # the saga's start and each step's end: one commit each, unbatched
 POOL_MAX: int = Settings.model_fields["pool_max"].default  # the service's default pool
 RESULT_MARK = "BENCH-RESULT "
 HERE = Path(__file__).resolve().parent
@@ -512,13 +514,13 @@ def ratios(rows: list[Row], level: int) -> list[str]:
             f"  proveniq ÷ DBOS throughput                    {x:6.1f}×  (target ≥ 10×, {verdict})"
         )
     if raw is not None:
-        ceiling = raw.rate / ours.commits_per_op
+        ceiling = raw.rate / CHECKPOINTS
         share = ours.rate / ceiling
-        verdict = "met" if share >= 0.5 else "MISSED"
+        verdict = "met" if share >= 1 else "MISSED"
         lines.append(
-            f"  proveniq ÷ (raw commits/s ÷ commits per saga)  {share:6.0%}   (target ≥ 50 %,"
-            f" {verdict}; ceiling {raw.rate:.0f} ÷ {ours.commits_per_op:.2f}"
-            f" = {ceiling:.0f} sagas/s)"
+            f"  proveniq ÷ (raw commits/s ÷ {CHECKPOINTS} checkpoints)     {share:6.0%}"
+            f"   (target ≥ 100 %, {verdict}; {raw.rate:.0f} ÷ {CHECKPOINTS} = {ceiling:.0f}"
+            f" sagas/s; proveniq commits {ours.commits_per_op:.2f} per saga)"
         )
     return lines
 
