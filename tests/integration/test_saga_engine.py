@@ -1018,7 +1018,7 @@ async def started(runs: list[tuple[str, int]], n: int) -> list[str]:
 async def test_checkpoints_of_sagas_waiting_together_share_one_commit(pool: db.Pool) -> None:
     """Twenty sagas finish their first step at the same moment: their checkpoints are
     written by one or two transactions, not twenty, and every saga completes."""
-    gate, runs = asyncio.Event(), []
+    gate, runs = asyncio.Event(), list[tuple[str, int]]()
     saga = gated_saga("group", gate, runs)
     engine = SagaEngine(pool)
     tasks = [asyncio.create_task(engine.run(saga, {"i": i})) for i in range(20)]
@@ -1035,7 +1035,7 @@ async def test_a_refused_checkpoint_in_a_group_fails_only_its_own_saga(pool: db.
     """One of ten sagas whose checkpoints commit together was claimed by someone else
     meanwhile (its epoch moved on): its fence fails the shared transaction, yet only that
     saga gets LeaseLostError; the other nine commit and complete."""
-    gate, runs = asyncio.Event(), []
+    gate, runs = asyncio.Event(), list[tuple[str, int]]()
     saga = gated_saga("group", gate, runs)
     engine = SagaEngine(pool)
     tasks = [asyncio.create_task(engine.run(saga, {"i": i})) for i in range(10)]
@@ -1058,7 +1058,7 @@ async def test_a_crash_after_a_group_commits_loses_nothing_and_repeats_nothing(
     """The process dies right after a group's commit, before any saga hears it is durable.
     Another process resumes them all: each finished first step is kept (it is not run
     again) and every step runs exactly once in all."""
-    gate, runs = asyncio.Event(), []
+    gate, runs = asyncio.Event(), list[tuple[str, int]]()
     saga = gated_saga("group", gate, runs)
     clock = ManualClock()
     doomed = SagaEngine(pool, owner="doomed", lease=15.0, clock=clock)
