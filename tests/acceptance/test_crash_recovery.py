@@ -181,6 +181,12 @@ async def running_step(c: Cluster, name: str, phase: str = "execute") -> bool:
     return bool(rows)
 
 
+async def device_received(c: Cluster, command: str) -> bool:
+    """Whether the first locker has received a ``command`` (the fleet's state file)."""
+    state = json.loads(await asyncio.to_thread(c.state_file.read_text))
+    return bool(state[c.refs[0]]["received"].get(command, 0))
+
+
 async def the_saga(c: Cluster) -> dict[str, Any]:
     (saga,) = await c.query("SELECT * FROM sagas WHERE name = 'asset_registration'")
     return saga
@@ -223,6 +229,9 @@ async def test_worker_killed_while_a_step_is_in_flight(
         first, base = await c.serve("first", "all")
         request = asyncio.create_task(post_asset(base, c))
         await c.until(lambda: running_step(c, "link_locker"), "the link to be in flight")
+        # The step is recorded as begun before the command goes out: kill only once the
+        # device has the command (it answers LOCKER_MS later, to a process then gone).
+        await c.until(lambda: device_received(c, "link"), "the device to receive the link")
         first.kill9()
         with pytest.raises(httpx.TransportError):
             await request
