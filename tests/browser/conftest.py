@@ -262,6 +262,8 @@ async def sign_in(page: Page, base: str, key: str, path: str = "/console") -> No
     """Sign in with the keyboard: the key field has the focus; type it and press Enter."""
     await page.goto(f"{base}{path}")
     assert "/console/login" in page.url
+    # Typing before the autofocus has landed loses keystrokes on a busy machine.
+    await page.wait_for_function("document.activeElement?.id === 'key'")
     await page.keyboard.type(key)
     async with page.expect_navigation():
         await page.keyboard.press("Enter")
