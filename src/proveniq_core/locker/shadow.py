@@ -85,10 +85,20 @@ async def ask_again(pool: db.Pool, live: set[str]) -> list[str]:
     return [str(r["id"]) for r in rows]
 
 
-async def answer(conn: db.Conn, command_id: str) -> Reply | None:
-    """The device's recorded answer to ``command_id``, or None while it has not answered."""
-    row = await db.fetch_one(conn, "locker_command_reply", {"command_id": command_id})
-    return Reply.model_validate(row["reply"]) if row else None
+async def start_retry(
+    conn: db.Conn, asset_id: str, locker_ref: str, command_id: str
+) -> tuple[datetime | None, Reply | None]:
+    """A retried link, before its command goes out: its retry-queue entry marked retrying,
+    in one statement. Returns the end of the locker's maintenance window (None when not in
+    one) and the device's recorded answer to ``command_id`` (None while it has not answered)."""
+    row = await db.fetch_one(
+        conn,
+        "start_link_retry",
+        {"asset_id": asset_id, "locker_ref": locker_ref, "command_id": command_id},
+    )
+    assert row is not None  # one row, always
+    reply = row["reply"]
+    return row["maintenance_until"], Reply.model_validate(reply) if reply else None
 
 
 async def report_presence(

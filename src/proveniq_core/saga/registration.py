@@ -290,11 +290,11 @@ def registration_saga(
             until = until if until is not None and until > datetime.now(UTC) else None
         else:
             async with db.connection(pool) as conn:
-                row = await db.fetch_one(conn, "locker_maintenance", {"locker_ref": ref})
-                until = row["maintenance_until"] if row is not None else None
-                if not in_request:
-                    await db.execute(conn, "mark_retry_entry_retrying", {"asset_id": asset_id})
-                    answered = await shadow.answer(conn, command)
+                if in_request:
+                    row = await db.fetch_one(conn, "locker_maintenance", {"locker_ref": ref})
+                    until = row["maintenance_until"] if row is not None else None
+                else:
+                    until, answered = await shadow.start_retry(conn, asset_id, ref, command)
         if answered is not None:  # the device answered after we stopped waiting: adopt it
             inflight.forget(command)
             try:
@@ -353,18 +353,22 @@ def registration_saga(
 
     async def queue_verification(ctx: StepContext) -> dict[str, Any]:
         ms = int(policy.post_commit_timeout * 1000)
+        # The wait for the table's lock is bounded for the rest of this transaction (a
+        # table lock is taken as a statement is planned, so it cannot be set in the insert).
+        # The sync reads the insert's answer here, where a lock timeout can become a deferral;
+        # the transaction is then rolled back and the deferral written in a new one.
+        await ctx.tx.execute("SELECT set_config('lock_timeout', %s, true)", (f"{ms}ms",))
         try:
-            async with ctx.tx.transaction():  # a savepoint: a lock timeout leaves the tx usable
-                await ctx.tx.execute("SELECT set_config('lock_timeout', %s, true)", (f"{ms}ms",))
-                await db.execute(
-                    ctx.tx,
-                    "insert_verification",
-                    {
-                        "id": ctx.data["verificationId"],
-                        "asset_id": ctx.data["assetId"],
-                        "tenant_id": ctx.data["tenantId"],
-                    },
-                )
+            await db.execute(
+                ctx.tx,
+                "insert_verification",
+                {
+                    "id": ctx.data["verificationId"],
+                    "asset_id": ctx.data["assetId"],
+                    "tenant_id": ctx.data["tenantId"],
+                },
+            )
+            await db.sync(ctx.tx)
         except psycopg.errors.LockNotAvailable:
             # Linked and committed already: answer now, queue it on the saga's timer.
             raise Defer(1.0, cause=PostCommitTimeoutError("verification queued late")) from None

@@ -493,10 +493,18 @@ UPDATE retry_queue SET retry_count = %(retry_count)s,
 WHERE asset_id = %(asset_id)s AND status IN ('pending', 'retrying', 'exhausted')
 RETURNING *
 
--- mark_retry_entry_retrying --
--- An asset's pending or exhausted entry is being retried now.
-UPDATE retry_queue SET status = 'retrying', updated_at = now()
-WHERE asset_id = %(asset_id)s AND status IN ('pending', 'exhausted')
+-- start_link_retry --
+-- A retried link, before its command goes out, in one statement: the asset's pending or
+-- exhausted entry is marked retrying; the locker's maintenance end (NULL when it is not in
+-- one) and the device's recorded answer to the command (NULL until it answered).
+WITH retrying AS (
+    UPDATE retry_queue SET status = 'retrying', updated_at = now()
+    WHERE asset_id = %(asset_id)s AND status IN ('pending', 'exhausted')
+)
+SELECT (SELECT maintenance_until FROM lockers
+        WHERE locker_ref = %(locker_ref)s AND maintenance_until > now()) AS maintenance_until,
+       (SELECT reply FROM locker_commands
+        WHERE command_id = %(command_id)s AND reply IS NOT NULL) AS reply
 
 -- close_retry_entries --
 -- Close an asset's open entries (resolved or discarded): no next retry.
@@ -1061,11 +1069,6 @@ WHERE c.reply IS NULL AND c.asked_by IS NOT NULL AND NOT (c.asked_by = ANY(%(liv
   AND c.saga_id = s.id AND s.owner IS NULL AND s.status IN ('running', 'compensating')
   AND s.run_at > now()
 RETURNING s.id
-
--- locker_command_reply --
--- The device's recorded answer to a command; no row until it answered.
-SELECT reply, replied_at FROM locker_commands
-WHERE command_id = %(command_id)s AND reply IS NOT NULL
 
 -- report_locker_presence --
 -- The device's last reported presence (online/offline), when it changed.
