@@ -61,8 +61,9 @@ class SagaRun:
     tenant_id: str | None = None
     rounds: int = 0
     create: dict[str, Any] | None = None  # insert the saga row with the first commit
-    # A checkpoint written with the next one: the end of a call to another system whose
-    # successor is a transactional step commits in that step's transaction.
+    # Checkpoint arguments written with the next checkpoint, in its statement (``Journal.hold``):
+    # the end of a call to another system whose successor is a transactional step, or the
+    # first of two transactional steps run together. Replaced, never changed in place.
     pending: dict[str, Any] | None = None
     precondition: Precondition | None = None  # checked before the saga row is inserted
 
@@ -100,6 +101,11 @@ def fenced(run: SagaRun) -> Iterator[None]:
         if exc.sqlstate == LEASE_LOST:
             raise LeaseLostError(f"saga {run.saga_id}: lease lost (epoch {run.epoch})") from None
         raise
+
+
+def _one_or_all(rows: list[dict[str, Any]]) -> dict[str, Any] | list[dict[str, Any]] | None:
+    """``saga_checkpoint()``'s form of some attempt rows: none, one object, or an array."""
+    return None if not rows else rows[0] if len(rows) == 1 else rows
 
 
 class Journal:
@@ -165,6 +171,23 @@ class Journal:
             args["defer"] = defer + self.clock.offset()
         return dict.fromkeys(_CHECKPOINT_ARGS) | args | {"saga": saga_id, "epoch": epoch}
 
+    @staticmethod
+    def hold(
+        run: SagaRun,
+        *,
+        begin: dict[str, Any] | None = None,
+        end: dict[str, Any] | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        """Keep an attempt's begin, end and output to be written by the run's next
+        checkpoint, in its statement (so in its transaction, under its fence)."""
+        held = run.pending or {"begin": [], "end": [], "data": {}}
+        run.pending = {
+            "begin": [*held["begin"], *([begin] if begin else [])],
+            "end": [*held["end"], *([end] if end else [])],
+            "data": {**held["data"], **(data or {})},
+        }
+
     async def checkpoint(
         self,
         conn: db.Conn,
@@ -180,16 +203,19 @@ class Journal:
         defer: float | None = None,
         rounds: int | None = None,
     ) -> None:
-        """One fenced checkpoint statement, on ``conn`` (after the run's pending one)."""
+        """One fenced checkpoint statement, on ``conn``, with what the run holds."""
         await self.create(conn, run)
+        begins: Any = begin
+        ends: Any = end
         if run.pending is not None:
-            pending, run.pending = run.pending, None
-            await self.checkpoint(conn, run, **pending)
+            self.hold(run, begin=begin, end=end, data=data)
+            held, run.pending = run.pending, None
+            begins, ends, data = _one_or_all(held["begin"]), _one_or_all(held["end"]), held["data"]
         params = self.params(
             run.saga_id,
             run.epoch,
-            begin=db.jsonb(begin) if begin else None,
-            end=db.jsonb(end) if end else None,
+            begin=db.jsonb(begins) if begins else None,
+            end=db.jsonb(ends) if ends else None,
             next=db.jsonb(next) if next else None,
             data=db.jsonb(data) if data else None,
             status=None if status is None else status.value,

@@ -373,8 +373,8 @@ class SagaEngine:
                     }
                     if then:
                         await self.journal.commit(run, **done)
-                    else:  # a transactional step follows: this end commits in its transaction
-                        run.pending = done
+                    else:  # a transactional step follows: this end commits in its checkpoint
+                        self.journal.hold(run, end=done["end"], data=done["data"])
                     run.record(action, attempt, AttemptStatus.COMPLETED)
                     span.set_attribute("saga.step.outcome", "completed")
                     return out
@@ -450,22 +450,23 @@ class SagaEngine:
         data: bool = True,
         then: dict[str, Any],
         sync: bool = True,
+        hold: bool = False,
     ) -> dict[str, Any]:
         """A ledger step's attempt on ``conn``, in its transaction: its writes, then the one
         checkpoint that begins and ends it (with ``then``), after the saga row if not in yet.
-        ``sync``: see ``_call``."""
+        ``sync``: see ``_call``. ``hold``: the checkpoint is left to the next step's, in the
+        same transaction."""
         ctx.conn = conn
         await self.journal.create(conn, run)
         ctx.data.update(run.data)  # with what a precondition added
         out = await _call(step, ctx, sync=sync)
-        await self.journal.checkpoint(
-            conn,
-            run,
-            begin=row,
-            end=end_row(row, AttemptStatus.COMPLETED, out),
-            data=out if data else None,
-            **then,
-        )
+        begin, end = row, end_row(row, AttemptStatus.COMPLETED, out)
+        if hold:
+            self.journal.hold(run, begin=begin, end=end, data=out if data else None)
+        else:
+            await self.journal.checkpoint(
+                conn, run, begin=begin, end=end, data=out if data else None, **then
+            )
         return out
 
     @staticmethod
@@ -502,8 +503,8 @@ class SagaEngine:
     async def _together(
         self, run: SagaRun, first: Run, second: Run, *, then: dict[str, Any]
     ) -> bool:
-        """Run two consecutive ledger steps in one transaction, each with its checkpoint:
-        one commit instead of two. True when both completed. If either does not (it fails,
+        """Run two consecutive ledger steps in one transaction, checkpointed together by one
+        statement: one commit instead of two. True when both completed. If either does not (it fails,
         defers, or a retry would be needed), nothing of either is kept and False says to
         run them one by one, as if this had not been tried. The steps' pipelined errors are
         read only at the commit (no round trip after each step): which step failed is found
@@ -535,6 +536,7 @@ class SagaEngine:
                             row,
                             then=then if action is second else {},
                             sync=False,
+                            hold=action is first,
                         )
                         span.set_attribute("saga.step.outcome", "completed")
                     data = {**ctx.data, **out}

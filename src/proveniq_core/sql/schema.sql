@@ -176,6 +176,12 @@ DECLARE
     v_owner text;
     v_final boolean := p_status IN ('completed', 'compensated', 'compensation_failed', 'failed');
     v_release boolean := v_final OR p_defer IS NOT NULL;
+    v_begins jsonb := CASE jsonb_typeof(p_begin) WHEN 'array' THEN p_begin
+                                                 WHEN 'object' THEN jsonb_build_array(p_begin)
+                                                 ELSE '[]' END;
+    v_ends jsonb := CASE jsonb_typeof(p_end) WHEN 'array' THEN p_end
+                                             WHEN 'object' THEN jsonb_build_array(p_end)
+                                             ELSE '[]' END;
 BEGIN
     IF p_status IS NULL AND p_data IS NULL AND p_error IS NULL AND p_undo IS NULL
        AND p_defer IS NULL AND p_rounds IS NULL THEN
@@ -203,18 +209,29 @@ BEGIN
         RAISE EXCEPTION 'saga % is no longer held under epoch %', p_saga, p_epoch
             USING ERRCODE = 'PVL01';
     END IF;
-    IF p_begin IS NOT NULL THEN
-        INSERT INTO saga_steps (saga_id, step_index, phase, attempt, name, status, owner, epoch)
-        VALUES (p_saga, (p_begin->>'i')::integer, p_begin->>'phase',
-                (p_begin->>'attempt')::integer, p_begin->>'name', 'running', v_owner, p_epoch);
+    -- Ends of attempts begun earlier (not in this checkpoint).
+    IF jsonb_array_length(v_ends) > 0 THEN
+        UPDATE saga_steps AS st SET status = e->>'status',
+                                    output = e->'output',
+                                    error = e->'error',
+                                    finished_at = clock_timestamp()
+        FROM jsonb_array_elements(v_ends) AS e
+        WHERE st.saga_id = p_saga AND st.step_index = (e->>'i')::integer
+          AND st.phase = e->>'phase' AND st.attempt = (e->>'attempt')::integer
+          AND NOT v_begins @> jsonb_build_array(
+                  jsonb_build_object('i', e->'i', 'phase', e->'phase', 'attempt', e->'attempt'));
     END IF;
-    IF p_end IS NOT NULL THEN
-        UPDATE saga_steps SET status = p_end->>'status',
-                              output = p_end->'output',
-                              error = p_end->'error',
-                              finished_at = clock_timestamp()
-        WHERE saga_id = p_saga AND step_index = (p_end->>'i')::integer
-          AND phase = p_end->>'phase' AND attempt = (p_end->>'attempt')::integer;
+    -- Attempts begun here: running, or finished at once when this checkpoint also ends them.
+    IF jsonb_array_length(v_begins) > 0 THEN
+        INSERT INTO saga_steps (saga_id, step_index, phase, attempt, name, status, owner, epoch,
+                                output, error, finished_at)
+        SELECT p_saga, (b->>'i')::integer, b->>'phase', (b->>'attempt')::integer, b->>'name',
+               COALESCE(e->>'status', 'running'), v_owner, p_epoch, e->'output', e->'error',
+               CASE WHEN e IS NULL THEN NULL ELSE clock_timestamp() END
+        FROM jsonb_array_elements(v_begins) WITH ORDINALITY AS bb(b, n)
+        LEFT JOIN jsonb_array_elements(v_ends) AS e
+          ON e->'i' = b->'i' AND e->'phase' = b->'phase' AND e->'attempt' = b->'attempt'
+        ORDER BY n;
     END IF;
     IF p_next IS NOT NULL THEN
         INSERT INTO saga_steps (saga_id, step_index, phase, attempt, name, status, owner, epoch)
