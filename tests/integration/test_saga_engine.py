@@ -26,6 +26,10 @@ from proveniq_core.saga import (
     StepError,
     store,
 )
+from proveniq_core.saga._journal import Journal, SagaRun, attempt_row, end_row
+from proveniq_core.saga.clock import SystemClock
+from proveniq_core.saga.model import AttemptStatus, Phase
+from proveniq_core.saga.planner import SagaState
 from tests.helpers import eventually
 
 N_STEPS = 4
@@ -505,6 +509,61 @@ async def test_a_failed_precondition_writes_nothing_and_its_additions_are_never_
         stored = await saga_row(pool, result.saga_id)
         assert "checked" not in stored["input"] and "checked" not in stored["data"]
         assert await log_of(pool, result.saga_id) == [(0, "execute", 1, "completed")]
+
+
+async def test_one_checkpoint_records_several_attempts_or_none(pool: db.Pool) -> None:
+    """What two ledger steps after a call write at their commit, as one statement: the
+    call's end, both steps begun and ended, the saga's end. A stale epoch writes none of it."""
+    journal = Journal(pool, SystemClock(), lease=30.0)
+
+    async def noop(ctx: StepContext) -> dict[str, Any]:
+        return {}
+
+    saga = SagaDefinition(
+        "arrays",
+        (Step("a", noop), *(Step(n, noop, transactional=True) for n in "bc")),
+    )
+    a, b, c = (attempt_row(i, Phase.EXECUTE, 1, n) for i, n in enumerate("abc"))
+    done = AttemptStatus.COMPLETED
+    ids = [str(uuid.uuid4()), str(uuid.uuid4())]
+    async with db.connection(pool) as conn:
+        for saga_id in ids:
+            row = journal.saga_row(saga_id, saga, {}, None, owner="me")
+            await db.execute(conn, "insert_saga", row | {"first_step": "a"})
+        for saga_id, epoch in zip(ids, (1, 2), strict=True):
+            run = SagaRun(saga_id, epoch, saga, {}, SagaState(SagaStatus.RUNNING))
+            journal.hold(run, end=end_row(a, done, {"a": 1}), data={"a": 1})
+            journal.hold(run, begin=b, end=end_row(b, done, {"b": 2}), data={"b": 2})
+            checkpoint = journal.checkpoint(
+                conn,
+                run,
+                begin=c,
+                end=end_row(c, done, {"c": 3}),
+                data={"c": 3},
+                status=SagaStatus.COMPLETED,
+            )
+            if epoch == 1:
+                await checkpoint
+            else:
+                with pytest.raises(LeaseLostError):
+                    await checkpoint
+        cur = await conn.execute(
+            "SELECT saga_id::text, step_index, status, output, finished_at IS NOT NULL AS ended"
+            " FROM saga_steps WHERE saga_id = ANY(%s)",
+            (ids,),
+        )
+        steps = sorted(
+            (tuple(r.values()) for r in await cur.fetchall()), key=lambda r: (ids.index(r[0]), r[1])
+        )
+    assert steps == [
+        (ids[0], 0, "completed", {"a": 1}, True),
+        (ids[0], 1, "completed", {"b": 2}, True),
+        (ids[0], 2, "completed", {"c": 3}, True),
+        (ids[1], 0, "running", None, False),
+    ]
+    written, untouched = [await saga_row(pool, i) for i in ids]
+    assert (written["status"], written["data"]) == ("completed", {"a": 1, "b": 2, "c": 3})
+    assert (untouched["status"], untouched["data"]) == ("running", {})
 
 
 async def commits_of(pool: db.Pool, saga_id: str) -> list[str]:

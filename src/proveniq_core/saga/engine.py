@@ -504,9 +504,9 @@ class SagaEngine:
         self, run: SagaRun, first: Run, second: Run, *, then: dict[str, Any]
     ) -> bool:
         """Run two consecutive ledger steps in one transaction, checkpointed together by one
-        statement: one commit instead of two. True when both completed. If either does not (it fails,
-        defers, or a retry would be needed), nothing of either is kept and False says to
-        run them one by one, as if this had not been tried. The steps' pipelined errors are
+        statement: one commit instead of two. True when both completed. If either does not
+        (it fails, defers, or a retry would be needed), nothing of either is kept and False
+        says to run them one by one, as if this had not been tried. The steps' pipelined errors are
         read only at the commit (no round trip after each step): which step failed is found
         out by that one-by-one run. A lost fence or an unreachable database is raised."""
         definition = run.definition
