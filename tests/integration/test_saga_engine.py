@@ -846,6 +846,14 @@ async def test_a_lease_left_unrenewed_is_claimed_once_it_runs_out(pool: db.Pool)
         clock.advance(1.0)
         (claimed,) = await rival.claim(10)
         assert claimed["owner"] == "rival" and claimed["epoch"] == 2
+        # The claim hands over the step log as it now stands: the owner's attempt interrupted.
+        handed = [
+            (s["step_index"], s["phase"], s["attempt"], s["status"]) for s in claimed["steps"]
+        ]
+        assert (
+            handed == await log_of(pool, str(claimed["id"])) == [(0, "execute", 1, "interrupted")]
+        )
+        assert claimed["steps"][0]["error"]["code"] == "E_INTERRUPTED"
         assert await owner.renew() == 0  # no longer the owner's
     finally:
         finish.set()

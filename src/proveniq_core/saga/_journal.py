@@ -249,10 +249,3 @@ class Journal:
         except BaseException:
             run.create, run.pending = create, pending
             raise
-
-    async def load_log(self, run: SagaRun) -> None:
-        """Read the saga's step log into ``run``'s state."""
-        async with db.connection(self.pool) as conn:
-            rows = await db.fetch_all(conn, "get_saga_steps", {"saga_id": run.saga_id})
-        log = tuple(Attempt.from_row(row) for row in rows)
-        run.state = SagaState(run.state.status, log, run.state.undo)

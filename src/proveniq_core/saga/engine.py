@@ -678,7 +678,6 @@ class SagaEngine:
         return await self._held_while(run, self._cancel(run, cause))
 
     async def _cancel(self, run: SagaRun, cause: CoreError) -> SagaResult:
-        await self.journal.load_log(run)
         waiting = planner.next_action(run.definition, run.state)
         name = run.definition.steps[waiting.index].name if isinstance(waiting, Run) else None
         return await self._stop(run, cause, name)
@@ -703,7 +702,12 @@ class SagaEngine:
 
     @staticmethod
     def _claimed(saga: db.Row, definition: SagaDefinition) -> SagaRun:
-        state = SagaState(SagaStatus(saga["status"]), undo=tuple(saga["undo"] or ()))
+        """The run of a saga as ``claim_sagas`` returned it, with its step log."""
+        state = SagaState(
+            SagaStatus(saga["status"]),
+            tuple(Attempt.from_row(step) for step in saga["steps"]),
+            tuple(saga["undo"] or ()),
+        )
         return SagaRun(
             str(saga["id"]),
             saga["epoch"],
@@ -723,7 +727,6 @@ class SagaEngine:
             self._held.pop(run.saga_id, None)
 
     async def _resume(self, run: SagaRun) -> SagaResult:
-        await self.journal.load_log(run)
         log.info(
             "saga_resumed", saga_id=run.saga_id, status=run.state.status.value, epoch=run.epoch
         )

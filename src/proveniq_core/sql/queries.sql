@@ -175,7 +175,9 @@ SELECT pg_notify('proveniq_work', 'sagas')
 
 -- claim_sagas --
 -- Claim due sagas (or the one named by id, due or not) under a new epoch; mark the attempts
--- their previous owner left running as interrupted, in the same commit. A saga claimed before
+-- their previous owner left running as interrupted, in the same commit. Each comes with its
+-- step log (``steps``, as get_saga_steps reads it once this commits: the interrupted attempts
+-- as such), so the new owner need not read it again. A saga claimed before
 -- it is due (or held: 'infinity', which Python cannot load) becomes due now, so it is
 -- recovered as soon as the lease expires should its new owner die. Times are the server's
 -- now() moved by the engine clock's offset (0 but in tests).
@@ -201,7 +203,19 @@ WITH claimed AS (
                                    'message', 'the owner stopped before recording a result')
     FROM claimed c WHERE s.saga_id = c.id AND s.status = 'running'
 )
-SELECT * FROM claimed
+SELECT c.*, (
+    SELECT COALESCE(jsonb_agg(jsonb_build_object(
+               'step_index', s.step_index, 'phase', s.phase, 'attempt', s.attempt,
+               'status', CASE WHEN s.status = 'running' THEN 'interrupted' ELSE s.status END,
+               'error', CASE WHEN s.status = 'running'
+                             THEN jsonb_build_object(
+                                 'code', 'E_INTERRUPTED', 'type', 'LeaseExpired',
+                                 'message', 'the owner stopped before recording a result')
+                             ELSE s.error END)
+               ORDER BY s.started_at, s.step_index, s.attempt), '[]')
+    FROM saga_steps s WHERE s.saga_id = c.id
+) AS steps
+FROM claimed c
 
 -- wake_saga --
 -- An unowned saga falls due now; no row when a worker holds it or it has ended.
