@@ -61,14 +61,15 @@ BEGIN
     -- Attempts begun here: running, or finished at once when this checkpoint also ends them.
     IF jsonb_array_length(v_begins) > 0 THEN
         INSERT INTO saga_steps (saga_id, step_index, phase, attempt, name, status, owner, epoch,
-                                output, error, finished_at)
+                                output, error, started_at, finished_at)
         SELECT p_saga, (b->>'i')::integer, b->>'phase', (b->>'attempt')::integer, b->>'name',
                COALESCE(e->>'status', 'running'), v_owner, p_epoch, e->'output', e->'error',
-               CASE WHEN e IS NULL THEN NULL ELSE clock_timestamp() END
+               at.t, CASE WHEN e IS NULL THEN NULL ELSE at.t END
         FROM jsonb_array_elements(v_begins) WITH ORDINALITY AS bb(b, n)
         LEFT JOIN jsonb_array_elements(v_ends) AS e
           ON e->'i' = b->'i' AND e->'phase' = b->'phase' AND e->'attempt' = b->'attempt'
-        ORDER BY n;
+        CROSS JOIN LATERAL (SELECT clock_timestamp() AS t, bb.n) AS at
+        ORDER BY bb.n;
     END IF;
     IF p_next IS NOT NULL THEN
         INSERT INTO saga_steps (saga_id, step_index, phase, attempt, name, status, owner, epoch)
