@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping, MutableMapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Final
 
 from fastapi.telemetry import TelemetryConfig
@@ -113,7 +113,9 @@ def shutdown() -> None:
         stop()
 
 
-@contextmanager
+_NO_SPAN: Final = nullcontext(trace.INVALID_SPAN)  # reusable: it keeps no state
+
+
 def span(
     name: str,
     attributes: Mapping[str, Any] | None = None,
@@ -121,13 +123,23 @@ def span(
     parent: Context | None = None,
     kind: SpanKind = SpanKind.INTERNAL,
     errors: bool = True,
-) -> Iterator[Span]:
+) -> AbstractContextManager[Span]:
     """A span around the block, current inside it; an exception escaping it marks it failed
     unless ``errors`` is false (the caller says how it ended). With tracing off, the API's
     invalid span, and nothing made current: no cost beyond the call."""
     if _state["provider"] is None:
-        yield trace.INVALID_SPAN
-        return
+        return _NO_SPAN
+    return _recording(name, attributes, parent, kind, errors)
+
+
+@contextmanager
+def _recording(
+    name: str,
+    attributes: Mapping[str, Any] | None,
+    parent: Context | None,
+    kind: SpanKind,
+    errors: bool,
+) -> Iterator[Span]:
     attrs = {k: v for k, v in (attributes or {}).items() if v is not None}
     with tracer.start_as_current_span(
         name,
