@@ -205,8 +205,8 @@ class Journal:
     ) -> None:
         """One fenced checkpoint statement, on ``conn``, with what the run holds."""
         await self.create(conn, run)
-        begins: Any = begin
-        ends: Any = end
+        begins: dict[str, Any] | list[dict[str, Any]] | None = begin
+        ends: dict[str, Any] | list[dict[str, Any]] | None = end
         if run.pending is not None:
             self.hold(run, begin=begin, end=end, data=data)
             held, run.pending = run.pending, None

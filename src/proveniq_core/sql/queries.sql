@@ -177,11 +177,14 @@ SELECT pg_notify('proveniq_work', 'sagas')
 -- Claim due sagas (or the one named by id, due or not) under a new epoch; mark the attempts
 -- their previous owner left running as interrupted, in the same commit. Each comes with its
 -- step log (``steps``, as get_saga_steps reads it once this commits: the interrupted attempts
--- as such), so the new owner need not read it again. A saga claimed before
--- it is due (or held: 'infinity', which Python cannot load) becomes due now, so it is
--- recovered as soon as the lease expires should its new owner die. Times are the server's
+-- as such), so the new owner need not read it again. A saga claimed before it is due (or
+-- held: 'infinity', which Python cannot load) becomes due now, so it is recovered as soon
+-- as the lease expires should its new owner die. Times are the server's
 -- now() moved by the engine clock's offset (0 but in tests).
-WITH claimed AS (
+WITH lost AS (  -- what an interrupted attempt's error says, once for both uses below
+    SELECT jsonb_build_object('code', 'E_INTERRUPTED', 'type', 'LeaseExpired',
+                              'message', 'the owner stopped before recording a result') AS error
+), claimed AS (
     UPDATE sagas SET owner = %(owner)s, epoch = epoch + 1, updated_at = now(),
                      lease_until = now() + make_interval(secs => %(lease)s),
                      run_at = LEAST(run_at, now() + make_interval(secs => %(offset)s))
@@ -199,21 +202,16 @@ WITH claimed AS (
     RETURNING *
 ), interrupted AS (
     UPDATE saga_steps s SET status = 'interrupted', finished_at = clock_timestamp(),
-        error = jsonb_build_object('code', 'E_INTERRUPTED', 'type', 'LeaseExpired',
-                                   'message', 'the owner stopped before recording a result')
-    FROM claimed c WHERE s.saga_id = c.id AND s.status = 'running'
+        error = lost.error
+    FROM claimed c, lost WHERE s.saga_id = c.id AND s.status = 'running'
 )
 SELECT c.*, (
     SELECT COALESCE(jsonb_agg(jsonb_build_object(
                'step_index', s.step_index, 'phase', s.phase, 'attempt', s.attempt,
                'status', CASE WHEN s.status = 'running' THEN 'interrupted' ELSE s.status END,
-               'error', CASE WHEN s.status = 'running'
-                             THEN jsonb_build_object(
-                                 'code', 'E_INTERRUPTED', 'type', 'LeaseExpired',
-                                 'message', 'the owner stopped before recording a result')
-                             ELSE s.error END)
+               'error', CASE WHEN s.status = 'running' THEN lost.error ELSE s.error END)
                ORDER BY s.started_at, s.step_index, s.attempt), '[]')
-    FROM saga_steps s WHERE s.saga_id = c.id
+    FROM saga_steps s, lost WHERE s.saga_id = c.id
 ) AS steps
 FROM claimed c
 
