@@ -129,6 +129,7 @@ async def stack(
     with (
         database(args.database_url, f"{db_prefix}_{os.getpid()}_{name}") as db_url,
         tempfile.TemporaryDirectory() as home,
+        open(args.serve_log or os.devnull, "a") as serve_log,  # noqa: ASYNC230 (start-up)
     ):
         faults_port, port = free_port(), free_port()
         sim = subprocess.Popen(  # noqa: ASYNC220 (start-up, before any load)
@@ -169,7 +170,7 @@ async def stack(
             ],
             env=env | serve_env,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=serve_log,
             text=True,
         )
         try:
@@ -902,6 +903,12 @@ def add_serve_options(ap: argparse.ArgumentParser) -> None:
         default=[],
         metavar="PROVENIQ_X=V",
         help="extra environment for serve (repeatable)",
+    )
+    ap.add_argument(
+        "--serve-log",
+        type=Path,
+        metavar="FILE",
+        help="append serve's log (stderr) here; with --serve-env PROVENIQ_LOG_LEVEL=info for more",
     )
 
 

@@ -7,7 +7,7 @@ import contextlib
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -190,17 +190,45 @@ def _reconcile(
     again; a locker's presence is recorded, and when it comes (back) online its deferred
     links are retried now."""
 
-    async def wake(ref: str) -> None:
-        # Twice: a link that failed just before the device came back parks its saga a
-        # moment later, after the first wake looked (the window is milliseconds).
-        for delay in (0.0, REWAKE_AFTER):
-            await asyncio.sleep(delay)
-            if not (gateway.connected and gateway.presence(ref)):
-                return  # gone again: its entries wait for the next online or their timer
-            try:
-                await queue.wake_locker(ref)
-            except CoreError as exc:  # the timer retries it anyway
-                log.warning("retry_queue.wake_failed", locker_ref=ref, error=str(exc))
+    # Lockers whose entries are to be woken, each with whether to wake them once more
+    # REWAKE_AFTER later: a link that failed just before the device came back parks its saga
+    # a moment later, after the first wake looked (the window is milliseconds).
+    due: dict[str, bool] = {}
+    waking = False
+
+    def wake(refs: Iterable[str], again: bool) -> None:
+        nonlocal waking
+        for ref in refs:
+            due[ref] = due.get(ref, False) or again
+        if not waking:
+            waking = True
+            spawn(wake_due())
+
+    async def wake_due() -> None:
+        # One wake at a time, each for every locker that came online meanwhile: a broker's
+        # restart brings the whole fleet back at once, and a hundred concurrent wakes would
+        # hold the pool the woken sagas need.
+        nonlocal waking
+        try:
+            while due:
+                batch = dict(due)
+                due.clear()
+                # Gone again: its entries wait for the next online or their timer.
+                back = [r for r in batch if gateway.connected and gateway.presence(r)]
+                if not back:
+                    continue
+                try:
+                    await queue.wake_lockers(*back)
+                except CoreError as exc:  # the timer retries them anyway
+                    log.warning("retry_queue.wake_failed", locker_refs=back[:10], error=str(exc))
+                if again := [r for r in back if batch[r]]:
+                    spawn(wake_later(again))
+        finally:
+            waking = False
+
+    async def wake_later(refs: list[str]) -> None:
+        await asyncio.sleep(REWAKE_AFTER)
+        wake(refs, again=False)
 
     async def presence(ref: str, status: Literal["online", "offline"]) -> None:
         try:
@@ -244,7 +272,7 @@ def _reconcile(
         elif event == "connected":  # processes that went while none of us listened
             spawn(ask_again(after=CORES_HEARD_AFTER))
         elif event == "online":
-            spawn(wake(info["lockerRef"]))
+            wake([info["lockerRef"]], again=True)
             spawn(presence(info["lockerRef"], "online"))
         elif event == "offline":
             spawn(presence(info["lockerRef"], "offline"))

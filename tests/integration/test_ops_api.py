@@ -336,6 +336,42 @@ async def test_maintenance_defers_links_uncounted_until_it_ends(
         assert "resolved" in late.json()["error"]["message"]
 
 
+async def test_lockers_back_together_are_woken_in_one_statement_but_maintenance_waits(
+    core: Core, client: httpx.AsyncClient
+) -> None:
+    """The lockers of one wake (a fleet back after a broker outage) have their deferred
+    links retried at once, except a locker still in maintenance: its entry keeps its time."""
+    assert core.fleet is not None
+    kept, back = (d.ref for d in core.fleet.devices[:2])
+    until = datetime.now(UTC) + timedelta(hours=2)
+    deferred = {}
+    for ref in (kept, back):
+        started = await client.post(
+            f"/api/ops/lockers/{ref}/maintenance", json={"until": until.isoformat()}
+        )
+        assert started.status_code == 200, started.text
+        r = await register(client, ref)
+        assert r.status_code == 202, r.text
+        deferred[ref] = r.json()["assetId"]
+    # The second locker's window ends without its own wake (as when it runs out).
+    async with core.pool.connection() as conn:
+        await conn.execute(
+            "UPDATE lockers SET maintenance_until = NULL WHERE locker_ref = %s", [back]
+        )
+
+    assert await core.retry_queue.wake_lockers(kept, back, "no-such-locker") == 1
+
+    async def linked() -> bool:
+        return await asset_status(client, deferred[back]) in LINKED
+
+    await eventually(linked)
+    waiting = await entry_of(client, deferred[kept])
+    assert waiting["status"] == "pending"
+    assert abs(datetime.fromisoformat(waiting["nextRetryAt"]) - until) < timedelta(seconds=1)
+    assert await asset_status(client, deferred[kept]) == "pending_link"
+    assert sent(core, kept, "link") == 0
+
+
 async def test_maintenance_refuses_bad_requests(
     core: Core,
     client: httpx.AsyncClient,

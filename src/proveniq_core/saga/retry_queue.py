@@ -162,10 +162,10 @@ async def close_entries(conn: db.Conn, asset_id: str, status: str) -> int:
     return await db.execute(conn, "close_retry_entries", {"asset_id": asset_id, "status": status})
 
 
-async def wake_entries(conn: db.Conn, locker_ref: str) -> int:
-    """Make the locker's pending entries (and their sagas) due now, in the caller's
-    transaction, unless it is in maintenance; returns how many."""
-    woken = await db.fetch_all(conn, "wake_locker_retries", {"locker_ref": locker_ref})
+async def wake_entries(conn: db.Conn, *locker_refs: str) -> int:
+    """Make the lockers' pending entries (and their sagas) due now, in the caller's
+    transaction, but those of a locker in maintenance; returns how many."""
+    woken = await db.fetch_all(conn, "wake_locker_retries", {"locker_refs": list(locker_refs)})
     if woken:
         await db.execute(conn, "notify_sagas")
     return len(woken)
@@ -213,10 +213,15 @@ class RetryQueue:
                 return await self.get(str(entry["id"]))
         return None
 
-    async def wake_locker(self, locker_ref: str) -> int:
-        """A device came back online: make its pending entries due now."""
+    async def wake_lockers(self, *locker_refs: str) -> int:
+        """Devices came back online: make their pending entries due now, in one statement."""
         async with db.transaction(self.pool) as conn:
-            woken = await wake_entries(conn, locker_ref)
+            woken = await wake_entries(conn, *locker_refs)
         if woken:
-            log.info("retry_queue.locker_online", locker_ref=locker_ref, woken=woken)
+            log.info(
+                "retry_queue.lockers_online",
+                locker_refs=locker_refs[:10],
+                lockers=len(locker_refs),
+                woken=woken,
+            )
         return woken

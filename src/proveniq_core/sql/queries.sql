@@ -608,11 +608,11 @@ WHERE id = %(id)s AND owner IS NULL AND status = 'running'
 RETURNING id
 
 -- wake_locker_retries --
--- The locker is back: its pending entries' sagas are due now, and the entries say so.
+-- The lockers are back: their pending entries' sagas are due now, and the entries say so.
 WITH woken AS (
     UPDATE sagas s SET run_at = now(), updated_at = now()
     FROM retry_queue r
-    WHERE r.saga_id = s.id AND r.locker_ref = %(locker_ref)s AND r.status = 'pending'
+    WHERE r.saga_id = s.id AND r.locker_ref = ANY(%(locker_refs)s) AND r.status = 'pending'
       AND s.owner IS NULL AND s.status = 'running' AND s.run_at > now()
       AND NOT EXISTS (SELECT 1 FROM lockers l  -- in maintenance: it waits for the end
                       WHERE l.tenant_id = r.tenant_id AND l.locker_ref = r.locker_ref
