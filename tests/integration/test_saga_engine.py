@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from proveniq_core import db
 from proveniq_core.errors import LedgerConstraintError, LockerHardwareError, LockerTimeoutError
@@ -855,6 +856,47 @@ async def test_a_lease_left_unrenewed_is_claimed_once_it_runs_out(pool: db.Pool)
         )
         assert claimed["steps"][0]["error"]["code"] == "E_INTERRUPTED"
         assert await owner.renew() == 0  # no longer the owner's
+    finally:
+        finish.set()
+        with pytest.raises(LeaseLostError):
+            await task
+
+
+async def test_only_a_lease_another_owner_took_is_reported_lost(pool: db.Pool) -> None:
+    """A saga let go between a renewal's snapshot of what is held and its statement (its
+    parking checkpoint committed, its hold not yet dropped) is not lost; one that another
+    owner claimed is, in a warning naming it."""
+    inside, finish = asyncio.Event(), asyncio.Event()
+
+    async def long_step(ctx: StepContext) -> dict[str, Any]:
+        inside.set()
+        await finish.wait()
+        return {}
+
+    saga = SagaDefinition("t", (Step("long", long_step, timeout=30),))
+    owner = SagaEngine(pool, owner="owner", lease=15.0)
+    task = asyncio.create_task(owner.run(saga, {}))
+    try:
+        await asyncio.wait_for(inside.wait(), 5)
+        (saga_id,) = owner._held
+        async with pool.connection() as conn:  # as a parking checkpoint leaves it
+            await conn.execute(
+                "UPDATE sagas SET owner = NULL, lease_until = NULL WHERE id = %s", [saga_id]
+            )
+        with capture_logs() as released:
+            assert await owner.renew() == 0
+        assert [e for e in released if e["event"] == "saga_leases_lost"] == []
+
+        async with pool.connection() as conn:  # another owner's claim
+            await conn.execute(
+                "UPDATE sagas SET owner = 'rival', epoch = epoch + 1,"
+                " lease_until = now() + interval '15 seconds' WHERE id = %s",
+                [saga_id],
+            )
+        with capture_logs() as taken:
+            assert await owner.renew() == 0
+        [warning] = [e for e in taken if e["event"] == "saga_leases_lost"]
+        assert warning["lost"] == [saga_id]
     finally:
         finish.set()
         with pytest.raises(LeaseLostError):

@@ -866,9 +866,11 @@ class SagaEngine:
         except CoreError as exc:
             log.warning("saga_lease_renewal_failed", held=len(held), error=str(exc))
             return 0
-        renewed = {str(r["id"]) for r in rows}
-        # A saga that ended while the statement ran has no lease to renew: not lost.
-        lost = [i for i in held if i not in renewed and self._held.get(i) == held[i]]
+        taken = {str(r["id"]) for r in rows if r["taken"]}
+        # Claimed by another owner and still driven here: this process learns it was lost
+        # at its next checkpoint, which the new epoch refuses.
+        lost = [i for i in held if i in taken and self._held.get(i) == held[i]]
+        renewed = len(rows) - len(taken)
         if lost:
-            log.warning("saga_leases_lost", held=len(held), renewed=len(rows), lost=lost[:5])
-        return len(rows)
+            log.warning("saga_leases_lost", held=len(held), renewed=renewed, lost=lost[:5])
+        return renewed

@@ -222,12 +222,19 @@ WHERE id = %(id)s AND owner IS NULL AND status IN ('running', 'compensating')
 RETURNING id
 
 -- renew_leases --
--- Extend the leases of the sagas this worker holds, fenced by epoch; returns
--- those still held (a missing id lost its lease).
-UPDATE sagas s SET lease_until = now() + make_interval(secs => %(lease)s)
-FROM unnest(%(ids)s::uuid[], %(epochs)s::integer[]) AS held (id, epoch)
-WHERE s.id = held.id AND s.epoch = held.epoch AND s.lease_until IS NOT NULL
-RETURNING s.id
+-- Extend the leases of the sagas this worker holds, fenced by epoch. A row per saga still
+-- held (renewed) and per saga another owner has claimed since (taken: its lease was lost);
+-- none for a saga this worker let go meanwhile (ended or parked: same epoch, no lease).
+WITH held AS (
+    SELECT * FROM unnest(%(ids)s::uuid[], %(epochs)s::integer[]) AS h (id, epoch)
+), renewed AS (
+    UPDATE sagas s SET lease_until = now() + make_interval(secs => %(lease)s)
+    FROM held WHERE s.id = held.id AND s.epoch = held.epoch AND s.lease_until IS NOT NULL
+    RETURNING s.id
+)
+SELECT id, false AS taken FROM renewed
+UNION ALL
+SELECT s.id, true FROM sagas s JOIN held ON s.id = held.id WHERE s.epoch <> held.epoch
 
 -- next_saga_due --
 -- Held sagas (run_at 'infinity') are due never; subtracting it would raise.
