@@ -93,10 +93,13 @@ class Settings(BaseSettings):
         4.0, ge=0, le=128, description="a photo's grey-level spread below this is blank"
     )
     verify_duplicate_distance: int = Field(
-        4, ge=0, le=64, description="pHash distance to another asset's photo: a duplicate"
+        4, ge=0, le=8, description="pHash distance to another asset's photo: a duplicate"
     )
     verify_similar_distance: int = Field(
-        8, ge=0, le=64, description="pHash distance up to this (above duplicate): review"
+        8,
+        ge=0,
+        le=8,  # the photo index finds every photo within 8 bits (docs/architecture.md §5)
+        description="pHash distance up to this (above duplicate): review; at most 8",
     )
     review_timeout: float = Field(86400.0, gt=0, description="a review expires, undecided")
     review_reasons_approve: list[str] = Field(

@@ -10,7 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 
+from proveniq_core.config import Settings
 from proveniq_core.locker.simulator import evidence_photo
 from proveniq_core.verify.analysis import (
     EARTH_RADIUS_M,
@@ -203,6 +205,15 @@ def test_duplicate_thresholds_are_configurable() -> None:
     assert out.status == "rejected"
     assert "near-duplicate" in out.reasons[0]
     assert out.checks["photo_not_duplicate"]["matchAssetId"] is None
+
+
+@pytest.mark.parametrize("name", ["verify_similar_distance", "verify_duplicate_distance"])
+def test_a_distance_the_photo_index_cannot_search_is_refused(name: str) -> None:
+    """The band index finds every photo within 8 bits and no farther: 9 is a configuration
+    error, named, not a search that silently misses photos."""
+    assert getattr(Settings(**{name: 8}), name) == 8
+    with pytest.raises(ValidationError, match=rf"{name}\n.*less than or equal to 8"):
+        Settings(**{name: 9})
 
 
 @pytest.mark.parametrize(("skew", "ok"), [(299.0, True), (300.0, True), (300.5, False)])

@@ -375,11 +375,13 @@ VALUES (%(id)s, %(verification_id)s, %(asset_id)s, %(tenant_id)s, 'photo', %(sha
 ON CONFLICT (verification_id, sha256) DO NOTHING
 
 -- nearest_evidence --
--- The photo of another asset (any tenant) closest to a perceptual hash, by Hamming distance.
--- A scan of every hashed photo: fine for now, a BK-tree or hash bands when it is not.
+-- The photo of another asset (any tenant) closest to a perceptual hash by Hamming distance,
+-- if one is within %(within)s bits (at most 8: the bands of migration 0016 find every photo
+-- that close, through their index); no row otherwise.
 SELECT asset_id, tenant_id, bit_count((phash # %(phash)s)::bit(64))::integer AS distance
 FROM evidence
-WHERE phash IS NOT NULL AND asset_id <> %(asset_id)s
+WHERE phash_bands(phash) && phash_bands(%(phash)s) AND phash IS NOT NULL
+  AND asset_id <> %(asset_id)s AND bit_count((phash # %(phash)s)::bit(64)) <= %(within)s
 ORDER BY distance
 LIMIT 1
 

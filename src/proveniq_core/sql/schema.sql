@@ -169,6 +169,21 @@ CREATE FUNCTION public.outbox_emit(p_id uuid, p_tenant text, p_type text, p_data
     SELECT pg_notify('proveniq_work', 'webhooks') FROM (SELECT FROM deliveries LIMIT 1) AS woken
 $$;
 
+CREATE FUNCTION public.phash_bands(h bigint) RETURNS integer[]
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    AS $$
+    SELECT ARRAY[
+               (h & 127)::integer,
+         256 + ((h >> 7) & 127)::integer,
+         512 + ((h >> 14) & 127)::integer,
+         768 + ((h >> 21) & 127)::integer,
+        1024 + ((h >> 28) & 127)::integer,
+        1280 + ((h >> 35) & 127)::integer,
+        1536 + ((h >> 42) & 127)::integer,
+        1792 + ((h >> 49) & 127)::integer,
+        2048 + ((h >> 56) & 255)::integer]
+$$;
+
 CREATE FUNCTION public.saga_checkpoint(p_saga uuid, p_epoch integer, p_begin jsonb, p_end jsonb, p_next jsonb, p_data jsonb, p_status text, p_error jsonb, p_undo integer[], p_defer double precision, p_rounds integer) RETURNS void
     LANGUAGE plpgsql
     AS $$
@@ -676,6 +691,8 @@ CREATE INDEX audit_unsealed ON public.audit_log USING btree (id) WHERE (seq IS N
 CREATE INDEX console_sessions_seen ON public.console_sessions USING btree (last_seen_at);
 
 CREATE INDEX evidence_asset ON public.evidence USING btree (asset_id);
+
+CREATE INDEX evidence_phash_bands ON public.evidence USING gin (public.phash_bands(phash)) WHERE (phash IS NOT NULL);
 
 CREATE INDEX evidence_sha ON public.evidence USING btree (sha256);
 

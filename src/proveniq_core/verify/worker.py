@@ -172,13 +172,17 @@ class VerifyWorker:
         await self._settle(job, evidence, facts)
 
     async def _nearest(self, conn: db.Conn, job: db.Row, facts: list[PhotoFacts]) -> Match | None:
-        """The evidence of another asset closest to any of these photos."""
+        """The evidence of another asset closest to any of these photos, if one is within
+        the similar distance (None: nothing that close)."""
         best: Match | None = None
+        within = self.settings.verify_similar_distance
         for f in facts:
             if f.phash is None:
                 continue
             row = await db.fetch_one(
-                conn, "nearest_evidence", {"phash": f.phash, "asset_id": job["asset_id"]}
+                conn,
+                "nearest_evidence",
+                {"phash": f.phash, "asset_id": job["asset_id"], "within": within},
             )
             if row is not None and (best is None or row["distance"] < best.distance):
                 same_tenant = row["tenant_id"] == job["tenant_id"]
