@@ -25,7 +25,7 @@ What it does, with the helpers of bench/load.py:
    timer (``PROVENIQ_RETRY_BASE``, 300 s) or for the locker's presence;
 3. starts the broker again on the same port: t = 0. Core and the simulated lockers reconnect
    on their own back-off (at most 5 s); each locker's ``online`` status makes the gateway
-   call ``RetryQueue.wake_locker`` (its parked sagas become due now) and the saga workers
+   call ``RetryQueue.wake_lockers`` (their parked sagas become due now) and the saga workers
    (``PROVENIQ_SAGA_CONCURRENCY`` at once per process) drive them: link command, asset
    ``linked``, entry ``resolved``, verification queued. The ledger is sampled every second
    (progress on stdout, a row every ~5 s in the report);
