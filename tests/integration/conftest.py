@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -10,9 +11,10 @@ from typing import Any
 import httpx
 import pytest_asyncio
 
+from proveniq_core import db
 from proveniq_core.api.app import create_app
 from proveniq_core.config import Settings
-from proveniq_core.ledger import keys
+from proveniq_core.ledger import assets, keys
 from proveniq_core.locker.simulator import LatencyProfile, LockerFleet, fleet_specs
 from proveniq_core.service import Core, register_fleet, running
 from tests.conftest import unique_prefix
@@ -70,3 +72,30 @@ async def client(core: Core, api_key: str) -> AsyncIterator[httpx.AsyncClient]:
 def first_ref(core: Core) -> str:
     assert core.fleet is not None
     return core.fleet.devices[0].ref
+
+
+async def new_asset(pool: db.Pool) -> str:
+    """A new pending asset of tenant acme, at a locker of its own; its id."""
+    asset_id = str(uuid.uuid4())
+    async with db.transaction(pool) as conn:
+        await keys.ensure_tenant(conn, "acme")
+        await assets.register_locker(
+            conn,
+            tenant_id="acme",
+            locker_ref=f"l-{asset_id[:8]}",
+            lat=1.0,
+            lon=2.0,
+            geofence_m=50,
+            actor="test",
+        )
+        await assets.create(
+            conn,
+            asset_id=asset_id,
+            tenant_id="acme",
+            name="a",
+            category="watch",
+            locker_ref=f"l-{asset_id[:8]}",
+            saga_id=None,
+            actor="test",
+        )
+    return asset_id

@@ -9,7 +9,7 @@ import uuid
 from datetime import UTC, datetime
 
 from proveniq_core import db
-from proveniq_core.ledger import assets, keys
+from tests.integration.conftest import new_asset
 
 BANDS = [range(7 * i, 7 * i + 7) for i in range(8)] + [range(56, 64)]
 
@@ -27,23 +27,9 @@ def flip(h: int, bits: list[int]) -> int:
 
 async def _asset_with_photo(pool: db.Pool, phash: int) -> str:
     """A new asset whose verification holds one photo with this perceptual hash."""
-    asset_id, ref = str(uuid.uuid4()), f"ev-{uuid.uuid4().hex[:8]}"
+    asset_id = await new_asset(pool)
     verification_id = uuid.uuid4()
     async with db.transaction(pool) as conn:
-        await keys.ensure_tenant(conn, "acme")
-        await assets.register_locker(
-            conn, tenant_id="acme", locker_ref=ref, lat=1.0, lon=2.0, geofence_m=50, actor="t"
-        )
-        await assets.create(
-            conn,
-            asset_id=asset_id,
-            tenant_id="acme",
-            name="a",
-            category="watch",
-            locker_ref=ref,
-            saga_id=None,
-            actor="t",
-        )
         await db.execute(
             conn,
             "insert_verification",

@@ -11,8 +11,9 @@ from psycopg.conninfo import make_conninfo
 
 from proveniq_core import db
 from proveniq_core.errors import LedgerConstraintError
-from proveniq_core.ledger import assets, audit, keys
+from proveniq_core.ledger import assets, audit
 from proveniq_core.ledger.states import STATUSES, TRANSITIONS
+from tests.integration.conftest import new_asset
 
 
 async def test_migrations_apply_fresh_and_rerun_as_noop(pg_admin_url: str) -> None:
@@ -58,38 +59,12 @@ async def test_database_transition_table_matches_the_code(pool: db.Pool) -> None
     assert {(r["f"], r["t"]) for r in rows} == TRANSITIONS
 
 
-async def _asset(pool: db.Pool) -> str:
-    asset_id = str(uuid.uuid4())
-    async with db.transaction(pool) as conn:
-        await keys.ensure_tenant(conn, "acme")
-        await assets.register_locker(
-            conn,
-            tenant_id="acme",
-            locker_ref=f"l-{asset_id[:8]}",
-            lat=1.0,
-            lon=2.0,
-            geofence_m=50,
-            actor="test",
-        )
-        await assets.create(
-            conn,
-            asset_id=asset_id,
-            tenant_id="acme",
-            name="a",
-            category="watch",
-            locker_ref=f"l-{asset_id[:8]}",
-            saga_id=None,
-            actor="test",
-        )
-    return asset_id
-
-
 @pytest.mark.parametrize("target", STATUSES)
 async def test_database_refuses_illegal_transitions_from_pending(
     pool: db.Pool, target: str
 ) -> None:
     """From pending, PostgreSQL accepts only the legal moves and refuses the rest."""
-    asset_id = await _asset(pool)
+    asset_id = await new_asset(pool)
     legal = ("pending", target) in TRANSITIONS or target == "pending"
     if legal:
         async with db.transaction(pool) as conn:
@@ -106,7 +81,7 @@ async def test_database_refuses_illegal_transitions_from_pending(
 
 async def test_terminal_states_are_final(pool: db.Pool) -> None:
     """A compensated asset can never move again, and its version stops growing."""
-    asset_id = await _asset(pool)
+    asset_id = await new_asset(pool)
     async with db.transaction(pool) as conn:
         await assets.transition(conn, asset_id, "compensated", actor="test")
     for target in ("pending", "linked", "verified"):
@@ -117,7 +92,7 @@ async def test_terminal_states_are_final(pool: db.Pool) -> None:
 
 async def test_audit_rows_cannot_be_updated_or_deleted(pool: db.Pool) -> None:
     """The database refuses UPDATE, DELETE and TRUNCATE on audit_log, sealed or not."""
-    await _asset(pool)
+    await new_asset(pool)
     for sql in (
         "UPDATE audit_log SET actor = 'mallory'",
         "DELETE FROM audit_log",
@@ -135,7 +110,7 @@ async def test_audit_rows_cannot_be_updated_or_deleted(pool: db.Pool) -> None:
 async def test_audit_verify_names_the_first_tampered_row(pool: db.Pool) -> None:
     """With the guard trigger disabled by a superuser, a changed row is caught by verify."""
     for _ in range(3):
-        await _asset(pool)
+        await new_asset(pool)
     assert await audit.seal(pool) == 6  # locker registered + asset created, three times
     report = await audit.verify(pool)
     assert report.ok and report.checked == 6
@@ -153,7 +128,7 @@ async def test_audit_verify_names_the_first_tampered_row(pool: db.Pool) -> None:
 
 async def test_audit_rows_commit_with_their_change_or_not_at_all(pool: db.Pool) -> None:
     """A rolled-back transition leaves no audit row behind."""
-    asset_id = await _asset(pool)
+    asset_id = await new_asset(pool)
     with pytest.raises(RuntimeError):
         async with db.transaction(pool) as conn:
             await assets.transition(conn, asset_id, "linked", actor="test", locker_id="LKR-1")

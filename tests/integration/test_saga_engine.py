@@ -780,9 +780,8 @@ async def test_a_stale_transactional_step_is_rolled_back_whole_at_its_fence(
     ]
 
 
-async def test_keepalive_keeps_a_long_step_from_being_claimed(pool: db.Pool) -> None:
-    """A step that lasts twice the lease is not stolen while its owner renews the lease
-    every third of it; the same lease left alone for as long is taken."""
+def waiting_saga() -> tuple[SagaDefinition, asyncio.Event, asyncio.Event]:
+    """A one-step saga whose step sets ``inside`` and then waits for ``finish``."""
     inside, finish = asyncio.Event(), asyncio.Event()
 
     async def long_step(ctx: StepContext) -> dict[str, Any]:
@@ -790,7 +789,13 @@ async def test_keepalive_keeps_a_long_step_from_being_claimed(pool: db.Pool) -> 
         await finish.wait()
         return {}
 
-    saga = SagaDefinition("t", (Step("long", long_step, timeout=30),))
+    return SagaDefinition("t", (Step("long", long_step, timeout=30),)), inside, finish
+
+
+async def test_keepalive_keeps_a_long_step_from_being_claimed(pool: db.Pool) -> None:
+    """A step that lasts twice the lease is not stolen while its owner renews the lease
+    every third of it; the same lease left alone for as long is taken."""
+    saga, inside, finish = waiting_saga()
     clock = ManualClock()
     owner = SagaEngine(pool, owner="owner", lease=15.0, clock=clock)
     rival = SagaEngine(pool, owner="rival", definitions=[saga], clock=clock)
@@ -825,14 +830,7 @@ async def renewed_since(pool: db.Pool, engine: SagaEngine, before: Any) -> bool:
 
 async def test_a_lease_left_unrenewed_is_claimed_once_it_runs_out(pool: db.Pool) -> None:
     """Without renewal another engine claims a saga exactly when its lease has run out."""
-    inside, finish = asyncio.Event(), asyncio.Event()
-
-    async def long_step(ctx: StepContext) -> dict[str, Any]:
-        inside.set()
-        await finish.wait()
-        return {}
-
-    saga = SagaDefinition("t", (Step("long", long_step, timeout=30),))
+    saga, inside, finish = waiting_saga()
     clock = ManualClock()
     owner = SagaEngine(pool, owner="owner", lease=15.0, clock=clock)
     rival = SagaEngine(pool, owner="rival", definitions=[saga], clock=clock)
@@ -866,14 +864,7 @@ async def test_only_a_lease_another_owner_took_is_reported_lost(pool: db.Pool) -
     """A saga let go between a renewal's snapshot of what is held and its statement (its
     parking checkpoint committed, its hold not yet dropped) is not lost; one that another
     owner claimed is, in a warning naming it."""
-    inside, finish = asyncio.Event(), asyncio.Event()
-
-    async def long_step(ctx: StepContext) -> dict[str, Any]:
-        inside.set()
-        await finish.wait()
-        return {}
-
-    saga = SagaDefinition("t", (Step("long", long_step, timeout=30),))
+    saga, inside, finish = waiting_saga()
     owner = SagaEngine(pool, owner="owner", lease=15.0)
     task = asyncio.create_task(owner.run(saga, {}))
     try:
