@@ -234,7 +234,10 @@ def run_failures(
 
 def _timeout_path(http: httpx.Client, ref: str, wait: float, console: Console) -> int:
     console.rule(f"locker timeout: {ref} answers 4 s late")
-    http.post("/sim/faults", json={"lockerRef": ref, "fault": "delay", "delayMs": 4000, "count": 1})
+    # On the link only: the evidence collection of an asset verified just before must not
+    # take the fault meant for this registration.
+    late = {"lockerRef": ref, "command": "link", "fault": "delay", "delayMs": 4000, "count": 1}
+    http.post("/sim/faults", json=late)
     with console.status(f"registering on {ref}: waiting out the link budget"):
         resp, ms = _post_asset(http, ref, "Late answer")
     _show(console, resp, ms)
@@ -251,7 +254,9 @@ def _timeout_path(http: httpx.Client, ref: str, wait: float, console: Console) -
 
 def _hardware_path(http: httpx.Client, ref: str, wait: float, console: Console) -> int:
     console.rule(f"hardware fault: {ref} reports a jammed latch")
-    http.post("/sim/faults", json={"lockerRef": ref, "fault": "hardware_fault", "count": 1})
+    # On the link only: the late asset's evidence collection may be under way right now.
+    jammed = {"lockerRef": ref, "command": "link", "fault": "hardware_fault", "count": 1}
+    http.post("/sim/faults", json=jammed)
     resp, ms = _post_asset(http, ref, "Jammed latch")
     _show(console, resp, ms)
     if resp.status_code != 502:
