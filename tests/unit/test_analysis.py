@@ -211,9 +211,9 @@ def test_duplicate_thresholds_are_configurable() -> None:
 def test_a_distance_the_photo_index_cannot_search_is_refused(name: str) -> None:
     """The band index finds every photo within 8 bits and no farther: 9 is a configuration
     error, named, not a search that silently misses photos."""
-    assert getattr(Settings(**{name: 8}), name) == 8
+    assert getattr(Settings.model_validate({name: 8}), name) == 8
     with pytest.raises(ValidationError, match=rf"{name}\n.*less than or equal to 8"):
-        Settings(**{name: 9})
+        Settings.model_validate({name: 9})
 
 
 @pytest.mark.parametrize(("skew", "ok"), [(299.0, True), (300.0, True), (300.5, False)])
