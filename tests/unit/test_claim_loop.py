@@ -79,7 +79,7 @@ async def test_without_lingering_the_burst_waits_for_the_next_wake() -> None:
 async def test_a_limit_lowers_how_many_run_at_once_while_it_says_so() -> None:
     """Work of lower priority: while ``limit()`` says 1, one item at a time runs out of a
     concurrency of 5; once it lifts, the rest run together. Nothing is starved meanwhile."""
-    queue = list(range(100))
+    queue = list(range(10_000))  # never drained while limited, however late a check looks
     running: set[int] = set()
     most: list[int] = []
     release = asyncio.Event()
@@ -113,7 +113,7 @@ async def test_a_limit_lowers_how_many_run_at_once_while_it_says_so() -> None:
         )
     )
     try:
-        await eventually(lambda: len(queue) <= 95, within=2)  # progress while limited
+        await eventually(lambda: len(queue) <= 9_995, within=2)  # progress while limited
         assert max(most) == 1
         backlog["on"] = False
         await eventually(lambda: len(running) == 5, within=2)
