@@ -365,9 +365,18 @@ async def test_screenshots_of_a_working_day(
             "/api/webhooks", json={"url": hook, "events": list(outbox.EVENTS)}
         )
         assert subscribed.status_code == 201, subscribed.text
+        verified = []
         for name in ("Rolex Submariner 16610", "Leica M6 body", "Hermès Kelly 28"):
             body = {"name": name, "category": "watch", "lockerRef": t.refs[0]}
-            assert (await http.post("/api/assets", json=body)).status_code == 201
+            created = await http.post("/api/assets", json=body)
+            assert created.status_code == 201, created.text
+            verified.append(created.json()["assetId"])
+
+        async def all_verified() -> bool:
+            return all([await asset_status(http, a) == "verified" for a in verified])
+
+        # Before the next fault on the same locker: its evidence must not be theirs.
+        await eventually(all_verified, "the first three assets verified")
         first, *_ = await manual_reviews(
             t, ["Omega Speedmaster 3861", "Cartier Santos 100", "IWC Portugieser 5001"]
         )
