@@ -29,7 +29,7 @@ from proveniq_core.saga import (
 )
 from proveniq_core.saga._journal import Journal, SagaRun, attempt_row, end_row
 from proveniq_core.saga.clock import SystemClock
-from proveniq_core.saga.model import AttemptStatus, Phase
+from proveniq_core.saga.model import HOLD, AttemptStatus, Phase
 from proveniq_core.saga.planner import SagaState
 from tests.helpers import eventually
 
@@ -565,6 +565,62 @@ async def test_one_checkpoint_records_several_attempts_or_none(pool: db.Pool) ->
     written, untouched = [await saga_row(pool, i) for i in ids]
     assert (written["status"], written["data"]) == ("completed", {"a": 1, "b": 2, "c": 3})
     assert (untouched["status"], untouched["data"]) == ("running", {})
+
+
+async def test_a_checkpoint_written_as_a_row_of_a_batch_writes_what_the_statement_does(
+    pool: db.Pool,
+) -> None:
+    """The group commit writes a batch's checkpoints as rows of one ``saga_checkpoints``
+    call: for each kind of checkpoint (a step's end and the next one's start, a hold with
+    undo, an error and zero rounds, a finite delay, an empty undo, the saga's end) the saga
+    and its log end up exactly as ``saga_checkpoint`` leaves them."""
+    journal = Journal(pool, SystemClock(), lease=30.0)
+
+    async def noop(ctx: StepContext) -> dict[str, Any]:
+        return {}
+
+    saga = SagaDefinition("rows", (Step("a", noop), Step("b", noop)))
+    a, b = attempt_row(0, Phase.EXECUTE, 1, "a"), attempt_row(1, Phase.EXECUTE, 1, "b")
+    done = AttemptStatus.COMPLETED
+    failed = end_row(a, AttemptStatus.FAILED, error={"code": "X"})
+    kinds: list[tuple[dict[str, Any], dict[str, Any]]] = [  # the arguments, some of the outcome
+        ({"end": end_row(a, done, {"a": 1}), "next": b, "data": {"a": 1}},
+         {"data": {"a": 1}, "steps": [[0, "completed", {"a": 1}, None, True],
+                                      [1, "running", None, None, False]]}),
+        ({"end": failed, "defer": HOLD, "undo": [0], "rounds": 0, "error": {"code": "X"}},
+         {"due": "held", "undo": [0], "rounds": 0, "owner": None, "error": {"code": "X"}}),
+        ({"defer": 5.0, "rounds": 2}, {"due": "5", "rounds": 2, "released": True}),
+        ({"undo": [], "data": {}}, {"undo": [], "data": {}, "released": False}),
+        ({"end": end_row(a, done), "status": SagaStatus.COMPLETED},
+         {"status": "completed", "finished": True}),
+    ]  # fmt: skip
+    compared = (
+        "SELECT s.status, s.data, s.error, s.undo, s.rounds, s.owner, s.lease_until IS NULL"
+        " AS released, s.finished_at IS NOT NULL AS finished, CASE WHEN s.run_at = 'infinity'"
+        " THEN 'held' ELSE round(extract(epoch FROM s.run_at - now()))::text END AS due,"
+        " (SELECT jsonb_agg(jsonb_build_array(step_index, status, output, error,"
+        "  finished_at IS NOT NULL) ORDER BY step_index) FROM saga_steps WHERE saga_id = s.id)"
+        " AS steps FROM sagas s WHERE s.id = %s"
+    )
+    for args, outcome in kinds:
+        ids = [str(uuid.uuid4()), str(uuid.uuid4())]
+        async with db.transaction(pool) as conn:
+            for saga_id in ids:
+                row = journal.saga_row(saga_id, saga, {}, None, owner="me")
+                await db.execute(conn, "insert_saga", row | {"first_step": "a"})
+            statement, batched = (
+                SagaRun(i, 1, saga, {}, SagaState(SagaStatus.RUNNING)) for i in ids
+            )
+            await journal.checkpoint(conn, statement, **args)
+            await db.execute(
+                conn, "saga_checkpoints", {"rows": db.jsonb([journal.row(batched, **args)])}
+            )
+            results = []
+            for saga_id in ids:
+                cur = await conn.execute(compared, (saga_id,))
+                results.append(await cur.fetchone())
+        assert results[0] == results[1], args
+        assert results[1] is not None and {k: results[1][k] for k in outcome} == outcome, args
 
 
 async def commits_of(pool: db.Pool, saga_id: str) -> list[str]:

@@ -227,25 +227,45 @@ class Journal:
         with fenced(run):
             await db.execute(conn, "saga_checkpoint", params)
 
+    def row(self, run: SagaRun, **args: Any) -> dict[str, Any]:
+        """``checkpoint``'s arguments as a row of ``saga_checkpoints``: plain JSON, the empty
+        ones left out (NULL), a finite ``defer`` on the clock and ``HOLD`` as "Infinity"."""
+        row: dict[str, Any] = {"saga": run.saga_id, "epoch": run.epoch}
+        for key in ("begin", "end", "next", "data", "error"):
+            if args.get(key):
+                row[key] = args[key]
+        for key in ("undo", "rounds"):
+            if args.get(key) is not None:
+                row[key] = args[key]
+        if (status := args.get("status")) is not None:
+            row["status"] = status.value
+        if (defer := args.get("defer")) is not None:
+            row["defer"] = "Infinity" if defer == HOLD else defer + self.clock.offset()
+        return row
+
     async def commit(self, run: SagaRun, **args: Any) -> None:
         """One checkpoint, committed with whatever other sagas commit at the same moment
-        (group commit); returns once it is durable."""
+        (group commit, the checkpoints of a batch in one statement); returns once it is
+        durable."""
         create, pending = run.create, run.pending
+        if create is None and pending is None:
+            with fenced(run):
+                await self.group.commit_row("saga_checkpoints", self.row(run, **args))
+            return
 
         async def write(conn: db.Conn) -> None:
             run.create, run.pending = create, pending  # as they were, if written again
             await self.checkpoint(conn, run, **args)
 
-        await self.write(run, write, single=create is None and pending is None)
+        await self.write(run, write)
 
-    async def write(self, run: SagaRun, unit: db.Unit, *, single: bool = False) -> None:
-        """Commit ``unit``, writes about ``run`` (``single``: one statement), in the next group
-        commit; a refused fence is ``LeaseLostError``, and after a failure the saga row is
-        still to be created."""
+    async def write(self, run: SagaRun, unit: db.Unit) -> None:
+        """Commit ``unit``, writes about ``run``, in the next group commit; a refused fence is
+        ``LeaseLostError``, and after a failure the saga row is still to be created."""
         create, pending = run.create, run.pending
         try:
             with fenced(run):
-                await self.group.commit(unit, single=single)
+                await self.group.commit(unit)
         except BaseException:
             run.create, run.pending = create, pending
             raise

@@ -169,6 +169,11 @@ WHERE %(first_step)s::text IS NOT NULL
 SELECT saga_checkpoint(%(saga)s, %(epoch)s, %(begin)s, %(end)s, %(next)s,
                        %(data)s, %(status)s, %(error)s, %(undo)s, %(defer)s, %(rounds)s)
 
+-- saga_checkpoints --
+-- Several sagas' checkpoints in one statement (migration 0017): its parameter is a JSON
+-- array of saga_checkpoint()'s arguments, one object per checkpoint, missing keys NULL.
+SELECT saga_checkpoints(%(rows)s)
+
 -- notify_sagas --
 -- Wake the saga workers (NOTIFY proveniq_work 'sagas') when the caller commits.
 SELECT pg_notify('proveniq_work', 'sagas')

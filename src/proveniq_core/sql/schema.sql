@@ -259,6 +259,22 @@ BEGIN
     END IF;
 END $$;
 
+CREATE FUNCTION public.saga_checkpoints(p_rows jsonb) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    r jsonb;
+BEGIN
+    FOR r IN SELECT value FROM jsonb_array_elements(p_rows) LOOP
+        PERFORM saga_checkpoint(
+            (r->>'saga')::uuid, (r->>'epoch')::integer,
+            r->'begin', r->'end', r->'next', r->'data', r->>'status', r->'error',
+            CASE WHEN r ? 'undo'
+                 THEN ARRAY(SELECT jsonb_array_elements_text(r->'undo')::integer) END,
+            (r->>'defer')::double precision, (r->>'rounds')::integer);
+    END LOOP;
+END $$;
+
 CREATE TABLE public.api_keys (
     id text NOT NULL,
     tenant_id text NOT NULL,
