@@ -230,11 +230,33 @@ def _reconcile(
         await asyncio.sleep(REWAKE_AFTER)
         wake(refs, again=False)
 
-    async def presence(ref: str, status: Literal["online", "offline"]) -> None:
+    # Presence to record, each locker's latest, written like the wakes: one statement at a
+    # time for all that reported meanwhile. A fleet reporting at once (a broker's restart, the
+    # retained reports a process reads as it starts) would otherwise take the whole pool.
+    reported: dict[str, Literal["online", "offline"]] = {}
+    recording = False
+
+    def presence(ref: str, status: Literal["online", "offline"]) -> None:
+        nonlocal recording
+        reported[ref] = status
+        if not recording:
+            recording = True
+            spawn(record_presence())
+
+    async def record_presence() -> None:
+        nonlocal recording
         try:
-            await shadow.report_presence(pool, ref, status)
-        except CoreError as exc:
-            log.warning("shadow.presence_not_recorded", locker_ref=ref, error=str(exc))
+            while reported:
+                batch = dict(reported)
+                reported.clear()
+                try:
+                    await shadow.report_presence(pool, batch)
+                except (CoreError, ValueError) as exc:  # ValueError: a ref no topic can hold
+                    log.warning(
+                        "shadow.presence_not_recorded", locker_refs=list(batch)[:10], error=str(exc)
+                    )
+        finally:
+            recording = False
 
     async def adopt(ref: str, reply: Reply, handover: bool) -> None:
         # The ledger may be down for a moment: keep trying about a lease, then the saga's
@@ -273,9 +295,9 @@ def _reconcile(
             spawn(ask_again(after=CORES_HEARD_AFTER))
         elif event == "online":
             wake([info["lockerRef"]], again=True)
-            spawn(presence(info["lockerRef"], "online"))
+            presence(info["lockerRef"], "online")
         elif event == "offline":
-            spawn(presence(info["lockerRef"], "offline"))
+            presence(info["lockerRef"], "offline")
         elif event == "unmatched_reply":
             spawn(adopt(info["lockerRef"], info["reply"], info.get("handover", False)))
 

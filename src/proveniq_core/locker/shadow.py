@@ -14,6 +14,7 @@ presence (online/offline) is kept whenever it changes (``locker_presence``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal
 
@@ -102,13 +103,18 @@ async def start_retry(
 
 
 async def report_presence(
-    pool: db.Pool, locker_ref: str, status: Literal["online", "offline"]
+    pool: db.Pool, reported: Mapping[str, Literal["online", "offline"]]
 ) -> None:
-    """Keep the device's reported presence when it changed."""
-    validate_ref(locker_ref)
+    """Keep each device's reported presence (locker ref: status) where it changed, in one
+    statement."""
+    refs = sorted(reported)
+    for ref in refs:
+        validate_ref(ref)
     async with db.connection(pool) as conn:
         await db.execute(
-            conn, "report_locker_presence", {"locker_ref": locker_ref, "status": status}
+            conn,
+            "report_locker_presence",
+            {"locker_refs": refs, "statuses": [reported[ref] for ref in refs]},
         )
 
 

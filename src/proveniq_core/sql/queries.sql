@@ -1097,8 +1097,10 @@ WHERE c.reply IS NULL AND c.asked_by IS NOT NULL AND NOT (c.asked_by = ANY(%(liv
 RETURNING s.id
 
 -- report_locker_presence --
--- The device's last reported presence (online/offline), when it changed.
-INSERT INTO locker_presence (locker_ref, status) VALUES (%(locker_ref)s, %(status)s)
+-- Devices' last reported presence (online/offline), where it changed: two arrays of the same
+-- length, one entry per locker (in locker order, so that two writers lock rows alike).
+INSERT INTO locker_presence (locker_ref, status)
+SELECT * FROM unnest(%(locker_refs)s::text[], %(statuses)s::text[])
 ON CONFLICT (locker_ref) DO UPDATE SET status = EXCLUDED.status, reported_at = now()
 WHERE locker_presence.status IS DISTINCT FROM EXCLUDED.status
 
