@@ -1,14 +1,16 @@
 """How a saga's progress is written: its row, its fenced checkpoints, its log read back.
 
-Every write about a claimed saga goes through one statement, ``saga_checkpoint()`` (see
-the migrations), fenced on the epoch of the claim: when another process has claimed the
-saga since, it fails with SQLSTATE ``PVL01`` and the writer gets ``LeaseLostError``. A saga
-started in this process is inserted with its first commit. Times written (a lease, a timer)
-are on the engine's clock.
+Every write about a claimed saga goes through one function, ``saga_checkpoint()`` (see
+the migrations), called for one saga or many by ``saga_checkpoints()`` with each checkpoint
+as a JSON row (``Journal.row``), fenced on the epoch of the claim: when another process has
+claimed the saga since, it fails with SQLSTATE ``PVL01`` and the writer gets
+``LeaseLostError``. A saga started in this process is inserted with its first commit. Times
+written (a lease, a timer) are on the engine's clock.
 
 A checkpoint that is not part of a ledger step's transaction is group-committed
 (``db.GroupCommit``): the checkpoints of all sagas waiting at that moment share one
-transaction and one commit, and each saga goes on only once its own is durable.
+transaction, one statement and one commit, and each saga goes on only once its own is
+durable.
 """
 
 from __future__ import annotations
@@ -35,10 +37,6 @@ from proveniq_core.saga.model import (
 from proveniq_core.saga.planner import Run, SagaState, Undo
 
 LEASE_LOST = "PVL01"  # SQLSTATE raised by saga_checkpoint() on a stale epoch
-_CHECKPOINT_ARGS = (
-    "saga", "epoch", "begin", "end", "next", "data", "status", "error", "undo",
-    "defer", "rounds",
-)  # fmt: skip
 
 
 Precondition = Callable[[db.Conn, dict[str, Any]], Awaitable[None]]
@@ -103,6 +101,11 @@ def fenced(run: SagaRun) -> Iterator[None]:
         raise
 
 
+async def write_rows(conn: db.Conn, rows: list[dict[str, Any]]) -> None:
+    """Checkpoints (``Journal.row``) written on ``conn`` by one ``saga_checkpoints()`` call."""
+    await db.execute(conn, "saga_checkpoints", {"rows": db.jsonb(rows)})
+
+
 def _one_or_all(rows: list[dict[str, Any]]) -> dict[str, Any] | list[dict[str, Any]] | None:
     """``saga_checkpoint()``'s form of some attempt rows: none, one object, or an array."""
     return None if not rows else rows[0] if len(rows) == 1 else rows
@@ -164,13 +167,6 @@ class Journal:
             create, run.create = run.create, None
             await db.execute(conn, "insert_saga", create)
 
-    def params(self, saga_id: str, epoch: int, **args: Any) -> dict[str, Any]:
-        """``saga_checkpoint()``'s arguments; a finite ``defer`` is on the clock."""
-        defer = args.get("defer")
-        if defer is not None and defer != HOLD:
-            args["defer"] = defer + self.clock.offset()
-        return dict.fromkeys(_CHECKPOINT_ARGS) | args | {"saga": saga_id, "epoch": epoch}
-
     @staticmethod
     def hold(
         run: SagaRun,
@@ -211,26 +207,26 @@ class Journal:
             self.hold(run, begin=begin, end=end, data=data)
             held, run.pending = run.pending, None
             begins, ends, data = _one_or_all(held["begin"]), _one_or_all(held["end"]), held["data"]
-        params = self.params(
+        row = self.row(
             run.saga_id,
             run.epoch,
-            begin=db.jsonb(begins) if begins else None,
-            end=db.jsonb(ends) if ends else None,
-            next=db.jsonb(next) if next else None,
-            data=db.jsonb(data) if data else None,
-            status=None if status is None else status.value,
-            error=db.jsonb(error) if error else None,
+            begin=begins,
+            end=ends,
+            next=next,
+            data=data,
+            status=status,
+            error=error,
             undo=undo,
             defer=defer,
             rounds=rounds,
         )
         with fenced(run):
-            await db.execute(conn, "saga_checkpoint", params)
+            await write_rows(conn, [row])
 
-    def row(self, run: SagaRun, **args: Any) -> dict[str, Any]:
-        """``checkpoint``'s arguments as a row of ``saga_checkpoints``: plain JSON, the empty
+    def row(self, saga_id: str, epoch: int, **args: Any) -> dict[str, Any]:
+        """A checkpoint's arguments as a row of ``saga_checkpoints``: plain JSON, the empty
         ones left out (NULL), a finite ``defer`` on the clock and ``HOLD`` as "Infinity"."""
-        row: dict[str, Any] = {"saga": run.saga_id, "epoch": run.epoch}
+        row: dict[str, Any] = {"saga": saga_id, "epoch": epoch}
         for key in ("begin", "end", "next", "data", "error"):
             if args.get(key):
                 row[key] = args[key]
@@ -250,7 +246,9 @@ class Journal:
         create, pending = run.create, run.pending
         if create is None and pending is None:
             with fenced(run):
-                await self.group.commit_row("saga_checkpoints", self.row(run, **args))
+                await self.group.commit_row(
+                    "saga_checkpoints", self.row(run.saga_id, run.epoch, **args)
+                )
             return
 
         async def write(conn: db.Conn) -> None:

@@ -53,6 +53,7 @@ from proveniq_core.saga._journal import (
     attempt_row,
     end_row,
     phase_of,
+    write_rows,
 )
 from proveniq_core.saga.clock import SYSTEM, Clock
 from proveniq_core.saga.model import (
@@ -689,11 +690,7 @@ class SagaEngine:
         if definition is None:  # another process knows it: hand it back after a lease
             log.error("saga_unknown", saga_id=saga_id, saga=saga["name"])
             async with db.connection(self.pool) as conn:
-                await db.execute(
-                    conn,
-                    "saga_checkpoint",
-                    self.journal.params(saga_id, saga["epoch"], defer=self.lease),
-                )
+                await write_rows(conn, [self.journal.row(saga_id, saga["epoch"], defer=self.lease)])
             return SagaResult(
                 saga_id, SagaStatus(saga["status"]), dict(saga["data"]), deferred=self.lease
             )

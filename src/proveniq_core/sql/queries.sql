@@ -163,15 +163,11 @@ INSERT INTO saga_steps (saga_id, step_index, phase, attempt, name, status, owner
 SELECT id, 0, 'execute', 1, %(first_step)s, 'running', owner, epoch FROM saga
 WHERE %(first_step)s::text IS NOT NULL
 
--- saga_checkpoint --
--- saga_checkpoint(): a step's outcome and the saga's next state, in one commit, fenced by
--- epoch: a worker whose lease was taken over writes nothing and gets PVL01 (migration 0007).
-SELECT saga_checkpoint(%(saga)s, %(epoch)s, %(begin)s, %(end)s, %(next)s,
-                       %(data)s, %(status)s, %(error)s, %(undo)s, %(defer)s, %(rounds)s)
-
 -- saga_checkpoints --
--- Several sagas' checkpoints in one statement (migration 0017): its parameter is a JSON
--- array of saga_checkpoint()'s arguments, one object per checkpoint, missing keys NULL.
+-- Checkpoints, of one saga or of several, in one statement (migration 0017): its parameter
+-- is a JSON array of saga_checkpoint()'s arguments, one object per checkpoint, missing keys
+-- NULL. saga_checkpoint() records a step's outcome and the saga's next state, fenced by
+-- epoch: a worker whose lease was taken over writes nothing and gets PVL01 (migration 0007).
 SELECT saga_checkpoints(%(rows)s)
 
 -- notify_sagas --
