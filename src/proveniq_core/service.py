@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import structlog
 
@@ -177,6 +178,39 @@ CORES_HEARD_AFTER = 3.0
 """Seconds after connecting by which the broker has told a process which Core processes live."""
 
 
+V = TypeVar("V")
+
+
+class _Serial(Generic[V]):
+    """Writes keyed values one batch at a time (``write``, run by ``spawn``): what is added
+    while a batch is written waits for the next, one value per key (``merge`` of the old and
+    the new; the new by default)."""
+
+    def __init__(
+        self,
+        write: Callable[[dict[str, V]], Awaitable[None]],
+        spawn: Callable[[Awaitable[None]], None],
+        merge: Callable[[V, V], V] = lambda old, new: new,
+    ) -> None:
+        self._write, self._spawn, self._merge = write, spawn, merge
+        self._due: dict[str, V] = {}
+        self._writing = False
+
+    def add(self, key: str, value: V) -> None:
+        self._due[key] = self._merge(self._due[key], value) if key in self._due else value
+        if not self._writing:
+            self._writing = True
+            self._spawn(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while self._due:
+                batch, self._due = self._due, {}
+                await self._write(batch)
+        finally:
+            self._writing = False
+
+
 def _reconcile(
     pool: db.Pool,
     queue: RetryQueue,
@@ -190,73 +224,49 @@ def _reconcile(
     again; a locker's presence is recorded, and when it comes (back) online its deferred
     links are retried now."""
 
+    def spawn(work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    # A fleet reporting at once (a broker's restart, the retained reports a process reads as
+    # it starts) is woken and recorded one statement at a time, each for every locker that
+    # reported meanwhile: a write per report would hold the pool the woken sagas need.
+
+    async def wake_batch(due: dict[str, bool]) -> None:
+        # Gone again: its entries wait for the next online or their timer.
+        back = [r for r in due if gateway.connected and gateway.presence(r)]
+        if not back:
+            return
+        try:
+            await queue.wake_lockers(*back)
+        except CoreError as exc:  # the timer retries them anyway
+            log.warning("retry_queue.wake_failed", locker_refs=back[:10], error=str(exc))
+        if again := [r for r in back if due[r]]:
+            spawn(wake_later(again))
+
+    async def record_batch(reported: dict[str, Literal["online", "offline"]]) -> None:
+        try:
+            await shadow.report_presence(pool, reported)
+        except (CoreError, ValueError) as exc:  # ValueError: a ref no topic can hold
+            log.warning(
+                "shadow.presence_not_recorded", locker_refs=list(reported)[:10], error=str(exc)
+            )
+
     # Lockers whose entries are to be woken, each with whether to wake them once more
     # REWAKE_AFTER later: a link that failed just before the device came back parks its saga
     # a moment later, after the first wake looked (the window is milliseconds).
-    due: dict[str, bool] = {}
-    waking = False
+    waking = _Serial[bool](wake_batch, spawn, merge=operator.or_)
+    # Presence to record, each locker's latest.
+    recording = _Serial[Literal["online", "offline"]](record_batch, spawn)
 
     def wake(refs: Iterable[str], again: bool) -> None:
-        nonlocal waking
         for ref in refs:
-            due[ref] = due.get(ref, False) or again
-        if not waking:
-            waking = True
-            spawn(wake_due())
-
-    async def wake_due() -> None:
-        # One wake at a time, each for every locker that came online meanwhile: a broker's
-        # restart brings the whole fleet back at once, and a hundred concurrent wakes would
-        # hold the pool the woken sagas need.
-        nonlocal waking
-        try:
-            while due:
-                batch = dict(due)
-                due.clear()
-                # Gone again: its entries wait for the next online or their timer.
-                back = [r for r in batch if gateway.connected and gateway.presence(r)]
-                if not back:
-                    continue
-                try:
-                    await queue.wake_lockers(*back)
-                except CoreError as exc:  # the timer retries them anyway
-                    log.warning("retry_queue.wake_failed", locker_refs=back[:10], error=str(exc))
-                if again := [r for r in back if batch[r]]:
-                    spawn(wake_later(again))
-        finally:
-            waking = False
+            waking.add(ref, again)
 
     async def wake_later(refs: list[str]) -> None:
         await asyncio.sleep(REWAKE_AFTER)
         wake(refs, again=False)
-
-    # Presence to record, each locker's latest, written like the wakes: one statement at a
-    # time for all that reported meanwhile. A fleet reporting at once (a broker's restart, the
-    # retained reports a process reads as it starts) would otherwise take the whole pool.
-    reported: dict[str, Literal["online", "offline"]] = {}
-    recording = False
-
-    def presence(ref: str, status: Literal["online", "offline"]) -> None:
-        nonlocal recording
-        reported[ref] = status
-        if not recording:
-            recording = True
-            spawn(record_presence())
-
-    async def record_presence() -> None:
-        nonlocal recording
-        try:
-            while reported:
-                batch = dict(reported)
-                reported.clear()
-                try:
-                    await shadow.report_presence(pool, batch)
-                except (CoreError, ValueError) as exc:  # ValueError: a ref no topic can hold
-                    log.warning(
-                        "shadow.presence_not_recorded", locker_refs=list(batch)[:10], error=str(exc)
-                    )
-        finally:
-            recording = False
 
     async def adopt(ref: str, reply: Reply, handover: bool) -> None:
         # The ledger may be down for a moment: keep trying about a lease, then the saga's
@@ -272,11 +282,6 @@ def _reconcile(
                 log.info("shadow.late_reply", locker_ref=ref, command_id=reply.commandId)
                 inflight.wake_when_parked(saga_id)
             return
-
-    def spawn(work: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(work)
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
 
     async def ask_again(after: float = 0.0) -> None:
         await asyncio.sleep(after)
@@ -295,9 +300,9 @@ def _reconcile(
             spawn(ask_again(after=CORES_HEARD_AFTER))
         elif event == "online":
             wake([info["lockerRef"]], again=True)
-            presence(info["lockerRef"], "online")
+            recording.add(info["lockerRef"], "online")
         elif event == "offline":
-            presence(info["lockerRef"], "offline")
+            recording.add(info["lockerRef"], "offline")
         elif event == "unmatched_reply":
             spawn(adopt(info["lockerRef"], info["reply"], info.get("handover", False)))
 
